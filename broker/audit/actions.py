@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AuditAction(StrEnum):
+    """Every state change the broker makes, as ``source:subject:action``."""
+
+    OPERATOR_CREATED = "operator:operator:created"
+    OPERATOR_BOOTSTRAPPED = "system:operator:bootstrapped"
+    OPERATOR_AUTH_FAILED = "operator:auth:failed"
+
+    SERVICE_CREATED = "operator:service:created"
+    SERVICE_UPDATED = "operator:service:updated"
+    SERVICE_DISABLED = "operator:service:disabled"
+    SERVICE_ENABLED = "operator:service:enabled"
+    SERVICE_SECRET_ROTATED = "operator:service_secret:rotated"  # noqa: S105 (an event name)
+    SERVICE_RELEASED = "operator:service:released"
+    SERVICE_AUTH_FAILED = "service:auth:failed"
+
+    FIELD_CREATED = "operator:field:created"
+    PURPOSE_CREATED = "operator:purpose:created"
+
+    POLICY_PROPOSED = "operator:policy:proposed"
+    POLICY_APPROVAL_ADDED = "operator:policy:approval_added"
+    POLICY_APPROVED = "operator:policy:approved"
+    POLICY_REJECTED = "operator:policy:rejected"
+    POLICY_WITHDRAWN = "operator:policy:withdrawn"
+    POLICY_SUPERSEDED = "system:policy:superseded"
+    POLICY_EXPIRED = "system:policy:expired"
+
+    KEY_ISSUED = "service:key:issued"
+    KEY_DENIED = "service:key:denied"
+    KEY_REVOKED = "service:key:revoked"
+
+    SIGNING_KEY_CREATED = "system:signing_key:created"
+    SIGNING_KEY_ROTATED = "operator:signing_key:rotated"

@@ -1,0 +1,232 @@
+"""The ``broker`` command. Local commands (serve, db, operator create) use the same services
+as the HTTP routes; nothing here talks to the database except through them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from broker.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    from broker.errors import BrokerError
+
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokerError as exc:
+        raise click.ClickException(exc.detail) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the database: {type(exc).__name__}") from None
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            raise click.ClickException(
+                f"database error ({type(exc).__name__}); is BROKER_DATABASE_URL right and migrated?"
+            ) from None
+        raise
+
+
+@click.group()
+@click.version_option(package_name="pii-key-broker")
+def main() -> None:
+    """PII Key Broker: short-lived keys scoped to PII fields, one audience and one purpose."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (BROKER_HOST).")
+@click.option("--port", type=int, default=None, help="Listen port (BROKER_PORT).")
+@click.option("--workers", type=int, default=None, help="Worker processes (BROKER_WORKERS).")
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="Apply database migrations before serving.",
+)
+def serve(host: str | None, port: int | None, workers: int | None, migrate: bool) -> None:
+    """Run the broker (embedded SQLite and local key store under ./.broker by default)."""
+    import os
+
+    import uvicorn
+
+    from broker.logs import configure_logging
+    from broker.startup import prepare
+
+    settings = _settings()
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if workers is not None:
+        overrides["workers"] = workers
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+        for key, value in overrides.items():
+            os.environ["BROKER_" + key.upper()] = str(value)
+    if settings.workers > 1 and settings.is_sqlite:
+        raise click.ClickException(
+            "SQLite is single-process: use --workers 1, "
+            "or PostgreSQL (BROKER_DATABASE_URL) for more"
+        )
+    configure_logging(settings.log_level)
+    bootstrap_token = _run(lambda: prepare(settings, migrate=migrate))
+    if bootstrap_token:
+        click.echo(
+            "\nA bootstrap admin was created on this empty database. Its token is shown once:\n\n"
+            f"    {bootstrap_token}\n\n"
+            "Export it as BROKER_TOKEN to use the CLI; "
+            "create named operators and keep this safe.\n",
+            err=False,
+        )
+    click.echo(
+        f"PII Key Broker listening on http://{settings.host}:{settings.port} "
+        f"(database: {'sqlite' if settings.is_sqlite else 'postgresql'}, "
+        f"key backend: {settings.key_backend})"
+    )
+    sys.stdout.flush()
+    uvicorn.run(
+        "broker.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@main.group()
+def db() -> None:
+    """Database schema: migrations are the only way it is made."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from broker.db import make_engine
+    from broker.db.migrate import upgrade
+
+    settings = _settings()
+
+    async def go() -> None:
+        engine = make_engine(settings)
+        try:
+            await upgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    _run(go)
+    click.echo(f"database upgraded to {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` removes everything)."""
+    from broker.db import make_engine
+    from broker.db.migrate import downgrade
+
+    settings = _settings()
+
+    async def go() -> None:
+        engine = make_engine(settings)
+        try:
+            await downgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    _run(go)
+    click.echo(f"database downgraded to {revision}")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Exit non-zero unless the database is at head and matches the models."""
+    from broker.db import make_engine
+    from broker.db.migrate import current_revision, drift, head_revision
+
+    settings = _settings()
+
+    async def go() -> tuple[str | None, list[str]]:
+        engine = make_engine(settings)
+        try:
+            return await current_revision(engine), await drift(engine)
+        finally:
+            await engine.dispose()
+
+    current, diffs = _run(go)
+    head = head_revision()
+    if current != head:
+        raise click.ClickException(
+            f"database is at {current or 'nothing'}, migrations head is {head}"
+        )
+    if diffs:
+        for diff in diffs:
+            click.echo(diff, err=True)
+        raise click.ClickException("models and migrations disagree")
+    click.echo(f"database at {head}; models and migrations agree")
+
+
+@main.group()
+def operator() -> None:
+    """Operators (people who administer the broker)."""
+
+
+@operator.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "approver", "auditor"]), required=True)
+def operator_create(name: str, role: str) -> None:
+    """Create an operator and print its token once (only its hash is stored)."""
+    from broker.operators.service import create_operator
+    from broker.runtime import build_runtime
+
+    settings = _settings()
+
+    async def go() -> str:
+        runtime = build_runtime(settings)
+        try:
+            async with runtime.transaction() as session:
+                created = await create_operator(
+                    session, runtime.secrets.pepper, name, role, actor="cli:local"
+                )
+            return created.token
+        finally:
+            await runtime.close()
+
+    token = _run(go)
+    click.echo(f"operator {name!r} created with role {role}. Its token is shown once:", err=True)
+    click.echo(token)
+
+
+@main.command()
+def openapi() -> None:
+    """Print the OpenAPI document (committed as docs/openapi.json)."""
+    from broker.app import create_app
+
+    app = create_app(configure_logs=False)
+    click.echo(json.dumps(app.openapi_schema.to_schema(), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

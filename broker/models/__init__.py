@@ -1,0 +1,29 @@
+"""All tables, imported together so that SQLModel.metadata is complete for Alembic."""
+
+from broker.models._base import SQLModel
+from broker.models.audit_event import AuditEvent
+from broker.models.catalog import PiiField, Purpose
+from broker.models.issued_key import IssuedKey
+from broker.models.operator import Operator
+from broker.models.policy import Policy, PolicyApproval, PolicyVersion
+from broker.models.service import Service, ServiceBinding, ServiceSecret
+from broker.models.signing_key import SigningKey
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "AuditEvent",
+    "IssuedKey",
+    "Operator",
+    "PiiField",
+    "Policy",
+    "PolicyApproval",
+    "PolicyVersion",
+    "Purpose",
+    "SQLModel",
+    "Service",
+    "ServiceBinding",
+    "ServiceSecret",
+    "SigningKey",
+    "metadata",
+]

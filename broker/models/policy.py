@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from broker.models._base import created_at_field, datetime_field, json_field, optional_json_field
+
+
+class Policy(SQLModel, table=True):
+    """A scope policy's identity; its content lives in immutable versions."""
+
+    __tablename__ = "policies"
+
+    id: str = Field(primary_key=True, max_length=36)
+    service_id: str = Field(foreign_key="services.id", index=True, max_length=63)
+    audience: str = Field(foreign_key="services.id", index=True, max_length=63)
+    created_at: datetime = created_at_field()
+    created_by: str = Field(max_length=36)
+
+
+class PolicyVersion(SQLModel, table=True):
+    __tablename__ = "policy_versions"
+    __table_args__ = (
+        UniqueConstraint("policy_id", "version", name="uq_policy_versions_policy_version"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    policy_id: str = Field(foreign_key="policies.id", index=True, max_length=36)
+    version: int
+    status: str = Field(max_length=16, index=True)
+    fields: list[str] = json_field(list)
+    purposes: list[str] = json_field(list)
+    max_ttl_seconds: int
+    rate_per_minute: int | None = Field(default=None)
+    source_cidrs: list[str] = json_field(list)
+    allowed_hours: dict[str, Any] | None = optional_json_field()
+    max_uses: int | None = Field(default=None)
+    max_records: int | None = Field(default=None)
+    valid_until: datetime | None = datetime_field()
+    required_approvals: int = Field(default=1)
+    proposed_by: str = Field(max_length=36)
+    proposed_at: datetime = created_at_field()
+    proposal_expires_at: datetime | None = datetime_field(index=True)
+    comment: str = Field(default="", max_length=2000)
+    decided_at: datetime | None = datetime_field()
+
+
+class PolicyApproval(SQLModel, table=True):
+    __tablename__ = "policy_approvals"
+    __table_args__ = (
+        UniqueConstraint(
+            "policy_version_id", "operator_id", name="uq_policy_approvals_version_operator"
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    policy_version_id: str = Field(foreign_key="policy_versions.id", index=True, max_length=36)
+    operator_id: str = Field(foreign_key="operators.id", max_length=36)
+    decision: str = Field(max_length=16)
+    comment: str = Field(default="", max_length=2000)
+    at: datetime = created_at_field()

@@ -1,0 +1,123 @@
+"""One settings object for the whole broker, read from ``BROKER_`` environment variables.
+
+Settings are validated when the process starts so that a bad value stops the start with one
+line naming the variable, instead of failing later on the first request that needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Accept ``300``, ``"300"``, ``"20s"``, ``"15m"``, ``"24h"`` or ``"7d"`` as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 300, 20s, 15m, 24h or 7d")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 300, 20s, 15m, 24h or 7d")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore", frozen=True)
+
+    home: Path = Path(".broker")
+    database_url: str = ""
+    issuer: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    key_backend: Literal["local", "vault"] = "local"
+    kek_file: Path | None = None
+    kek: str | None = Field(default=None, repr=False)
+    pepper: str | None = Field(default=None, repr=False)
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_token: str | None = Field(default=None, repr=False)
+    vault_transit_mount: str = "transit"
+    vault_key_name: str = "pii-broker"
+    rotation_period: Duration = 7 * 86400
+    scheduler_enabled: bool = True
+    max_ttl_ceiling: Duration = 3600
+    default_ttl: Duration = 300
+    clock_leeway: Duration = 30
+    jwks_max_age: Duration = 300
+    proposal_ttl: Duration = 7 * 86400
+    secret_overlap: Duration = 3600
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    bootstrap_admin: bool = True
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL the engine uses: the embedded SQLite file under ``home`` by default."""
+        url = self.database_url or f"sqlite:///{self.home / 'broker.db'}"
+        return to_async_url(url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+
+def to_async_url(url: str) -> str:
+    """Map plain database URLs to the async drivers the broker runs on."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    for prefix in ("postgresql+psycopg:", "postgresql+psycopg2:", "postgresql:", "postgres:"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg:" + url[len(prefix) :]
+    return url
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the variable and is safe to print."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ("",)
+        name = "BROKER_" + str(loc[0]).upper()
+        raise SettingsError(
+            f"invalid setting {name}: {first.get('msg', 'invalid value')}"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,36 @@
+"""What ``broker serve`` does once, in one process, before workers start.
+
+Migrations and the bootstrap admin run here rather than in each worker's lifespan, so that
+several workers never race to create the schema or two bootstrap admins.
+"""
+
+from __future__ import annotations
+
+from broker.db.migrate import upgrade
+from broker.operators.service import count_operators, create_operator
+from broker.runtime import build_runtime
+from broker.settings import Settings
+
+
+async def prepare(settings: Settings, *, migrate: bool) -> str | None:
+    """Migrate, then create the bootstrap admin on an empty database; return its token."""
+    runtime = build_runtime(settings)
+    try:
+        if migrate:
+            await upgrade(runtime.engine)
+        if not settings.bootstrap_admin:
+            return None
+        async with runtime.transaction() as session:
+            if await count_operators(session) > 0:
+                return None
+            created = await create_operator(
+                session,
+                runtime.secrets.pepper,
+                "bootstrap-admin",
+                "admin",
+                actor="system:bootstrap",
+                bootstrap=True,
+            )
+            return created.token
+    finally:
+        await runtime.close()
