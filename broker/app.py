@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,18 +11,41 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 import broker
+from broker.catalog.routes import ROUTES as CATALOG_ROUTES
+from broker.custody.routes import SigningKeyController
+from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
 from broker.http.problems import EXCEPTION_HANDLERS
-from broker.logs import configure_logging
+from broker.identity.routes import ServiceController
+from broker.issuance.routes import ROUTES as ISSUANCE_ROUTES
+from broker.jobs.routes import list_jobs
+from broker.jobs.scheduler import scheduler_running
+from broker.logs import configure_logging, get_logger
 from broker.operators.routes import OperatorController
+from broker.policy.routes import ROUTES as POLICY_ROUTES
 from broker.runtime import Runtime, build_runtime
 from broker.settings import Settings, get_settings
+from broker.system.metrics_route import metrics
 from broker.system.routes import ROUTES as SYSTEM_ROUTES
+from broker.system.wellknown import ROUTES as WELLKNOWN_ROUTES
+
+log = get_logger("broker.app")
 
 
 def route_handlers() -> Sequence[Any]:
-    return [*SYSTEM_ROUTES, OperatorController]
+    return [
+        *SYSTEM_ROUTES,
+        OperatorController,
+        ServiceController,
+        *CATALOG_ROUTES,
+        *POLICY_ROUTES,
+        *WELLKNOWN_ROUTES,
+        SigningKeyController,
+        *ISSUANCE_ROUTES,
+        list_jobs,
+        metrics,
+    ]
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -50,11 +73,15 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
         app.state.runtime = rt
-        starters: list[Callable[[Runtime], Any]] = app.state.get("starters", [])
-        for start in starters:
-            await start(rt)
         try:
-            yield
+            await rt.custody.ensure_keys()
+        except Unavailable:
+            # Fail closed but stay up: readiness reports the backend and issuance answers
+            # 503 until it is back, without a restart.
+            log.warning("key_backend_unavailable_at_start", backend=rt.custody.name)
+        try:
+            async with scheduler_running(rt):
+                yield
         finally:
             if owned:
                 await rt.close()

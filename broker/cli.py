@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -217,6 +218,90 @@ def operator_create(name: str, role: str) -> None:
     token = _run(go)
     click.echo(f"operator {name!r} created with role {role}. Its token is shown once:", err=True)
     click.echo(token)
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys (the broker's own keys that sign the keys it issues)."""
+
+
+@keys.command("rotate")
+@click.option(
+    "--compromised",
+    is_flag=True,
+    help="Unpublish the active key at once and replace it without waiting.",
+)
+def keys_rotate(compromised: bool) -> None:
+    """Rotate the active signing key now (same rules as POST /v1/admin/signing-keys/rotate)."""
+    from broker.custody import RotationResult
+    from broker.runtime import build_runtime
+
+    settings = _settings()
+
+    async def go() -> RotationResult:
+        runtime = build_runtime(settings)
+        try:
+            return await runtime.custody.rotate(actor="cli:local", compromised=compromised)
+        finally:
+            await runtime.close()
+
+    result = _run(go)
+    if result.compromised_kid:
+        click.echo(f"signing key {result.compromised_kid} is compromised and unpublished")
+    if result.rotated:
+        click.echo(f"rotated: {result.previous_kid} -> {result.active_kid}")
+    else:
+        click.echo(f"already rotated by someone else; active key is {result.active_kid}")
+    click.echo(f"next key: {result.next_kid}")
+
+
+@main.group()
+def kek() -> None:
+    """The key-encryption key that protects locally stored signing keys."""
+
+
+@kek.command("rewrap")
+@click.option(
+    "--old-kek-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="File holding the previous KEK (base64 of 32 bytes).",
+)
+def kek_rewrap(old_kek_file: Path) -> None:
+    """Re-encrypt every stored signing key under the KEK now configured (BROKER_KEK[_FILE])."""
+    from broker.custody.keywrap import read_kek_file
+    from broker.custody.local import RewrapResult, rewrap_keys
+    from broker.runtime import build_runtime
+
+    settings = _settings()
+    if settings.kek is None and settings.kek_file is None:
+        raise click.ClickException(
+            "configure the new KEK first (BROKER_KEK or BROKER_KEK_FILE); "
+            "the old one goes in --old-kek-file"
+        )
+    try:
+        old_kek = read_kek_file(old_kek_file)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go() -> RewrapResult:
+        runtime = build_runtime(settings)
+        try:
+            return await rewrap_keys(
+                runtime.sessions,
+                old_kek=old_kek,
+                new_kek=runtime.secrets.kek,
+                actor="cli:local",
+            )
+        finally:
+            await runtime.close()
+
+    result = _run(go)
+    click.echo(
+        f"re-wrapped {len(result.rewrapped)} signing key(s) from KEK {result.old_kek_id} "
+        f"to KEK {result.new_kek_id} ({len(result.already_current)} already under it); "
+        "restart replicas still configured with the old KEK"
+    )
 
 
 @main.command()

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     vault_key_name: str = "pii-broker"
     rotation_period: Duration = 7 * 86400
     scheduler_enabled: bool = True
+    key_advance_interval: Duration = 60
+    purge_interval: Duration = 3600
+    proposal_check_interval: Duration = 300
     max_ttl_ceiling: Duration = 3600
     default_ttl: Duration = 300
     clock_leeway: Duration = 30

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -106,5 +105,3 @@ def test_openapi_document_is_committed_and_current() -> None:
     assert committed.read_text().strip() == result.stdout.strip(), (
         "docs/openapi.json is stale: run `make openapi` and commit it"
     )
-
-

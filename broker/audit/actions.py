@@ -16,6 +16,7 @@ class AuditAction(StrEnum):
     SERVICE_ENABLED = "operator:service:enabled"
     SERVICE_SECRET_ROTATED = "operator:service_secret:rotated"  # noqa: S105 (an event name)
     SERVICE_RELEASED = "operator:service:released"
+    SERVICE_QUARANTINED = "system:service:quarantined"
     SERVICE_AUTH_FAILED = "service:auth:failed"
 
     FIELD_CREATED = "operator:field:created"
@@ -35,3 +36,8 @@ class AuditAction(StrEnum):
 
     SIGNING_KEY_CREATED = "system:signing_key:created"
     SIGNING_KEY_ROTATED = "operator:signing_key:rotated"
+    SIGNING_KEY_ROTATED_SCHEDULED = "system:signing_key:rotated"
+    SIGNING_KEY_ACTIVATED = "system:signing_key:activated"
+    SIGNING_KEY_RETIRED = "system:signing_key:retired"
+    SIGNING_KEY_COMPROMISED = "operator:signing_key:compromised"
+    SIGNING_KEYS_REWRAPPED = "operator:signing_key:rewrapped"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +45,22 @@ def _digest(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+async def _serialise_writers(session: AsyncSession) -> None:
+    """Make the read of the chain's tail and the append one atomic step.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: the driver opens a transaction
+    only at the first write, so a read before it could see a tail that another writer is
+    about to extend; a no-op UPDATE takes the database write lock first.
+    """
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "sqlite":
+        await session.exec(  # type: ignore[call-overload]
+            update(AuditEvent).where(col(AuditEvent.seq) == -1).values(seq=-1)
+        )
+    else:
+        await advisory_xact_lock(session, _AUDIT_LOCK)
+
+
 async def record(
     session: AsyncSession,
     action: AuditAction,
@@ -53,7 +70,7 @@ async def record(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append an event; the caller's transaction commits or discards it with the change."""
-    await advisory_xact_lock(session, _AUDIT_LOCK)
+    await _serialise_writers(session)
     last = (
         await session.exec(select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1))
     ).first()

@@ -1,0 +1,63 @@
+"""The broker SDK: get keys (services) and check them (resource services).
+
+Imports nothing of the broker server, so a resource service can use it with only httpx,
+pyjwt and cryptography installed. See docs/sdk.md.
+"""
+
+from broker.client.dpop import (
+    DPoPChecker,
+    access_token_hash,
+    jwk_thumbprint,
+    make_dpop_proof,
+    public_jwk,
+)
+from broker.client.errors import (
+    BrokerUnavailable,
+    ClientError,
+    InvalidKey,
+    KeyDenied,
+    KeyRequestError,
+    RateLimited,
+    Reason,
+    VerificationError,
+    VerifierUnavailable,
+)
+from broker.client.grant import Grant
+from broker.client.jwks import JWKSCache
+from broker.client.keyclient import (
+    Introspection,
+    IssuedKey,
+    KeyClient,
+    SyncKeyClient,
+    workload_token_file,
+)
+from broker.client.mask import REDACTED, Rule, mask
+from broker.client.verifier import KeyVerifier
+
+__all__ = [
+    "REDACTED",
+    "BrokerUnavailable",
+    "ClientError",
+    "DPoPChecker",
+    "Grant",
+    "Introspection",
+    "InvalidKey",
+    "IssuedKey",
+    "JWKSCache",
+    "KeyClient",
+    "KeyDenied",
+    "KeyRequestError",
+    "KeyVerifier",
+    "RateLimited",
+    "Reason",
+    "Rule",
+    "SyncKeyClient",
+    "VerificationError",
+    "VerifierUnavailable",
+    "access_token_hash",
+    "jwk_thumbprint",
+    "make_dpop_proof",
+    "mask",
+    "public_jwk",
+    "workload_token_file",
+]

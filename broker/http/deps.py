@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker import credentials
 from broker.audit import AuditAction, record
 from broker.errors import Forbidden, Unauthenticated
+from broker.identity.deps import require_service
 from broker.operators.service import OperatorPrincipal, Role, authenticate
 from broker.runtime import Runtime
 
@@ -95,4 +96,5 @@ DEPENDENCIES = {
     "admin": Provide(require_admin),
     "approver": Provide(require_approver),
     "auditor": Provide(require_auditor),
+    "service": Provide(require_service),
 }

@@ -4,6 +4,7 @@ from broker.models._base import SQLModel
 from broker.models.audit_event import AuditEvent
 from broker.models.catalog import PiiField, Purpose
 from broker.models.issued_key import IssuedKey
+from broker.models.job_run import JobRun
 from broker.models.operator import Operator
 from broker.models.policy import Policy, PolicyApproval, PolicyVersion
 from broker.models.service import Service, ServiceBinding, ServiceSecret
@@ -14,6 +15,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "AuditEvent",
     "IssuedKey",
+    "JobRun",
     "Operator",
     "PiiField",
     "Policy",

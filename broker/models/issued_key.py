@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from broker.db.types import UTCDateTime
@@ -12,6 +13,7 @@ class IssuedKey(SQLModel, table=True):
     """What was issued, never the token text: enough to introspect, count and revoke."""
 
     __tablename__ = "issued_keys"
+    __table_args__ = (Index("ix_issued_keys_rate_window", "service_id", "policy_id", "issued_at"),)
 
     jti: str = Field(primary_key=True, max_length=64)
     service_id: str = Field(index=True, max_length=63)

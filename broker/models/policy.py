@@ -22,6 +22,8 @@ class Policy(SQLModel, table=True):
 
 
 class PolicyVersion(SQLModel, table=True):
+    """One proposed or approved content of a policy; only its status changes after approval."""
+
     __tablename__ = "policy_versions"
     __table_args__ = (
         UniqueConstraint("policy_id", "version", name="uq_policy_versions_policy_version"),
@@ -46,6 +48,9 @@ class PolicyVersion(SQLModel, table=True):
     proposal_expires_at: datetime | None = datetime_field(index=True)
     comment: str = Field(default="", max_length=2000)
     decided_at: datetime | None = datetime_field()
+    # Who ended the proposal (operator id, or "system" for expiry and supersession) and why.
+    decided_by: str | None = Field(default=None, max_length=36)
+    decision_comment: str = Field(default="", max_length=2000)
 
 
 class PolicyApproval(SQLModel, table=True):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:40:49.174841
+Create Date: 2026-11-23 12:21:17.778541
 """
 
 from collections.abc import Sequence
@@ -63,7 +63,26 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_issued_keys_expires_at"), ["expires_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_issued_keys_kid"), ["kid"], unique=False)
         batch_op.create_index(batch_op.f("ix_issued_keys_policy_id"), ["policy_id"], unique=False)
+        batch_op.create_index(
+            "ix_issued_keys_rate_window", ["service_id", "policy_id", "issued_at"], unique=False
+        )
         batch_op.create_index(batch_op.f("ix_issued_keys_service_id"), ["service_id"], unique=False)
+
+    op.create_table(
+        "job_runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("job", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("slot", sa.Integer(), nullable=False),
+        sa.Column("replica", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
+        sa.Column("started_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("summary", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
+        sa.UniqueConstraint("job", "slot", name="uq_job_runs_job_slot"),
+    )
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_job_runs_job"), ["job"], unique=False)
 
     op.create_table(
         "operators",
@@ -118,6 +137,7 @@ def upgrade() -> None:
         sa.Column("private_ciphertext", sa.LargeBinary(), nullable=True),
         sa.Column("backend_ref", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
         sa.Column("created_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("signs_after", broker.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("activated_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("retiring_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("retire_after", broker.db.types.UTCDateTime(timezone=True), nullable=True),
@@ -218,6 +238,10 @@ def upgrade() -> None:
         sa.Column("proposal_expires_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("comment", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
         sa.Column("decided_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("decided_by", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
+        sa.Column(
+            "decision_comment", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False
+        ),
         sa.ForeignKeyConstraint(
             ["policy_id"], ["policies.id"], name=op.f("fk_policy_versions_policy_id_policies")
         ),
@@ -305,8 +329,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_operators_name"))
 
     op.drop_table("operators")
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_job_runs_job"))
+
+    op.drop_table("job_runs")
     with op.batch_alter_table("issued_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_issued_keys_service_id"))
+        batch_op.drop_index("ix_issued_keys_rate_window")
         batch_op.drop_index(batch_op.f("ix_issued_keys_policy_id"))
         batch_op.drop_index(batch_op.f("ix_issued_keys_kid"))
         batch_op.drop_index(batch_op.f("ix_issued_keys_expires_at"))

@@ -37,7 +37,9 @@ def broker_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str
 class BrokerProcess:
     """``broker serve`` in a subprocess; collects its output and stops it on exit."""
 
-    def __init__(self, env: dict[str, str], *, port: int | None = None, args: list[str] | None = None):
+    def __init__(
+        self, env: dict[str, str], *, port: int | None = None, args: list[str] | None = None
+    ):
         self.port = port or free_port()
         self.env = {**env, "BROKER_PORT": str(self.port), "BROKER_HOST": "127.0.0.1"}
         self.args = args or []
@@ -55,14 +57,18 @@ class BrokerProcess:
         return match.group(1) if match else None
 
     def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.append(line.rstrip("\n"))
 
     def __enter__(self) -> BrokerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "serve", *self.args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.monotonic() + 30

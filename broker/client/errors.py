@@ -1,0 +1,96 @@
+"""Errors raised by the SDK.
+
+Two families: what a service sees when it asks the broker for a key (`KeyRequestError`),
+and what a resource service sees when a presented key is refused (`VerificationError`).
+Each carries a stable machine-readable field (`problem_type`, `reason`) so callers branch
+on data, not on message text. No message ever contains a key, a secret or a PII value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ClientError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+
+# --- asking for keys --------------------------------------------------------------------
+
+
+class KeyRequestError(ClientError):
+    """The broker did not hand out a key."""
+
+
+class KeyDenied(KeyRequestError):
+    """The broker answered with a 4xx problem: the request will not succeed as it stands.
+
+    `problem_type` is the RFC 9457 `type` URI (for example
+    `https://pii-broker.dev/problems/quarantined`); `reason` is its last path segment.
+    """
+
+    def __init__(self, status: int, problem_type: str, title: str, detail: str) -> None:
+        super().__init__(f"{status} {problem_type}: {detail}")
+        self.status = status
+        self.problem_type = problem_type
+        self.title = title
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        return self.problem_type.rstrip("/").rsplit("/", 1)[-1]
+
+
+class RateLimited(KeyRequestError):
+    """Over the policy's issuance rate; `retry_after` is in seconds when the broker said."""
+
+    def __init__(self, retry_after: float | None, problem_type: str, detail: str) -> None:
+        super().__init__(f"rate limited (retry after {retry_after}s): {detail}")
+        self.retry_after = retry_after
+        self.problem_type = problem_type
+        self.detail = detail
+
+
+class BrokerUnavailable(KeyRequestError):
+    """The broker could not be reached or failed (network error, timeout, 5xx, bad body)."""
+
+
+# --- verifying keys ---------------------------------------------------------------------
+
+
+class Reason(StrEnum):
+    """Why a key was refused. Values are stable: dashboards and alerts key on them."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad-signature"
+    UNKNOWN_KID = "unknown-kid"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    WRONG_AUDIENCE = "wrong-audience"
+    WRONG_ISSUER = "wrong-issuer"
+    WRONG_TYPE = "wrong-type"
+    DISALLOWED_ALG = "disallowed-alg"
+    FORBIDDEN_HEADER = "forbidden-header"
+    DPOP_REQUIRED = "dpop-required"
+    DPOP_INVALID = "dpop-invalid"
+    UNAVAILABLE = "unavailable"
+
+
+class VerificationError(ClientError):
+    """A key was not accepted. Answer the caller with 401 and never return data."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class InvalidKey(VerificationError):
+    """The key itself is bad: forged, expired, for someone else, or malformed."""
+
+
+class VerifierUnavailable(VerificationError):
+    """The verifier cannot decide (no usable JWKS); it refuses rather than guesses."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.UNAVAILABLE, detail)

@@ -1,0 +1,146 @@
+"""The signing-key custody interface every backend implements.
+
+Issuance, the JWKS document and the scheduler talk only to ``SigningCustody``; whether the
+private key sits in our database under a KEK (``local``) or never leaves Vault/OpenBao
+Transit (``vault``) is decided once, by ``BROKER_KEY_BACKEND``, in ``factory.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+# JOSE algorithms a custody backend may sign with. EdDSA is Ed25519; ES256 is P-256, whose
+# signatures are the raw 64-byte r||s form of RFC 7518 section 3.4, never DER.
+SUPPORTED_ALGS = ("EdDSA", "ES256")
+SIGNATURE_LENGTH = {"EdDSA": 64, "ES256": 64}
+
+
+class KeyState(StrEnum):
+    NEXT = "next"  # published, not yet signing
+    ACTIVE = "active"  # signing
+    RETIRING = "retiring"  # published, no longer signing; verifies what it signed
+    RETIRED = "retired"  # unpublished after every key it signed has expired
+    COMPROMISED = "compromised"  # unpublished at once; what it signed is to be revoked
+
+
+PUBLISHED_STATES = (KeyState.NEXT, KeyState.ACTIVE, KeyState.RETIRING)
+
+
+@dataclass(frozen=True)
+class Signature:
+    kid: str
+    alg: str
+    value: bytes  # JOSE form: what goes, base64url-encoded, in the third JWS segment
+
+
+@dataclass(frozen=True)
+class SigningKeyInfo:
+    """What may be shown about a signing key: identity, state and times, no key material."""
+
+    kid: str
+    alg: str
+    backend: str
+    state: KeyState
+    created_at: datetime
+    signs_after: datetime | None
+    activated_at: datetime | None
+    retiring_at: datetime | None
+    retire_after: datetime | None
+    retired_at: datetime | None
+
+    @property
+    def published(self) -> bool:
+        return self.state in PUBLISHED_STATES
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """The outcome of a rotation request.
+
+    ``rotated`` is false when another replica (or another operator) rotated the same key a
+    moment earlier: the request is then satisfied without a second rotation.
+    ``compromised_kid`` is set when the replaced key was declared compromised, so the caller
+    can revoke every key it signed with one ``kid`` selector.
+    """
+
+    rotated: bool
+    previous_kid: str | None
+    active_kid: str
+    next_kid: str | None
+    compromised_kid: str | None = None
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """One signing key, ready to sign: handed out for one signature, not kept."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def alg(self) -> str: ...
+
+    async def sign(self, data: bytes) -> bytes:
+        """Sign with this key; the result is in JOSE form. Raises ``Unavailable``."""
+        ...
+
+
+@runtime_checkable
+class SigningCustody(Protocol):
+    """Custody of the broker's signing keys, whatever holds them.
+
+    Implementations are safe to share between all requests of one process and between
+    replicas sharing one database.
+    """
+
+    @property
+    def name(self) -> str:
+        """``local`` or ``vault``."""
+        ...
+
+    async def ensure_keys(self) -> None:
+        """Make sure an active key and a published next key exist (idempotent, race-safe)."""
+        ...
+
+    async def signer(self) -> Signer:
+        """The active key, for one signature.
+
+        A JWS header names the ``kid`` it is signed with, so the caller needs the key before
+        it builds the signing input; ``broker.issuance.minting.mint`` does exactly that.
+        Raises ``Unavailable`` when the backend cannot be reached.
+        """
+        ...
+
+    async def sign(self, signing_input: bytes) -> Signature:
+        """Sign arbitrary bytes with the active key. Raises ``Unavailable``."""
+        ...
+
+    async def public_jwks(self) -> list[dict[str, Any]]:
+        """RFC 7517 JWKs (with ``kid``, ``alg``, ``use: sig``) of next, active and retiring keys."""
+        ...
+
+    async def rotate(self, *, actor: str, compromised: bool = False) -> RotationResult:
+        """Replace the active key now; audited. ``compromised`` also unpublishes the old key."""
+        ...
+
+    async def describe(self) -> list[SigningKeyInfo]:
+        """Every key the broker has had, newest first."""
+        ...
+
+    async def check(self) -> None:
+        """Readiness: raises ``Unavailable`` unless the active key can sign right now."""
+        ...
+
+    async def advance(self, now: datetime) -> list[str]:
+        """Move keys through their states as the rotation arithmetic allows at ``now``.
+
+        For the scheduler; returns one line per change made (empty when nothing was due).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and forget decrypted key material; called at shutdown."""
+        ...

@@ -1,0 +1,557 @@
+"""The signing-key lifecycle, shared by every custody backend.
+
+States live in the ``signing_keys`` table whatever holds the private half, so every replica
+sees the same active key and the same JWKS, and a rotation is one database transaction
+serialised across replicas. A backend only says how a key is made and how it signs.
+
+Rotation arithmetic (``../shared/REFERENCE.md``), with C = ``jwks_max_age``, T_key =
+``max_ttl_ceiling``, L = ``clock_leeway`` and R = how long a replica may keep signing from
+its in-memory view of the active key:
+
+* a ``next`` key is published at least C + R before it signs: every JWKS a verifier can
+  still have cached when the key starts signing already lists it. The one exception is
+  the very first pair of keys, published together when nothing was published before: no
+  verifier can hold a JWKS that lists the first active key but not its successor.
+* a ``retiring`` key stays published for at least T_key + L + C + R after it stopped
+  signing: other replicas may sign with it for up to R more, its last key then lives T_key,
+  verifiers accept it for L beyond that, and C is the reference's margin on top.
+* a compromised key leaves the JWKS in the same transaction that replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.audit import AuditAction, record
+from broker.custody.base import (
+    PUBLISHED_STATES,
+    KeyState,
+    RotationResult,
+    Signature,
+    Signer,
+    SigningKeyInfo,
+)
+from broker.db import advisory_xact_lock, transaction, utcnow
+from broker.errors import Conflict, Unavailable
+from broker.models import SigningKey
+from broker.settings import Settings
+
+log = logging.getLogger("broker.custody")
+
+DEFAULT_REFRESH_INTERVAL = 2.0
+# After the key store failed to answer, requests fail fast for this long instead of each
+# queueing behind the lock for its own connect timeout; readiness (``check``) always retries.
+FAILURE_BACKOFF = 1.0
+SYSTEM_ACTOR = "system:custody"
+_CUSTODY_LOCK = 0x5049_4B42_0002  # "PIKB" + 2
+# What "the key store cannot be reached" looks like from here: driver, pool and socket
+# errors. A programming error is not one of them and still surfaces as a 500.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncio.TimeoutError)
+_STATE_ORDER = {KeyState.ACTIVE: 0, KeyState.NEXT: 1, KeyState.RETIRING: 2}
+
+
+@dataclass(frozen=True)
+class Windows:
+    publish_ahead: timedelta
+    keep_published: timedelta
+    rotation_period: timedelta | None  # None: no scheduled rotation
+
+    @classmethod
+    def from_settings(cls, settings: Settings, refresh_interval: float) -> Windows:
+        slack = timedelta(seconds=refresh_interval)
+        cache = timedelta(seconds=settings.jwks_max_age)
+        return cls(
+            publish_ahead=cache + slack,
+            keep_published=timedelta(seconds=settings.max_ttl_ceiling + settings.clock_leeway)
+            + cache
+            + slack,
+            rotation_period=(
+                timedelta(seconds=settings.rotation_period) if settings.rotation_period else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key as the backend hands it over; never holds plaintext private key."""
+
+    kid: str
+    alg: str
+    public_jwk: dict[str, Any]
+    private_ciphertext: bytes | None = None
+    backend_ref: str | None = None
+
+
+async def lock_signing_keys(session: AsyncSession) -> None:
+    """Serialise lifecycle changes across replicas for the rest of this transaction.
+
+    PostgreSQL: an advisory transaction lock. SQLite: a no-op write takes the database
+    write lock now, before anything is read, so a second writer waits instead of failing
+    on a stale snapshot when it writes.
+    """
+    await advisory_xact_lock(session, _CUSTODY_LOCK)
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "sqlite":
+        await session.exec(text("UPDATE signing_keys SET state = state WHERE 1 = 0"))  # type: ignore[call-overload]
+
+
+def info(row: SigningKey) -> SigningKeyInfo:
+    return SigningKeyInfo(
+        kid=row.kid,
+        alg=row.alg,
+        backend=row.backend,
+        state=KeyState(row.state),
+        created_at=row.created_at,
+        signs_after=row.signs_after,
+        activated_at=row.activated_at,
+        retiring_at=row.retiring_at,
+        retire_after=row.retire_after,
+        retired_at=row.retired_at,
+    )
+
+
+@dataclass
+class _Cached:
+    signer: Signer
+    checked_at: float
+
+
+class LifecycleCustody(ABC):
+    """``SigningCustody`` over the ``signing_keys`` table; subclasses supply the key material.
+
+    The active key is kept in memory and its ``kid`` re-read from the database at most every
+    ``refresh_interval`` seconds, so a signature costs no database round trip while a
+    rotation made by another replica is followed within that interval.
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.refresh_interval = refresh_interval
+        self.windows = Windows.from_settings(settings, refresh_interval)
+        self._active: _Cached | None = None
+        self._jwks: tuple[float, list[dict[str, Any]]] | None = None
+        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+
+    # -- what a backend provides ---------------------------------------------------------
+
+    @abstractmethod
+    async def _generate(self) -> NewKey:
+        """Make a new key pair; the private half leaves only as ciphertext or a reference."""
+
+    @abstractmethod
+    async def _load(self, row: SigningKey) -> Signer:
+        """A signer for a stored key. Raises ``Unavailable`` when it cannot be reached."""
+
+    @abstractmethod
+    async def _backend_check(self) -> None:
+        """Readiness of the backend beyond loading the active key (e.g. a Vault token)."""
+
+    def _forget(self, row: SigningKey) -> None:
+        """Destroy what lets this key sign; called when it leaves the JWKS for good."""
+        row.private_ciphertext = None
+
+    async def close(self) -> None:
+        self.invalidate()
+
+    # -- signing ---------------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """Drop the cached active key and JWKS; the next use re-reads them."""
+        self._active = None
+        self._jwks = None
+
+    async def signer(self) -> Signer:
+        cached = self._active
+        if cached is not None and time.monotonic() - cached.checked_at < self.refresh_interval:
+            return cached.signer
+        return await self.refresh()
+
+    async def sign(self, signing_input: bytes) -> Signature:
+        signer = await self.signer()
+        return Signature(signer.kid, signer.alg, await signer.sign(signing_input))
+
+    async def refresh(self, *, force: bool = False) -> Signer:
+        """Re-read which key is active (one indexed query) and load it if it changed."""
+        async with self._lock:
+            cached = self._active
+            fresh = cached is not None and (
+                time.monotonic() - cached.checked_at < self.refresh_interval
+            )
+            if cached is not None and fresh and not force:
+                return cached.signer
+            failed = self._failed_at
+            if not force and failed is not None and time.monotonic() - failed < FAILURE_BACKOFF:
+                raise Unavailable("the signing key store is unreachable")
+            try:
+                kid = await self._active_kid()
+                if kid is None:
+                    await self.ensure_keys()
+                    kid = await self._active_kid()
+                if kid is None:
+                    raise Unavailable("there is no active signing key")
+                if cached is not None and cached.signer.kid == kid:
+                    signer = cached.signer
+                else:
+                    async with self.sessions() as session:
+                        row = await session.get(SigningKey, kid)
+                    if row is None or row.state != KeyState.ACTIVE:
+                        raise Unavailable("the active signing key changed while loading it")
+                    signer = await self._load(row)
+                    if cached is not None:
+                        log.info("signing key %s is now active on this replica", kid)
+            except BACKEND_ERRORS as exc:
+                self._active = None
+                self._failed_at = time.monotonic()
+                log.warning("signing key store unreachable: %s", type(exc).__name__)
+                raise Unavailable("the signing key store is unreachable") from None
+            self._failed_at = None
+            self._active = _Cached(signer, time.monotonic())
+            return signer
+
+    async def _active_kid(self) -> str | None:
+        async with self.sessions() as session:
+            kids = await session.exec(
+                select(SigningKey.kid)
+                .where(SigningKey.state == KeyState.ACTIVE)
+                .order_by(col(SigningKey.activated_at).desc())
+                .limit(1)
+            )
+            return kids.first()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def public_jwks(self) -> list[dict[str, Any]]:
+        cached = self._jwks
+        if cached is not None and time.monotonic() - cached[0] < self.refresh_interval:
+            return [dict(jwk) for jwk in cached[1]]
+        try:
+            rows = await self._read_published()
+            if not any(r.state == KeyState.ACTIVE for r in rows):
+                await self.ensure_keys()
+                rows = await self._read_published()
+        except BACKEND_ERRORS as exc:
+            log.warning("signing key store unreachable: %s", type(exc).__name__)
+            raise Unavailable("the signing key store is unreachable") from None
+        keys = [self._jwk(r) for r in rows]
+        self._jwks = (time.monotonic(), keys)
+        return [dict(jwk) for jwk in keys]
+
+    @staticmethod
+    def _jwk(row: SigningKey) -> dict[str, Any]:
+        jwk = dict(row.public_jwk)
+        jwk.update({"kid": row.kid, "alg": row.alg, "use": "sig"})
+        return jwk
+
+    async def _read_published(self) -> list[SigningKey]:
+        async with self.sessions() as session:
+            return await self._published(session)
+
+    @staticmethod
+    async def _published(session: AsyncSession) -> list[SigningKey]:
+        rows = list(
+            await session.exec(
+                select(SigningKey).where(col(SigningKey.state).in_(list(PUBLISHED_STATES)))
+            )
+        )
+        rows.sort(key=lambda r: (_STATE_ORDER[KeyState(r.state)], -r.created_at.timestamp()))
+        return rows
+
+    async def describe(self) -> list[SigningKeyInfo]:
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(SigningKey).order_by(col(SigningKey.created_at).desc())
+            )
+            return [info(r) for r in rows]
+
+    async def check(self) -> None:
+        await self.refresh(force=True)
+        await self._backend_check()
+
+    # -- changing --------------------------------------------------------------------------
+
+    async def ensure_keys(self) -> None:
+        async with transaction(self.sessions) as session:
+            await lock_signing_keys(session)
+            changes = await self._ensure(session, utcnow())
+        if changes:
+            self.invalidate()
+
+    async def advance(self, now: datetime) -> list[str]:
+        async with transaction(self.sessions) as session:
+            await lock_signing_keys(session)
+            changes: list[str] = []
+            for row in await self._published(session):
+                if row.state == KeyState.RETIRING and self._may_retire(row, now):
+                    row.state = KeyState.RETIRED
+                    row.retired_at = now
+                    self._forget(row)
+                    session.add(row)
+                    await record(
+                        session,
+                        AuditAction.SIGNING_KEY_RETIRED,
+                        actor=SYSTEM_ACTOR,
+                        subject=f"signing_key:{row.kid}",
+                        details={"kid": row.kid, "retiring_at": row.retiring_at},
+                    )
+                    changes.append(f"retired {row.kid}")
+            changes += await self._ensure(session, now)
+            period = self.windows.rotation_period
+            active, nxt = await self._active_and_next(session)
+            if (
+                period is not None
+                and active is not None
+                and nxt is not None
+                and active.activated_at is not None
+                and active.activated_at + period <= now
+                and self._may_sign(nxt, now)
+            ):
+                new_next = await self._promote(session, active, nxt, now, actor=SYSTEM_ACTOR)
+                await record(
+                    session,
+                    AuditAction.SIGNING_KEY_ROTATED_SCHEDULED,
+                    actor=SYSTEM_ACTOR,
+                    subject=f"signing_key:{nxt.kid}",
+                    details={"previous_kid": active.kid, "next_kid": new_next.kid},
+                )
+                changes.append(f"rotated {active.kid} -> {nxt.kid}")
+        if changes:
+            self.invalidate()
+            log.info("signing keys advanced: %s", "; ".join(changes))
+        return changes
+
+    async def rotate(
+        self, *, actor: str, compromised: bool = False, now: datetime | None = None
+    ) -> RotationResult:
+        """Rotate the key that is active as this call starts.
+
+        The active kid is read before the lock is taken, so two replicas (or two operators)
+        asking at the same moment make one rotation, and the second learns it happened.
+        A planned rotation needs the next key to have been published long enough (see the
+        module docstring) and otherwise is refused with ``Conflict``; a compromised one
+        never waits.
+        """
+        expected = await self._active_kid()
+        if expected is None:
+            await self.ensure_keys()
+            expected = await self._active_kid()
+        if expected is None:
+            raise Unavailable("there is no active signing key")
+        now = now or utcnow()
+        async with transaction(self.sessions) as session:
+            await lock_signing_keys(session)
+            if compromised:
+                result = await self._compromise(session, expected, now, actor=actor)
+            else:
+                result = await self._planned_rotation(session, expected, now, actor=actor)
+        self.invalidate()
+        return result
+
+    async def _planned_rotation(
+        self, session: AsyncSession, expected: str, now: datetime, *, actor: str
+    ) -> RotationResult:
+        await self._ensure(session, now)
+        active, nxt = await self._active_and_next(session)
+        assert active is not None
+        assert nxt is not None
+        if active.kid != expected:
+            return RotationResult(False, expected, active.kid, nxt.kid)
+        if not self._may_sign(nxt, now):
+            assert nxt.signs_after is not None
+            raise Conflict(
+                f"the next signing key {nxt.kid} may start signing at "
+                f"{nxt.signs_after.isoformat()}, once every verifier's cached JWKS lists it; "
+                "rotate after that time, or rotate with compromised=true to replace the "
+                "active key at once"
+            )
+        new_next = await self._promote(session, active, nxt, now, actor=actor)
+        await record(
+            session,
+            AuditAction.SIGNING_KEY_ROTATED,
+            actor=actor,
+            subject=f"signing_key:{nxt.kid}",
+            details={"previous_kid": active.kid, "next_kid": new_next.kid},
+        )
+        log.info("signing key rotated: %s -> %s", active.kid, nxt.kid)
+        return RotationResult(True, active.kid, nxt.kid, new_next.kid)
+
+    async def _compromise(
+        self, session: AsyncSession, expected: str, now: datetime, *, actor: str
+    ) -> RotationResult:
+        target = await session.get(SigningKey, expected)
+        assert target is not None
+        if target.state == KeyState.COMPROMISED:
+            active, nxt = await self._active_and_next(session)
+            assert active is not None
+            return RotationResult(
+                False, expected, active.kid, nxt.kid if nxt else None, compromised_kid=expected
+            )
+        was_active = target.state == KeyState.ACTIVE
+        target.state = KeyState.COMPROMISED
+        target.retired_at = now
+        if was_active:
+            target.retiring_at = now
+        self._forget(target)
+        session.add(target)
+        await session.flush()
+        # With the compromised key gone, ``_ensure`` promotes the published next key at once
+        # (verifiers that cached the JWKS before it appeared refetch on its unknown kid) and
+        # publishes a new next key.
+        await self._ensure(session, now, actor=actor)
+        active, nxt = await self._active_and_next(session)
+        assert active is not None
+        assert nxt is not None
+        await record(
+            session,
+            AuditAction.SIGNING_KEY_COMPROMISED,
+            actor=actor,
+            subject=f"signing_key:{expected}",
+            details={
+                "kid": expected,
+                "was": "active" if was_active else "retiring",
+                "active_kid": active.kid,
+            },
+        )
+        log.warning("signing key %s declared compromised and unpublished", expected)
+        return RotationResult(was_active, expected, active.kid, nxt.kid, compromised_kid=expected)
+
+    # -- building blocks (all inside a locked transaction) -----------------------------------
+
+    def _may_sign(self, row: SigningKey, now: datetime) -> bool:
+        return row.signs_after is not None and row.signs_after <= now
+
+    def _may_retire(self, row: SigningKey, now: datetime) -> bool:
+        if row.retiring_at is None:
+            return False
+        earliest = row.retiring_at + self.windows.keep_published
+        if row.retire_after is not None:
+            earliest = max(earliest, row.retire_after)
+        return earliest <= now
+
+    async def _active_and_next(
+        self, session: AsyncSession
+    ) -> tuple[SigningKey | None, SigningKey | None]:
+        rows = await self._published(session)
+        active = next((r for r in rows if r.state == KeyState.ACTIVE), None)
+        nxt = min(
+            (r for r in rows if r.state == KeyState.NEXT),
+            key=lambda r: r.created_at,
+            default=None,
+        )
+        return active, nxt
+
+    async def _ensure(
+        self, session: AsyncSession, now: datetime, *, actor: str = SYSTEM_ACTOR
+    ) -> list[str]:
+        changes: list[str] = []
+        rows = await self._published(session)
+        first_ever = not rows
+        active, nxt = await self._active_and_next(session)
+        if active is None:
+            if nxt is not None:
+                nxt.state = KeyState.ACTIVE
+                nxt.activated_at = now
+                session.add(nxt)
+                await record(
+                    session,
+                    AuditAction.SIGNING_KEY_ACTIVATED,
+                    actor=actor,
+                    subject=f"signing_key:{nxt.kid}",
+                    details={"kid": nxt.kid, "reason": "no active key"},
+                )
+                changes.append(f"activated {nxt.kid}")
+                nxt = None
+            else:
+                row = await self._create(
+                    session, KeyState.ACTIVE, now, signs_after=now, actor=actor
+                )
+                changes.append(f"created active {row.kid}")
+            _, nxt = await self._active_and_next(session)
+        if nxt is None:
+            signs_after = now if first_ever else now + self.windows.publish_ahead
+            row = await self._create(
+                session, KeyState.NEXT, now, signs_after=signs_after, actor=actor
+            )
+            changes.append(f"created next {row.kid}")
+        return changes
+
+    async def _promote(
+        self,
+        session: AsyncSession,
+        active: SigningKey,
+        nxt: SigningKey,
+        now: datetime,
+        *,
+        actor: str,
+    ) -> SigningKey:
+        active.state = KeyState.RETIRING
+        active.retiring_at = now
+        active.retire_after = now + self.windows.keep_published
+        nxt.state = KeyState.ACTIVE
+        nxt.activated_at = now
+        session.add(active)
+        session.add(nxt)
+        await session.flush()
+        return await self._create(
+            session, KeyState.NEXT, now, signs_after=now + self.windows.publish_ahead, actor=actor
+        )
+
+    async def _create(
+        self,
+        session: AsyncSession,
+        state: KeyState,
+        now: datetime,
+        *,
+        signs_after: datetime,
+        actor: str,
+    ) -> SigningKey:
+        made = await self._generate()
+        row = SigningKey(
+            kid=made.kid,
+            alg=made.alg,
+            backend=self.name,
+            state=state,
+            public_jwk=made.public_jwk,
+            private_ciphertext=made.private_ciphertext,
+            backend_ref=made.backend_ref,
+            created_at=now,
+            signs_after=signs_after,
+            activated_at=now if state == KeyState.ACTIVE else None,
+        )
+        session.add(row)
+        await session.flush()
+        await record(
+            session,
+            AuditAction.SIGNING_KEY_CREATED,
+            actor=actor,
+            subject=f"signing_key:{row.kid}",
+            details={
+                "kid": row.kid,
+                "alg": row.alg,
+                "backend": row.backend,
+                "state": state.value,
+                "signs_after": signs_after,
+            },
+        )
+        return row

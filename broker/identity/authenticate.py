@@ -1,0 +1,269 @@
+"""Who is calling: a service proves itself with a client secret or a workload JWT.
+
+Used by every service-facing route (keys, token exchange, introspection, revocation,
+usage). Each step runs in its own short transaction: a JWKS fetch never holds a database
+connection, and a refusal is audited in a transaction of its own so that it is kept even
+though the request fails. Refusals name the reason in the problem type but never which of
+"unknown service" and "wrong secret" it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from sqlmodel import select
+
+from broker import credentials
+from broker.audit import AuditAction, record
+from broker.db import utcnow
+from broker.errors import Unauthenticated, Unavailable
+from broker.identity import workload_jwt
+from broker.identity.jwks_cache import JwksCache
+from broker.identity.schemas import SERVICE_ID_PATTERN
+from broker.identity.service import JWT
+from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
+from broker.models import Service, ServiceBinding, ServiceSecret
+from broker.runtime import Runtime
+
+MISSING_CREDENTIALS = "missing-credentials"
+INVALID_CLIENT = "invalid-client"
+SERVICE_DISABLED = "service-disabled"
+LAST_SEEN_GRANULARITY = timedelta(minutes=1)
+_MAX_HEADER = workload_jwt.MAX_TOKEN_LENGTH + 16
+
+
+@dataclass(frozen=True)
+class ServiceIdentity:
+    """An authenticated service. ``quarantined`` services authenticate but get no new keys."""
+
+    service_id: str
+    method: Literal["jwt", "secret"]
+    subject: str | None
+    quarantined: bool = False
+
+
+class _Refused(Exception):
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        service_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.service_id = service_id
+        self.extra = dict(extra or {})
+
+
+def jwks_cache(runtime: Runtime) -> JwksCache:
+    """The process-wide JWKS cache, created on first use."""
+    cache = runtime.extras.get("jwks_cache")
+    if not isinstance(cache, JwksCache):
+        cache = JwksCache()
+        runtime.extras["jwks_cache"] = cache
+    return cache
+
+
+async def authenticate_service(
+    runtime: Runtime, authorization: str | None, *, source: str | None
+) -> ServiceIdentity:
+    method = "none"
+    fingerprint: str | None = None
+    try:
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        value = value.strip()
+        if not value:
+            raise _Refused(
+                MISSING_CREDENTIALS,
+                "service credentials are required (HTTP Basic client id and secret, "
+                "or Authorization: Bearer <workload JWT>)",
+            )
+        fingerprint = credentials.fingerprint(value)
+        if len(value) > _MAX_HEADER:
+            raise _Refused(INVALID_CLIENT, "the credentials are too long")
+        if scheme.lower() == "basic":
+            method = "secret"
+            service_id, secret = _basic(value)
+            # The secret's own fingerprint matches the one audited when it was issued, so a
+            # retired secret still in use can be traced to its rotation.
+            fingerprint = credentials.fingerprint(secret)
+            return await _by_secret(runtime, service_id, secret)
+        if scheme.lower() == "bearer":
+            method = "jwt"
+            return await _by_jwt(runtime, value)
+        raise _Refused(MISSING_CREDENTIALS, "use HTTP Basic or Bearer credentials")
+    except _Refused as refused:
+        await _record_failure(runtime, refused, method, fingerprint, source)
+        if refused.reason == workload_jwt.JWKS_UNAVAILABLE:
+            raise Unavailable(refused.detail) from None
+        raise Unauthenticated(refused.detail, reason=refused.reason) from None
+
+
+def _basic(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _Refused(INVALID_CLIENT, "the Basic credentials are not valid base64") from None
+    client_id, sep, secret = decoded.partition(":")
+    # RFC 6749 2.3.1: both parts are form-encoded before they are joined.
+    client_id, secret = unquote(client_id), unquote(secret)
+    if not sep or not client_id or not secret:
+        raise _Refused(INVALID_CLIENT, "the Basic credentials must be service-id:client-secret")
+    return client_id, secret
+
+
+async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceIdentity:
+    # The claimed id is audited only when it looks like one: a caller who swapped the two
+    # parts must not get their secret written into the trail.
+    claimed = service_id if re.fullmatch(SERVICE_ID_PATTERN, service_id) else None
+    refused = _Refused(
+        INVALID_CLIENT, "unknown service or wrong client secret", extra={"client_id": claimed}
+    )
+    if not credentials.well_formed(secret, credentials.CLIENT_SECRET_PREFIX):
+        raise refused
+    digest = credentials.keyed_hash(runtime.secrets.pepper, secret)
+    now = utcnow()
+    async with runtime.transaction() as session:
+        row = (
+            await session.exec(select(ServiceSecret).where(ServiceSecret.secret_hash == digest))
+        ).first()
+        if (
+            row is None
+            or not hmac.compare_digest(row.secret_hash.encode(), digest.encode())
+            or row.service_id != service_id
+            or (row.expires_at is not None and row.expires_at <= now)
+        ):
+            raise refused
+        service = await session.get(Service, service_id)
+        if service is None:
+            raise refused
+        if service.disabled:
+            raise _Refused(SERVICE_DISABLED, "the service is disabled", service_id=service.id)
+        if _stale(service.last_seen_at, now):
+            service.last_seen_at = now
+            session.add(service)
+        return ServiceIdentity(service.id, "secret", None, quarantined=service.quarantined)
+
+
+async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:
+    try:
+        head = workload_jwt.peek(token)
+    except JwtFailure as failure:
+        raise _Refused(failure.reason, failure.detail) from None
+    context: dict[str, Any] = {"alg": head.alg, "kid": (head.kid or "")[:200] or None}
+    if head.issuer is None:
+        raise _Refused(workload_jwt.UNKNOWN_ISSUER, "the token has no issuer", extra=context)
+    context["issuer"] = head.issuer[:500]
+    candidates, last_seen = await _candidates(runtime, head.issuer)
+    if not candidates:
+        raise _Refused(
+            workload_jwt.UNKNOWN_ISSUER, "no service trusts the token's issuer", extra=context
+        )
+    cache = jwks_cache(runtime)
+
+    async def keys_for(candidate: Candidate, kid: str | None) -> Sequence[Mapping[str, Any]]:
+        if candidate.jwks is not None:
+            keys: list[Mapping[str, Any]] = candidate.jwks["keys"]
+            return keys
+        assert candidate.jwks_url is not None
+        return await cache.keys(candidate.jwks_url, kid)
+
+    try:
+        matches = await workload_jwt.verify(
+            token, head, candidates, keys_for, leeway=runtime.settings.clock_leeway
+        )
+    except JwtFailure as failure:
+        raise _Refused(failure.reason, failure.detail, extra=context) from None
+    by_service = {m.candidate.service_id: m for m in matches}
+    enabled = [m for m in by_service.values() if not m.candidate.disabled]
+    if not enabled:
+        raise _Refused(
+            SERVICE_DISABLED,
+            "the service is disabled",
+            service_id=next(iter(by_service)),
+            extra=context,
+        )
+    if len(enabled) > 1:
+        raise _Refused(
+            workload_jwt.CLAIMS_MISMATCH,
+            "the token matches the bindings of more than one service; narrow the bindings",
+            extra={**context, "services": sorted(m.candidate.service_id for m in enabled)},
+        )
+    match = enabled[0]
+    service_id = match.candidate.service_id
+    now = utcnow()
+    if _stale(last_seen.get(service_id), now):
+        async with runtime.transaction() as session:
+            service = await session.get(Service, service_id)
+            if service is not None:
+                service.last_seen_at = now
+                session.add(service)
+    return ServiceIdentity(
+        service_id, "jwt", str(match.claims["sub"]), quarantined=match.candidate.quarantined
+    )
+
+
+async def _candidates(
+    runtime: Runtime, issuer: str
+) -> tuple[list[Candidate], dict[str, datetime | None]]:
+    async with runtime.transaction() as session:
+        rows = list(
+            await session.exec(
+                select(ServiceBinding, Service)
+                .join(Service, Service.id == ServiceBinding.service_id)  # type: ignore[arg-type]
+                .where(ServiceBinding.kind == JWT, ServiceBinding.issuer == issuer)
+            )
+        )
+    candidates = [
+        Candidate(
+            binding_id=b.id,
+            service_id=s.id,
+            issuer=b.issuer or "",
+            audience=b.audience or "",
+            subject=b.subject or "",
+            claims=dict(b.claims),
+            algorithms=tuple(b.algorithms) or ALLOWED_ALGORITHMS,
+            jwks=b.jwks,
+            jwks_url=b.jwks_url,
+            disabled=s.disabled,
+            quarantined=s.quarantined,
+        )
+        for b, s in rows
+    ]
+    return candidates, {s.id: s.last_seen_at for _, s in rows}
+
+
+def _stale(last_seen: datetime | None, now: datetime) -> bool:
+    return last_seen is None or now - last_seen >= LAST_SEEN_GRANULARITY
+
+
+async def _record_failure(
+    runtime: Runtime, refused: _Refused, method: str, fingerprint: str | None, source: str | None
+) -> None:
+    details: dict[str, Any] = {
+        "reason": refused.reason,
+        "method": method,
+        "service_id": refused.service_id,
+        "source": source,
+        "credential_fingerprint": fingerprint,
+        **refused.extra,
+    }
+    async with runtime.transaction() as session:
+        await record(
+            session,
+            AuditAction.SERVICE_AUTH_FAILED,
+            actor=f"service:{refused.service_id}" if refused.service_id else "anonymous",
+            subject=f"service:{refused.service_id}" if refused.service_id else "",
+            details=details,
+        )

@@ -1,0 +1,93 @@
+"""RFC 7662 introspection and RFC 7009 holder revocation for our keys.
+
+Introspection answers only for keys addressed to the calling resource service: a key for
+another audience is reported inactive, so one resource service cannot probe another's keys.
+Each active answer counts one use; a ``max_uses`` key is inactive once its uses are spent
+(the counter is bumped with a guarded UPDATE, so replicas cannot over-spend it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from broker import metrics
+from broker.audit import AuditAction, record
+from broker.identity.authenticate import ServiceIdentity
+from broker.issuance.verification import InvalidKey, own_key_verifier
+from broker.models import IssuedKey
+from broker.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Introspection:
+    active: bool
+    reason: str
+    claims: dict[str, Any] | None = None
+    uses: int | None = None
+
+
+async def introspect(runtime: Runtime, caller: ServiceIdentity, token: str) -> Introspection:
+    try:
+        verified = await own_key_verifier(runtime).verify(token, audience=caller.service_id)
+    except InvalidKey as exc:
+        metrics.INTROSPECTIONS.labels(result=exc.reason).inc()
+        return Introspection(active=False, reason=exc.reason)
+    now = datetime.now(UTC)
+    async with runtime.transaction() as session:
+        row = (await session.exec(select(IssuedKey).where(IssuedKey.jti == verified.jti))).first()
+        if row is None or row.kid != verified.kid:
+            reason = "unknown-key"
+        elif row.revoked_at is not None:
+            reason = "revoked"
+        elif row.expires_at <= now:
+            reason = "expired"
+        else:
+            guard = col(IssuedKey.max_uses).is_(None) | (
+                col(IssuedKey.uses) < col(IssuedKey.max_uses)
+            )
+            result = await session.exec(  # type: ignore[call-overload]
+                update(IssuedKey)
+                .where(col(IssuedKey.jti) == verified.jti, guard)
+                .values(uses=IssuedKey.uses + 1)
+                .returning(col(IssuedKey.uses))
+                .execution_options(synchronize_session=False)
+            )
+            uses = result.scalar_one_or_none()
+            reason = "active" if uses is not None else "max-uses-exceeded"
+    metrics.INTROSPECTIONS.labels(result=reason).inc()
+    if reason != "active":
+        return Introspection(active=False, reason=reason)
+    return Introspection(active=True, reason=reason, claims=verified.claims, uses=uses)
+
+
+async def revoke_own_key(runtime: Runtime, caller: ServiceIdentity, token: str) -> bool:
+    """Revoke a key held by the caller. Unknown or foreign tokens change nothing (RFC 7009)."""
+    try:
+        verified = await own_key_verifier(runtime).verify(token, audience=None)
+    except InvalidKey:
+        return False
+    if verified.claims.get("sub") != caller.service_id:
+        return False
+    now = datetime.now(UTC)
+    async with runtime.transaction() as session:
+        result = await session.exec(  # type: ignore[call-overload]
+            update(IssuedKey)
+            .where(col(IssuedKey.jti) == verified.jti, col(IssuedKey.revoked_at).is_(None))
+            .values(revoked_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        await record(
+            session,
+            AuditAction.KEY_REVOKED,
+            actor=f"service:{caller.service_id}",
+            subject=f"key:{verified.jti}",
+            details={"jti": verified.jti, "kid": verified.kid, "by": "holder"},
+        )
+    metrics.KEYS_REVOKED.inc()
+    return True

@@ -1,0 +1,258 @@
+"""Service-facing routes: ask for a key, exchange a token, introspect, revoke."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from broker.errors import BrokerError, Forbidden, InvalidInput
+from broker.identity.authenticate import ServiceIdentity, authenticate_service
+from broker.issuance.introspection import introspect, revoke_own_key
+from broker.issuance.schemas import IntrospectionOut, IssuedKeyOut, KeyRequest, TokenExchangeOut
+from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
+from broker.runtime import Runtime
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+SUBJECT_TOKEN_TYPES = {
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:access_token",
+}
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+
+
+def _source(request: Request[Any, Any, Any]) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _key_out(result: IssuedKeyResult) -> IssuedKeyOut:
+    return IssuedKeyOut(
+        key=result.token,
+        jti=result.jti,
+        kid=result.kid,
+        audience=result.audience,
+        fields=list(result.fields),
+        purpose=result.purpose,
+        policy=result.policy_ref,
+        issued_at=result.issued_at,
+        expires_at=result.expires_at,
+        ttl_seconds=result.ttl_seconds,
+        ttl_clamped=result.ttl_clamped,
+        max_uses=result.max_uses,
+        cnf_jkt=result.cnf_jkt,
+    )
+
+
+@post(
+    "/v1/keys",
+    tags=["keys"],
+    summary="Exchange the service's identity for a scoped key",
+    status_code=HTTP_201_CREATED,
+)
+async def request_key(
+    data: JSONBody[KeyRequest],
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    service: NamedDependency[ServiceIdentity],
+) -> IssuedKeyOut:
+    if len(set(data.fields)) != len(data.fields):
+        raise InvalidInput("fields must not repeat")
+    order = KeyOrder(
+        audience=data.audience,
+        fields=frozenset(data.fields),
+        purpose=data.purpose,
+        ttl_seconds=data.ttl_seconds,
+        max_uses=data.max_uses,
+        jkt=data.jkt,
+    )
+    result = await issue_key(runtime, service, order, source=_source(request))
+    return _key_out(result)
+
+
+class OAuthError(BrokerError):
+    """RFC 6749 error members carried inside an RFC 9457 problem."""
+
+    status = 400
+    type_name = "oauth-error"
+    title = "Token exchange refused"
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description, error=error, error_description=description)
+        self.status = status
+        self.type_name = error.replace("_", "-")
+
+
+async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "")
+    items: Iterable[tuple[Any, Any]]
+    if content_type.startswith("application/json"):
+        try:
+            body = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            raise InvalidInput("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        items = body.items()
+    else:
+        items = (await request.form()).items()
+    form: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(value, str):
+            raise InvalidInput(f"parameter {str(key)[:40]!r} must be a string")
+        form[str(key)] = value
+    return form
+
+
+def _parse_details(raw: str) -> tuple[frozenset[str], str]:
+    try:
+        details = json.loads(raw)
+    except ValueError:
+        raise OAuthError(
+            "invalid_authorization_details", "authorization_details is not JSON"
+        ) from None
+    if not (isinstance(details, list) and len(details) == 1 and isinstance(details[0], dict)):
+        raise OAuthError(
+            "invalid_authorization_details",
+            "authorization_details must hold exactly one pii_access entry",
+        )
+    entry = details[0]
+    fields, purpose = entry.get("fields"), entry.get("purpose")
+    if (
+        entry.get("type") != "pii_access"
+        or not isinstance(fields, list)
+        or not fields
+        or not all(isinstance(f, str) and 0 < len(f) <= 120 for f in fields)
+        or len(fields) > 64
+        or len(set(fields)) != len(fields)
+        or not isinstance(purpose, str)
+        or not 0 < len(purpose) <= 80
+    ):
+        raise OAuthError(
+            "invalid_authorization_details",
+            "pii_access needs a non-empty list of distinct fields and a purpose",
+        )
+    return frozenset(fields), purpose
+
+
+@post(
+    "/v1/token",
+    tags=["keys"],
+    summary="RFC 8693 token exchange for a scoped key",
+    status_code=HTTP_200_OK,
+)
+async def token_exchange(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> TokenExchangeOut:
+    form = await _form(request)
+    if form.get("grant_type") != TOKEN_EXCHANGE:
+        raise OAuthError("unsupported_grant_type", f"grant_type must be {TOKEN_EXCHANGE}")
+    subject_token = form.get("subject_token")
+    if not subject_token or form.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+        raise OAuthError(
+            "invalid_request", "subject_token and a JWT subject_token_type are required"
+        )
+    audience = form.get("audience") or form.get("resource")
+    if not audience or len(audience) > 63:
+        raise OAuthError("invalid_request", "audience is required")
+    if "authorization_details" not in form:
+        raise OAuthError("invalid_request", "authorization_details of type pii_access is required")
+    fields, purpose = _parse_details(form["authorization_details"])
+    ttl = form.get("ttl_seconds") or form.get("expires_in")
+    source = _source(request)
+    identity = await authenticate_service(runtime, f"Bearer {subject_token}", source=source)
+    if request.headers.get("authorization"):
+        client = await authenticate_service(
+            runtime, request.headers["authorization"], source=source
+        )
+        if client.service_id != identity.service_id:
+            raise OAuthError(
+                "invalid_client", "client and subject token name different services", 401
+            )
+    order = KeyOrder(
+        audience=audience,
+        fields=fields,
+        purpose=purpose,
+        ttl_seconds=int(ttl) if ttl and ttl.isdigit() and 0 < int(ttl) <= 86400 else None,
+        jkt=form.get("jkt") or None,
+    )
+    try:
+        result = await issue_key(runtime, identity, order, source=source)
+    except Forbidden as exc:
+        raise OAuthError("invalid_target", exc.detail, 403) from None
+    return TokenExchangeOut(
+        access_token=result.token,
+        issued_token_type=ACCESS_TOKEN_TYPE,
+        token_type="DPoP" if result.cnf_jkt else "Bearer",
+        expires_in=result.ttl_seconds,
+        authorization_details=result.authorization_details,
+    )
+
+
+@post(
+    "/v1/introspect",
+    tags=["keys"],
+    summary="RFC 7662 introspection for resource services",
+    status_code=HTTP_200_OK,
+)
+async def introspect_key(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    service: NamedDependency[ServiceIdentity],
+) -> IntrospectionOut:
+    form = await _form(request)
+    token = form.get("token", "")
+    if not token:
+        raise InvalidInput("token is required")
+    result = await introspect(runtime, service, token)
+    if not result.active or result.claims is None:
+        return IntrospectionOut(active=False)
+    c = result.claims
+    detail = c["authorization_details"][0]
+    return IntrospectionOut(
+        active=True,
+        iss=c["iss"],
+        sub=c["sub"],
+        client_id=c.get("client_id"),
+        aud=c["aud"],
+        exp=c["exp"],
+        iat=c["iat"],
+        nbf=c["nbf"],
+        jti=c["jti"],
+        token_type="DPoP" if "cnf" in c else "Bearer",
+        fields=list(detail.get("fields", [])),
+        purpose=detail.get("purpose"),
+        policy=detail.get("policy"),
+        authorization_details=c["authorization_details"],
+        cnf=c.get("cnf"),
+        max_uses=c.get("max_uses"),
+        uses=result.uses,
+    )
+
+
+@post(
+    "/v1/revoke",
+    tags=["keys"],
+    summary="RFC 7009 revocation by the key's own service",
+    status_code=HTTP_200_OK,
+)
+async def revoke_key(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    service: NamedDependency[ServiceIdentity],
+) -> Response[None]:
+    form = await _form(request)
+    token = form.get("token", "")
+    if not token:
+        raise InvalidInput("token is required")
+    await revoke_own_key(runtime, service, token)
+    return Response(None, status_code=HTTP_200_OK)
+
+
+ROUTES = [request_key, token_exchange, introspect_key, revoke_key]

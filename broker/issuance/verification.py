@@ -1,0 +1,135 @@
+"""Server-side check of our own keys, for introspection and holder revocation.
+
+Only our published keys are candidates (looked up by ``kid`` among them, never from a
+header URL); the algorithm allowlist, ``typ``, ``iss``, ``exp``/``nbf`` with the configured
+leeway, and the presence of every claim we rely on are all checked before the key's row is
+consulted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from broker.runtime import Runtime
+
+ALLOWED_ALGS = ("EdDSA", "ES256")
+MAX_TOKEN_BYTES = 8192
+_REQUIRED = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "authorization_details"]
+_FORBIDDEN_HEADERS = {"jku", "x5u", "x5c", "jwk", "crit"}
+
+
+class InvalidKey(Exception):
+    """The presented key is not one we accept; ``reason`` is a closed set, safe as a label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VerifiedClaims:
+    kid: str
+    claims: dict[str, Any]
+
+    @property
+    def jti(self) -> str:
+        return str(self.claims["jti"])
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        details = self.claims.get("authorization_details") or [{}]
+        first: dict[str, Any] = details[0]
+        return first
+
+
+class OwnKeyVerifier:
+    """Keeps parsed public keys by kid; refreshes from custody when an unknown kid appears."""
+
+    def __init__(self, runtime: Runtime, refresh_interval: float = 1.0) -> None:
+        self._runtime = runtime
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._refreshed = 0.0
+        self._refresh_interval = refresh_interval
+
+    async def _refresh(self) -> None:
+        jwks = await self._runtime.custody.public_jwks()
+        self._keys = {jwk["kid"]: jwt.PyJWK(jwk) for jwk in jwks if "kid" in jwk}
+        self._refreshed = time.monotonic()
+
+    async def _key(self, kid: str) -> jwt.PyJWK:
+        key = self._keys.get(kid)
+        stale = time.monotonic() - self._refreshed > self._runtime.settings.jwks_max_age
+        if key is None or stale:
+            if key is None and time.monotonic() - self._refreshed < self._refresh_interval:
+                raise InvalidKey("unknown-kid")
+            await self._refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            raise InvalidKey("unknown-kid")
+        return key
+
+    async def verify(self, token: str, *, audience: str | None) -> VerifiedClaims:
+        if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
+            raise InvalidKey("malformed")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidKey("malformed") from None
+        if _FORBIDDEN_HEADERS & header.keys():
+            raise InvalidKey("forbidden-header")
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGS:
+            raise InvalidKey("disallowed-alg")
+        if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
+            raise InvalidKey("wrong-type")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidKey("unknown-kid")
+        key = await self._key(kid)
+        if key.algorithm_name != alg:
+            raise InvalidKey("disallowed-alg")
+        settings = self._runtime.settings
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                issuer=settings.issuer,
+                audience=audience,
+                leeway=settings.clock_leeway,
+                options={"require": _REQUIRED, "verify_aud": audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidKey("expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidKey("not-yet-valid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidKey("wrong-audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidKey("wrong-issuer") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidKey("bad-signature") from None
+        except jwt.PyJWTError:
+            raise InvalidKey("malformed") from None
+        details = claims.get("authorization_details")
+        if not (
+            isinstance(details, list)
+            and len(details) == 1
+            and isinstance(details[0], dict)
+            and details[0].get("type") == "pii_access"
+        ):
+            raise InvalidKey("malformed")
+        return VerifiedClaims(kid=kid, claims=claims)
+
+
+def own_key_verifier(runtime: Runtime) -> OwnKeyVerifier:
+    verifier = runtime.extras.get("own_key_verifier")
+    if verifier is None:
+        verifier = OwnKeyVerifier(runtime)
+        runtime.extras["own_key_verifier"] = verifier
+    assert isinstance(verifier, OwnKeyVerifier)
+    return verifier

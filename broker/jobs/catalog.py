@@ -1,0 +1,52 @@
+"""The scheduled jobs. Each calls the same domain services the routes and the CLI use."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlmodel import col
+
+from broker.jobs.run_once import Job
+from broker.models import IssuedKey, JobRun
+from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
+from broker.runtime import Runtime
+
+JOB_RUN_RETENTION = timedelta(days=30)
+
+
+async def advance_signing_keys(runtime: Runtime, now: datetime) -> str:
+    """Scheduled rotation: custody publishes the next key ahead and promotes it each
+    ``rotation_period``, and retires keys once nothing they signed can still be valid."""
+    moved = await runtime.custody.advance(now)
+    return f"{len(moved)} key state change(s)"
+
+
+async def purge_expired(runtime: Runtime, now: datetime) -> str:
+    """Drop issued-key records once no verifier could still accept the key."""
+    settings = runtime.settings
+    horizon = now - timedelta(seconds=settings.clock_leeway + settings.jwks_max_age)
+    async with runtime.transaction() as session:
+        keys = await session.exec(  # type: ignore[call-overload]
+            delete(IssuedKey).where(col(IssuedKey.expires_at) < horizon)
+        )
+        runs = await session.exec(  # type: ignore[call-overload]
+            delete(JobRun).where(col(JobRun.started_at) < now - JOB_RUN_RETENTION)
+        )
+    return f"purged {keys.rowcount} issued key record(s), {runs.rowcount} job run(s)"
+
+
+async def expire_proposals(runtime: Runtime, now: datetime) -> str:
+    async with runtime.transaction() as session:
+        proposals = await expire_stale_proposals(session, now)
+        lapsed = await expire_lapsed_versions(session, now)
+    return f"expired {proposals} stale proposal(s) and {lapsed} lapsed policy version(s)"
+
+
+def default_jobs(runtime: Runtime) -> list[Job]:
+    settings = runtime.settings
+    return [
+        Job("advance_signing_keys", settings.key_advance_interval, advance_signing_keys),
+        Job("purge_expired", settings.purge_interval, purge_expired),
+        Job("expire_proposals", settings.proposal_check_interval, expire_proposals),
+    ]

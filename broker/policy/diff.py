@@ -1,0 +1,94 @@
+"""What changed between two policy versions, so an approver reviews the change, not a copy.
+
+Pure: works on ``PolicyTerms``, which both a stored version and a new proposal reduce to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# The scalar terms compared one by one; lists are compared as sets of added/removed names.
+SCALAR_TERMS = (
+    "max_ttl_seconds",
+    "rate_per_minute",
+    "allowed_hours",
+    "max_uses",
+    "max_records",
+    "valid_until",
+    "required_approvals",
+)
+
+
+@dataclass(frozen=True)
+class PolicyTerms:
+    """The content of one version: what an approval approves. The comment is not a term."""
+
+    fields: tuple[str, ...]
+    purposes: tuple[str, ...]
+    max_ttl_seconds: int
+    rate_per_minute: int | None
+    source_cidrs: tuple[str, ...]
+    allowed_hours: dict[str, Any] | None
+    max_uses: int | None
+    max_records: int | None
+    valid_until: datetime | None
+    required_approvals: int
+
+
+@dataclass(frozen=True)
+class ScalarChange:
+    name: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    from_version: int
+    to_version: int
+    fields_added: tuple[str, ...]
+    fields_removed: tuple[str, ...]
+    purposes_added: tuple[str, ...]
+    purposes_removed: tuple[str, ...]
+    source_cidrs_added: tuple[str, ...]
+    source_cidrs_removed: tuple[str, ...]
+    changed: tuple[ScalarChange, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.fields_added
+            or self.fields_removed
+            or self.purposes_added
+            or self.purposes_removed
+            or self.source_cidrs_added
+            or self.source_cidrs_removed
+            or self.changed
+        )
+
+
+def _added(before: tuple[str, ...], after: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set(after) - set(before)))
+
+
+def diff_terms(
+    before: PolicyTerms, after: PolicyTerms, *, from_version: int, to_version: int
+) -> VersionDiff:
+    changed = tuple(
+        ScalarChange(name, getattr(before, name), getattr(after, name))
+        for name in SCALAR_TERMS
+        if getattr(before, name) != getattr(after, name)
+    )
+    return VersionDiff(
+        from_version=from_version,
+        to_version=to_version,
+        fields_added=_added(before.fields, after.fields),
+        fields_removed=_added(after.fields, before.fields),
+        purposes_added=_added(before.purposes, after.purposes),
+        purposes_removed=_added(after.purposes, before.purposes),
+        source_cidrs_added=_added(before.source_cidrs, after.source_cidrs),
+        source_cidrs_removed=_added(after.source_cidrs, before.source_cidrs),
+        changed=changed,
+    )

@@ -1,0 +1,112 @@
+"""Policy routes: admins propose, approvers decide, every operator role reads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.operators.service import OperatorPrincipal
+from broker.policy import service as policies
+from broker.policy.schemas import (
+    PolicyCreate,
+    PolicyDecision,
+    PolicyOut,
+    PolicySummaryOut,
+    PolicyVersionCreate,
+)
+from broker.runtime import Runtime
+
+
+class PolicyController(Controller):
+    path = "/v1/admin/policies"
+    tags = ["policies"]
+
+    @get("/", summary="List policies; status keeps those with a version in that status")
+    async def list_policies(
+        self,
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+        # ``service`` is also the name of the service-identity dependency, so alias it.
+        service_id: Annotated[str | None, QueryParameter(name="service")] = None,
+        audience: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+    ) -> list[PolicySummaryOut]:
+        return await policies.list_policies(
+            db, service=service_id, audience=audience, status=status
+        )
+
+    @post("/", summary="Propose a new policy (version 1, status proposed)")
+    async def propose_policy(
+        self,
+        data: JSONBody[PolicyCreate],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        admin: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.propose_policy(db, runtime.settings, data, proposer=admin)
+
+    @get("/{policy_id:str}", summary="A policy with its versions, approvals and diffs")
+    async def get_policy(
+        self,
+        policy_id: FromPath[str],
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.get_policy(db, policy_id)
+
+    @post("/{policy_id:str}/versions", summary="Propose a change as a new version")
+    async def propose_version(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyVersionCreate],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        admin: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.propose_version(db, runtime.settings, policy_id, data, proposer=admin)
+
+    @post(
+        "/{policy_id:str}/approve",
+        status_code=HTTP_200_OK,
+        summary="Approve the pending version (never the proposer's own)",
+    )
+    async def approve(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyDecision],
+        db: NamedDependency[AsyncSession],
+        approver: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.approve(db, policy_id, data.comment, approver=approver)
+
+    @post("/{policy_id:str}/reject", status_code=HTTP_200_OK, summary="Reject the pending version")
+    async def reject(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyDecision],
+        db: NamedDependency[AsyncSession],
+        approver: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.reject(db, policy_id, data.comment, approver=approver)
+
+    @post(
+        "/{policy_id:str}/withdraw",
+        status_code=HTTP_200_OK,
+        summary="Withdraw the pending version (an admin or its proposer)",
+    )
+    async def withdraw(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyDecision],
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        return await policies.withdraw(db, policy_id, data.comment, operator=auditor)
+
+
+ROUTES = [PolicyController]

@@ -1,0 +1,124 @@
+"""Policy bodies. Types only here; ranges, names and references are checked by the service so
+that every refusal is one 422 problem listing each problem, and the CLI refuses the same."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+_HOURS = (
+    'null, or {"start": "08:00", "end": "18:00", "days": ["mon", ...], '
+    '"timezone": "Europe/Berlin"}; end before start runs past midnight'
+)
+
+
+class PolicyVersionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The terms of a version. A change to an existing policy sends exactly these."""
+
+    fields: Annotated[list[str], msgspec.Meta(description="Catalogued field names")]
+    purposes: Annotated[list[str], msgspec.Meta(description="Catalogued purpose names")]
+    max_ttl_seconds: Annotated[
+        int, msgspec.Meta(description="Longest key lifetime, at most the broker's ceiling")
+    ]
+    rate_per_minute: Annotated[
+        int | None, msgspec.Meta(description="Keys per minute for this service; null: no limit")
+    ] = None
+    source_cidrs: Annotated[
+        list[str], msgspec.Meta(description="Networks requests must come from; empty: any")
+    ] = msgspec.field(default_factory=list)
+    allowed_hours: Annotated[dict[str, Any] | None, msgspec.Meta(description=_HOURS)] = None
+    max_uses: int | None = None
+    max_records: int | None = None
+    valid_until: datetime | None = None
+    required_approvals: Annotated[
+        int, msgspec.Meta(description="Distinct approvers needed, never the proposer (1-5)")
+    ] = 1
+    comment: str = ""
+
+
+class PolicyCreate(PolicyVersionCreate, forbid_unknown_fields=True, kw_only=True):
+    service: Annotated[str, msgspec.Meta(description="The requesting service's id")]
+    audience: Annotated[str, msgspec.Meta(description="The resource service's id")]
+
+
+class PolicyDecision(msgspec.Struct, forbid_unknown_fields=True):
+    comment: str = ""
+
+
+class ApprovalOut(msgspec.Struct):
+    operator: str
+    decision: str
+    comment: str
+    at: datetime
+
+
+class ScalarChangeOut(msgspec.Struct):
+    name: str
+    before: Any
+    after: Any
+
+
+class DiffOut(msgspec.Struct):
+    """From the version before (``from_version``) to this one."""
+
+    from_version: int
+    to_version: int
+    fields_added: list[str]
+    fields_removed: list[str]
+    purposes_added: list[str]
+    purposes_removed: list[str]
+    source_cidrs_added: list[str]
+    source_cidrs_removed: list[str]
+    changed: list[ScalarChangeOut]
+
+
+class PolicyVersionOut(msgspec.Struct):
+    version: int
+    status: str
+    fields: list[str]
+    purposes: list[str]
+    max_ttl_seconds: int
+    rate_per_minute: int | None
+    source_cidrs: list[str]
+    allowed_hours: dict[str, Any] | None
+    max_uses: int | None
+    max_records: int | None
+    valid_until: datetime | None
+    required_approvals: int
+    approvals_remaining: int
+    proposed_by: str
+    proposed_at: datetime
+    proposal_expires_at: datetime | None
+    comment: str
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_comment: str
+    approvals: list[ApprovalOut]
+    diff: DiffOut | None
+
+
+class PolicySummaryOut(msgspec.Struct):
+    """``version``/``status`` are the newest version's; ``active_version`` is the one in force."""
+
+    id: str
+    service: str
+    audience: str
+    version: int
+    status: str
+    active_version: int | None
+    created_at: datetime
+    created_by: str
+
+
+class PolicyOut(msgspec.Struct):
+    id: str
+    service: str
+    audience: str
+    version: int
+    status: str
+    active_version: int | None
+    created_at: datetime
+    created_by: str
+    versions: list[PolicyVersionOut]
