@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     jwks_max_age: Duration = 300
     proposal_ttl: Duration = 7 * 86400
     secret_overlap: Duration = 3600
+    secret_max_age: Duration = 90 * 86400
+    secret_warn_before: Duration = 14 * 86400
+    secret_grace: Duration = 7 * 86400
+    secret_check_interval: Duration = 3600
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     bootstrap_admin: bool = True
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -18,6 +18,7 @@ class AuditAction(StrEnum):
     SERVICE_RELEASED = "operator:service:released"
     SERVICE_QUARANTINED = "system:service:quarantined"
     SERVICE_AUTH_FAILED = "service:auth:failed"
+    SERVICE_SECRET_AGING = "system:service_secret:aging"  # noqa: S105 (an event name)
 
     FIELD_CREATED = "operator:field:created"
     PURPOSE_CREATED = "operator:purpose:created"

@@ -32,10 +32,12 @@ from broker.identity.service import JWT
 from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
 from broker.models import Service, ServiceBinding, ServiceSecret
 from broker.runtime import Runtime
+from broker.settings import Settings
 
 MISSING_CREDENTIALS = "missing-credentials"
 INVALID_CLIENT = "invalid-client"
 SERVICE_DISABLED = "service-disabled"
+SECRET_TOO_OLD = "secret-too-old"  # noqa: S105 (a problem type)
 LAST_SEEN_GRANULARITY = timedelta(minutes=1)
 _MAX_HEADER = workload_jwt.MAX_TOKEN_LENGTH + 16
 
@@ -123,6 +125,11 @@ def _basic(value: str) -> tuple[str, str]:
     return client_id, secret
 
 
+def secret_refused_after(created_at: datetime, settings: Settings) -> datetime:
+    """A secret works until its maximum age plus the grace period, then never again."""
+    return created_at + timedelta(seconds=settings.secret_max_age + settings.secret_grace)
+
+
 async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceIdentity:
     # The claimed id is audited only when it looks like one: a caller who swapped the two
     # parts must not get their secret written into the trail.
@@ -150,6 +157,12 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
             raise refused
         if service.disabled:
             raise _Refused(SERVICE_DISABLED, "the service is disabled", service_id=service.id)
+        if secret_refused_after(row.created_at, runtime.settings) <= now:
+            raise _Refused(
+                SECRET_TOO_OLD,
+                "the client secret is past its maximum age; an operator must issue a new one",
+                service_id=service.id,
+            )
         if _stale(service.last_seen_at, now):
             service.last_seen_at = now
             session.add(service)

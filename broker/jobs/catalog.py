@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete
 from sqlmodel import col
 
+from broker.identity.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
 from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
@@ -43,10 +44,16 @@ async def expire_proposals(runtime: Runtime, now: datetime) -> str:
     return f"expired {proposals} stale proposal(s) and {lapsed} lapsed policy version(s)"
 
 
+async def flag_secrets(runtime: Runtime, now: datetime) -> str:
+    flagged = await flag_aging_secrets(runtime, now)
+    return f"flagged {len(flagged)} aging client secret(s)"
+
+
 def default_jobs(runtime: Runtime) -> list[Job]:
     settings = runtime.settings
     return [
         Job("advance_signing_keys", settings.key_advance_interval, advance_signing_keys),
         Job("purge_expired", settings.purge_interval, purge_expired),
         Job("expire_proposals", settings.proposal_check_interval, expire_proposals),
+        Job("flag_aging_secrets", settings.secret_check_interval, flag_secrets),
     ]

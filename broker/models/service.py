@@ -56,3 +56,4 @@ class ServiceSecret(SQLModel, table=True):
     hint: str = Field(max_length=16)
     created_at: datetime = created_at_field()
     expires_at: datetime | None = datetime_field()
+    age_flagged_at: datetime | None = datetime_field()

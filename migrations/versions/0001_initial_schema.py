@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:21:17.778541
+Create Date: 2026-11-23 12:23:04.237722
 """
 
 from collections.abc import Sequence
@@ -201,6 +201,7 @@ def upgrade() -> None:
         sa.Column("hint", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("created_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("age_flagged_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["service_id"],
             ["services.id"],
