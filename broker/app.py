@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 import broker
+from broker.audit.routes import ROUTES as AUDIT_ROUTES
 from broker.catalog.routes import ROUTES as CATALOG_ROUTES
 from broker.custody.routes import SigningKeyController
 from broker.errors import Unavailable
@@ -18,17 +19,22 @@ from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.identity.routes import ServiceController
+from broker.incidents.routes import ROUTES as INCIDENT_ROUTES
 from broker.issuance.routes import ROUTES as ISSUANCE_ROUTES
 from broker.jobs.routes import list_jobs
 from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
 from broker.operators.routes import OperatorController
 from broker.policy.routes import ROUTES as POLICY_ROUTES
+from broker.revocation.routes import ROUTES as REVOCATION_ROUTES
+from broker.rules.routes import RuleController
 from broker.runtime import Runtime, build_runtime
 from broker.settings import Settings, get_settings
 from broker.system.metrics_route import metrics
 from broker.system.routes import ROUTES as SYSTEM_ROUTES
 from broker.system.wellknown import ROUTES as WELLKNOWN_ROUTES
+from broker.usage.routes import ROUTES as USAGE_ROUTES
+from broker.usage.service import signal_worker
 
 log = get_logger("broker.app")
 
@@ -42,7 +48,12 @@ def route_handlers() -> Sequence[Any]:
         *POLICY_ROUTES,
         *WELLKNOWN_ROUTES,
         SigningKeyController,
+        *AUDIT_ROUTES,
         *ISSUANCE_ROUTES,
+        *REVOCATION_ROUTES,
+        *USAGE_ROUTES,
+        RuleController,
+        *INCIDENT_ROUTES,
         list_jobs,
         metrics,
     ]
@@ -80,7 +91,7 @@ def create_app(
             # 503 until it is back, without a restart.
             log.warning("key_backend_unavailable_at_start", backend=rt.custody.name)
         try:
-            async with scheduler_running(rt):
+            async with scheduler_running(rt), signal_worker(rt):
                 yield
         finally:
             if owned:

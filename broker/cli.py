@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
+from broker.ops_cli import register as register_remote_commands
+from broker.ops_cli.common import over_http_when_configured
+from broker.ops_cli.keys import rotate_remote
+from broker.ops_cli.operators import create_remote
 from broker.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -197,6 +201,7 @@ def operator() -> None:
 @operator.command("create")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["admin", "approver", "auditor"]), required=True)
+@over_http_when_configured(create_remote)
 def operator_create(name: str, role: str) -> None:
     """Create an operator and print its token once (only its hash is stored)."""
     from broker.operators.service import create_operator
@@ -229,11 +234,16 @@ def keys() -> None:
 @click.option(
     "--compromised",
     is_flag=True,
-    help="Unpublish the active key at once and replace it without waiting.",
+    help=(
+        "Unpublish the active key at once, replace it without waiting, and revoke every key "
+        "it signed."
+    ),
 )
+@over_http_when_configured(rotate_remote)
 def keys_rotate(compromised: bool) -> None:
     """Rotate the active signing key now (same rules as POST /v1/admin/signing-keys/rotate)."""
     from broker.custody import RotationResult
+    from broker.revocation.service import revoke_signing_key
     from broker.runtime import build_runtime
 
     settings = _settings()
@@ -241,13 +251,22 @@ def keys_rotate(compromised: bool) -> None:
     async def go() -> RotationResult:
         runtime = build_runtime(settings)
         try:
-            return await runtime.custody.rotate(actor="cli:local", compromised=compromised)
+            result = await runtime.custody.rotate(actor="cli:local", compromised=compromised)
+            if result.compromised_kid:
+                async with runtime.transaction() as session:
+                    await revoke_signing_key(
+                        session, result.compromised_kid, actor="cli:local", settings=settings
+                    )
+            return result
         finally:
             await runtime.close()
 
     result = _run(go)
     if result.compromised_kid:
-        click.echo(f"signing key {result.compromised_kid} is compromised and unpublished")
+        click.echo(
+            f"signing key {result.compromised_kid} is compromised and unpublished; "
+            "every key it signed is revoked"
+        )
     if result.rotated:
         click.echo(f"rotated: {result.previous_kid} -> {result.active_kid}")
     else:
@@ -312,6 +331,8 @@ def openapi() -> None:
     app = create_app(configure_logs=False)
     click.echo(json.dumps(app.openapi_schema.to_schema(), indent=2, sort_keys=True))
 
+
+register_remote_commands(main)
 
 if __name__ == "__main__":
     main()

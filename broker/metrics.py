@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -36,4 +36,33 @@ SECRETS_AGING = Counter(
     "broker_client_secrets_aging_total",
     "Client secrets flagged as nearing their maximum age.",
     registry=REGISTRY,
+)
+REVOCATIONS = Counter(
+    "broker_revocations_total",
+    "Revocation entries created, by who made them (operator or system).",
+    ["source"],
+    registry=REGISTRY,
+)
+USAGE_EVENTS = Counter(
+    "broker_usage_events_total",
+    "Usage events by what became of them (accepted, rejected, refused_busy, stored, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+SIGNAL_QUEUE_DEPTH = Gauge(
+    "broker_signal_queue_events",
+    "Usage events and rule signals waiting in this process's queue.",
+    registry=REGISTRY,
+)
+RULE_FIRINGS = Counter(
+    "broker_rule_firings_total", "Anomaly rules that fired, by rule.", ["rule"], registry=REGISTRY
+)
+RULE_ERRORS = Counter(
+    "broker_rule_errors_total",
+    "Signals whose rule evaluation failed, by signal kind.",
+    ["signal"],
+    registry=REGISTRY,
+)
+ALERTS = Counter(
+    "broker_alerts_total", "Alert webhook deliveries, by result.", ["result"], registry=REGISTRY
 )

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     vault_addr: str = "http://127.0.0.1:8200"
     vault_token: str | None = Field(default=None, repr=False)
     vault_transit_mount: str = "transit"
-    vault_key_name: str = "pii-broker"
+    vault_key_name: str = Field(default="pii-broker", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    vault_role_id: str | None = Field(default=None, repr=False)
+    vault_secret_id: str | None = Field(default=None, repr=False)
+    vault_timeout: float = Field(default=3.0, gt=0, le=60)
     rotation_period: Duration = 7 * 86400
     scheduler_enabled: bool = True
     key_advance_interval: Duration = 60
@@ -72,7 +75,18 @@ class Settings(BaseSettings):
     secret_check_interval: Duration = 3600
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     bootstrap_admin: bool = True
+    auth_cache_ttl: float = Field(default=1.0, ge=0, le=30)
+    grants_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Usage reports and anomaly rules: the in-process queue holds this many events; a
+    # report that would overflow it is refused whole with 429.
+    usage_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    usage_retention: Duration = 7 * 86400
+    usage_max_age: Duration = 86400
+    rules_cache_ttl: float = Field(default=2.0, ge=0, le=60)
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = Field(default=None, repr=False, validate_default=True)
+    alert_webhook_timeout: float = Field(default=2.0, gt=0, le=30)
 
     @field_validator("database_url")
     @classmethod
@@ -81,12 +95,36 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:// or postgresql:// URL")
         return value
 
+    @field_validator("vault_addr")
+    @classmethod
+    def _vault_addr_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_is_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _webhook_needs_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("alert_webhook_url") and not value:
+            raise ValueError("required when BROKER_ALERT_WEBHOOK_URL is set (alerts are signed)")
+        return value or None
 
     @property
     def effective_database_url(self) -> str:

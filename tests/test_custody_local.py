@@ -31,7 +31,7 @@ from broker.errors import Conflict, InvalidInput, Unavailable
 from broker.local_state import ServerSecrets, kek_id_for
 from broker.models import AuditEvent, SigningKey
 from broker.runtime import Runtime, build_runtime
-from broker.settings import Settings, SettingsError
+from broker.settings import Settings, SettingsError, load_settings
 
 # -- the wrapping format ------------------------------------------------------------------------
 
@@ -316,9 +316,13 @@ def test_configured_kek_does_not_warn(caplog: pytest.LogCaptureFixture, tmp_path
     assert not [r for r in caplog.records if r.name == "broker.custody"]
 
 
-def test_unknown_backend_stops_the_start(tmp_path: Path) -> None:
+def test_unknown_backend_stops_the_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BROKER_KEY_BACKEND", "hsm")
+    with pytest.raises(SettingsError, match=r"^invalid setting BROKER_KEY_BACKEND:"):
+        load_settings()
+    # ``vault`` is a backend, but not one the broker can use without credentials.
     settings = Settings(home=tmp_path, key_backend="vault")
-    with pytest.raises(SettingsError, match="BROKER_KEY_BACKEND"):
+    with pytest.raises(SettingsError, match=r"^invalid setting BROKER_VAULT_TOKEN:"):
         build_custody(settings, Any, _secrets(generated=False))  # type: ignore[arg-type]
 
 

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from broker.audit import list_events
 from broker.db import utcnow
+from broker.identity.authenticate import secret_cache
 from broker.identity.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job, run_once
 from broker.models import JobRun, ServiceSecret
@@ -119,6 +120,7 @@ async def test_aging_secret_is_flagged_then_refused(
             .where(col(ServiceSecret.service_id) == "billing-api")
             .values(created_at=too_old)
         )
+    secret_cache(runtime).clear()  # the row was aged behind the broker's back
     refused = await client.post("/v1/keys", headers=world.billing, json=key_request)
     assert refused.status_code == 401
     assert refused.json()["type"].endswith("/secret-too-old")

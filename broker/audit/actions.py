@@ -42,3 +42,17 @@ class AuditAction(StrEnum):
     SIGNING_KEY_RETIRED = "system:signing_key:retired"
     SIGNING_KEY_COMPROMISED = "operator:signing_key:compromised"
     SIGNING_KEYS_REWRAPPED = "operator:signing_key:rewrapped"
+    SIGNING_KEY_DESTROYED = "system:signing_key:destroyed"
+
+    REVOCATION_CREATED = "operator:revocation:created"
+    REVOCATION_CREATED_BY_SYSTEM = "system:revocation:created"
+
+    RULES_UPDATED = "operator:rule:updated"
+    INCIDENT_OPENED = "system:incident:opened"
+    INCIDENT_OPENED_BY_OPERATOR = "operator:incident:opened"
+    INCIDENT_UPDATED = "system:incident:updated"
+    INCIDENT_ESCALATED = "system:incident:escalated"
+    INCIDENT_ACKNOWLEDGED = "operator:incident:acknowledged"
+    INCIDENT_RESOLVED = "operator:incident:resolved"
+    LEAK_REPORTED = "operator:leak:reported"
+    SERVICE_SECRET_LEAKED = "operator:service_secret:leaked"  # noqa: S105 (an event name)

@@ -73,6 +73,7 @@ class Reason(StrEnum):
     FORBIDDEN_HEADER = "forbidden-header"
     DPOP_REQUIRED = "dpop-required"
     DPOP_INVALID = "dpop-invalid"
+    REVOKED = "revoked"
     UNAVAILABLE = "unavailable"
 
 

@@ -7,17 +7,23 @@ issuer, the audience, the validity window, the authorization details, and, for a
 bound to a holder (`cnf.jkt`), the DPoP proof. Tokens naming where to fetch keys from
 (`jku`, `x5u`, `x5c`, `jwk`) are refused outright: keys come only from the broker's JWKS.
 Every refusal is a typed error with a stable `reason`, counted in `stats`.
+
+Given the resource service's own credentials, the verifier also follows the broker's
+revocation feed (see `broker.client.revocations`) and refuses revoked keys (`revoked`); when
+it has not heard from the broker for longer than `staleness_bound` it refuses to decide
+(`VerifierUnavailable`) unless told to fail open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,9 +32,11 @@ from typing import Any, TypeGuard
 import httpx
 
 from broker.client.dpop import DPoPChecker
-from broker.client.errors import InvalidKey, Reason, VerificationError
+from broker.client.errors import InvalidKey, Reason, VerificationError, VerifierUnavailable
 from broker.client.grant import Grant
 from broker.client.jwks import JWKSCache, VerificationKey, check_algorithms
+from broker.client.revocations import RevocationFollower, service_auth
+from broker.client.usage import UsageReporter
 
 _JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "crit"})
@@ -75,8 +83,18 @@ class _Parsed:
 class KeyVerifier:
     """Verifies broker keys for one audience (this resource service) from the JWKS alone.
 
-    Create one per process and reuse it: it owns the JWKS cache and the DPoP replay cache.
-    `verify` is for async code, `verify_sync` for threads; both share the caches.
+    Create one per process and reuse it: it owns the JWKS cache, the DPoP replay cache and
+    the revocation follower. `verify` is for async code, `verify_sync` for threads; both
+    share them.
+
+    Revocations: with `client_id` and `client_secret` (or `workload_token`, a callable
+    returning a current workload JWT) the verifier follows the broker's revocation feed at
+    `broker_url` (default: the issuer), starting on `start()` or the first verification.
+    `follow_revocations` defaults to "when credentials are given"; `True` without
+    credentials is an error. A key matching a revocation is refused with `revoked`. When
+    the feed has not been heard from (event, keep-alive or poll) for `staleness_bound`
+    seconds, or was never loaded, verification raises `VerifierUnavailable`; with
+    `fail_closed_when_stale=False` it goes on with the revocations it has.
     """
 
     def __init__(
@@ -97,9 +115,44 @@ class KeyVerifier:
         dpop_algorithms: Iterable[str] | None = None,
         dpop_window: float = 60.0,
         dpop_replay_cache_size: int = 100_000,
+        broker_url: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        workload_token: Callable[[], str] | None = None,
+        follow_revocations: bool | None = None,
+        staleness_bound: float = 30.0,
+        fail_closed_when_stale: bool = True,
+        revocation_poll_interval: float = 1.0,
+        usage: UsageReporter | None = None,
     ) -> None:
         if not issuer or not audience:
             raise ValueError("issuer and audience are required")
+        self.usage = usage
+        auth = service_auth(client_id, client_secret, workload_token)
+        if follow_revocations is None:
+            follow_revocations = auth is not None
+        if follow_revocations and auth is None:
+            raise ValueError(
+                "following revocations needs this resource service's credentials "
+                "(client_id and client_secret, or workload_token)"
+            )
+        if staleness_bound <= 0:
+            raise ValueError("staleness_bound must be positive")
+        self.staleness_bound = staleness_bound
+        self.fail_closed_when_stale = fail_closed_when_stale
+        self._timeout = timeout
+        self._follow_started: float | None = None
+        self.revocations: RevocationFollower | None = None
+        if follow_revocations:
+            assert auth is not None
+            self.revocations = RevocationFollower(
+                broker_url or issuer,
+                auth,
+                # Keep-alives come often enough that a healthy feed is never taken for stale.
+                heartbeat=max(1, min(10, int(staleness_bound / 3))),
+                poll_interval=revocation_poll_interval,
+                timeout=timeout,
+            )
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -142,6 +195,11 @@ class KeyVerifier:
             parsed = self._parse(token)
             key = await self.jwks.get(parsed.kid)
             grant = self._check(parsed, key, dpop_proof, http_method, http_url)
+            follower = self.revocations
+            if follower is not None:
+                if not follower.synced:
+                    await follower.wait_synced_async(self._start_window(follower))
+                self._check_revoked(grant, follower)
         except VerificationError as exc:
             self._count(exc.reason.value)
             raise
@@ -161,11 +219,61 @@ class KeyVerifier:
             parsed = self._parse(token)
             key = self.jwks.get_sync(parsed.kid)
             grant = self._check(parsed, key, dpop_proof, http_method, http_url)
+            follower = self.revocations
+            if follower is not None:
+                if not follower.synced:
+                    follower.wait_synced(self._start_window(follower))
+                self._check_revoked(grant, follower)
         except VerificationError as exc:
             self._count(exc.reason.value)
             raise
         self._count("ok")
         return grant
+
+    async def start(self) -> None:
+        """Fetch the JWKS and, when following revocations, load them and open the feed.
+
+        Call it at start-up to fail fast: raises `VerifierUnavailable` when either cannot be
+        had within `timeout`. Without it the first verification does the same work.
+        """
+        await self.jwks.refresh()
+        follower = self.revocations
+        if follower is not None and not await follower.wait_synced_async(
+            self._start_window(follower)
+        ):
+            raise VerifierUnavailable(
+                "the broker's revocation feed cannot be loaded"
+                + (f" ({follower.last_error})" if follower.last_error else "")
+            )
+
+    def report_use(
+        self,
+        grant: Grant,
+        *,
+        records: int,
+        source: str,
+        fields: Iterable[str] | None = None,
+        refused_reason: str | None = None,
+    ) -> None:
+        """Tell the broker (in the background, with `usage`) what was read with an accepted
+        key: the fields actually read (default: all it grants) and how many records; or,
+        with `refused_reason`, that this service refused the request after all."""
+        if self.usage is not None:
+            self.usage.record_use(
+                grant,
+                records=records,
+                source=source,
+                fields=fields,
+                outcome="refused" if refused_reason else "allowed",
+                reason=refused_reason,
+            )
+
+    def report_refusal(self, token: str | bytes, error: VerificationError, *, source: str) -> None:
+        """Tell the broker a key was refused (only refusals made after its signature checked
+        out are sent: revoked, expired, DPoP mismatches)."""
+        if self.usage is not None:
+            text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
+            self.usage.record_refusal(text, error.reason.value, source=source)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -174,9 +282,13 @@ class KeyVerifier:
             return dict(self._stats)
 
     async def aclose(self) -> None:
+        if self.revocations is not None:
+            await asyncio.to_thread(self.revocations.stop)
         await self.jwks.aclose()
 
     def close(self) -> None:
+        if self.revocations is not None:
+            self.revocations.stop()
         self.jwks.close()
 
     async def __aenter__(self) -> KeyVerifier:
@@ -202,6 +314,24 @@ class KeyVerifier:
         self.close()
 
     # --- the checks ---------------------------------------------------------------------
+
+    def _start_window(self, follower: RevocationFollower) -> float:
+        """Seconds still worth waiting for the first load of the feed: up to `timeout` after
+        following started, then none (an unreachable broker must not slow every request)."""
+        if self._follow_started is None or not follower.running:
+            follower.start()
+            self._follow_started = time.monotonic()
+        return max(0.0, self._follow_started + self._timeout - time.monotonic())
+
+    def _check_revoked(self, grant: Grant, follower: RevocationFollower) -> None:
+        silent = follower.silent_for()
+        if self.fail_closed_when_stale and (not follower.synced or silent > self.staleness_bound):
+            raise VerifierUnavailable(
+                "revocations are unknown: the broker's revocation feed "
+                + ("was never loaded" if not follower.synced else f"is silent for {silent:.0f} s")
+            )
+        if follower.match(grant) is not None:
+            raise InvalidKey(Reason.REVOKED, "key has been revoked")
 
     def _count(self, outcome: str) -> None:
         with self._stats_lock:

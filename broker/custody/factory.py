@@ -32,10 +32,45 @@ def build_custody(
             kek_id=secrets.kek_id,
             refresh_interval=refresh_interval,
         )
+    if settings.key_backend == "vault":
+        _check_vault_credentials(settings)
+        # Imported here: hvac and requests are only loaded by brokers that use Vault.
+        from broker.custody.vault import VaultCustody
+
+        return VaultCustody(settings, sessions, refresh_interval=refresh_interval)
     raise SettingsError(
-        f"invalid setting BROKER_KEY_BACKEND: {settings.key_backend!r} is not available in "
-        "this build; use 'local'"
+        f"invalid setting BROKER_KEY_BACKEND: {settings.key_backend!r} is not a key backend; "
+        "use 'local' or 'vault'"
     )
+
+
+def _check_vault_credentials(settings: Settings) -> None:
+    """Stop the start when the broker could never log in to Vault, naming what is missing.
+
+    Vault being unreachable is not checked here: the broker then starts unready and signs
+    as soon as Vault answers.
+    """
+    approle = settings.vault_role_id is not None or settings.vault_secret_id is not None
+    if settings.vault_token and approle:
+        raise SettingsError(
+            "invalid setting BROKER_VAULT_TOKEN: set either a token or AppRole "
+            "(BROKER_VAULT_ROLE_ID and BROKER_VAULT_SECRET_ID), not both"
+        )
+    if approle:
+        if not settings.vault_role_id:
+            raise SettingsError(
+                "invalid setting BROKER_VAULT_ROLE_ID: required with BROKER_VAULT_SECRET_ID"
+            )
+        if not settings.vault_secret_id:
+            raise SettingsError(
+                "invalid setting BROKER_VAULT_SECRET_ID: required with BROKER_VAULT_ROLE_ID"
+            )
+        return
+    if not settings.vault_token:
+        raise SettingsError(
+            "invalid setting BROKER_VAULT_TOKEN: required when BROKER_KEY_BACKEND=vault "
+            "(or set BROKER_VAULT_ROLE_ID and BROKER_VAULT_SECRET_ID to log in with AppRole)"
+        )
 
 
 def _warn_about_development_kek(settings: Settings, secrets: ServerSecrets) -> None:

@@ -137,6 +137,9 @@ class LifecycleCustody(ABC):
     """
 
     name: str
+    # What "the key store cannot be reached" looks like for this backend: a backend whose
+    # key material lives elsewhere (Vault) adds its own transport error.
+    backend_errors: tuple[type[BaseException], ...] = BACKEND_ERRORS
 
     def __init__(
         self,
@@ -171,6 +174,17 @@ class LifecycleCustody(ABC):
     def _forget(self, row: SigningKey) -> None:
         """Destroy what lets this key sign; called when it leaves the JWKS for good."""
         row.private_ciphertext = None
+
+    async def _destroy_forgotten(self) -> None:
+        """Destroy, after the change committed, key material held outside the database.
+
+        Called after every ``advance`` and compromised rotation. A backend whose private
+        keys live elsewhere (Vault) deletes them here rather than inside the transaction,
+        so a rollback never leaves a published key without its private half; whatever it
+        could not reach now it retries on the next call. Nothing to do by default: ``_forget``
+        already cleared what the database held, inside the transaction.
+        """
+        return
 
     async def close(self) -> None:
         self.invalidate()
@@ -221,7 +235,7 @@ class LifecycleCustody(ABC):
                     signer = await self._load(row)
                     if cached is not None:
                         log.info("signing key %s is now active on this replica", kid)
-            except BACKEND_ERRORS as exc:
+            except self.backend_errors as exc:
                 self._active = None
                 self._failed_at = time.monotonic()
                 log.warning("signing key store unreachable: %s", type(exc).__name__)
@@ -251,7 +265,7 @@ class LifecycleCustody(ABC):
             if not any(r.state == KeyState.ACTIVE for r in rows):
                 await self.ensure_keys()
                 rows = await self._read_published()
-        except BACKEND_ERRORS as exc:
+        except self.backend_errors as exc:
             log.warning("signing key store unreachable: %s", type(exc).__name__)
             raise Unavailable("the signing key store is unreachable") from None
         keys = [self._jwk(r) for r in rows]
@@ -339,6 +353,7 @@ class LifecycleCustody(ABC):
         if changes:
             self.invalidate()
             log.info("signing keys advanced: %s", "; ".join(changes))
+        await self._destroy_forgotten()
         return changes
 
     async def rotate(
@@ -366,6 +381,8 @@ class LifecycleCustody(ABC):
             else:
                 result = await self._planned_rotation(session, expected, now, actor=actor)
         self.invalidate()
+        if result.compromised_kid is not None:
+            await self._destroy_forgotten()
         return result
 
     async def _planned_rotation(
@@ -418,10 +435,17 @@ class LifecycleCustody(ABC):
         # With the compromised key gone, ``_ensure`` promotes the published next key at once
         # (verifiers that cached the JWKS before it appeared refetch on its unknown kid) and
         # publishes a new next key.
-        await self._ensure(session, now, actor=actor)
+        try:
+            await self._ensure(session, now, actor=actor)
+        except Unavailable:
+            # The backend cannot make a successor now (Vault down). Pulling the compromised
+            # key must not wait for it when a promoted key can take over: the next
+            # ``ensure_keys``/``advance`` publishes the new next key.
+            if (await self._active_and_next(session))[0] is None:
+                raise
+            log.warning("no new next signing key after the compromise: the backend is down")
         active, nxt = await self._active_and_next(session)
         assert active is not None
-        assert nxt is not None
         await record(
             session,
             AuditAction.SIGNING_KEY_COMPROMISED,
@@ -434,7 +458,9 @@ class LifecycleCustody(ABC):
             },
         )
         log.warning("signing key %s declared compromised and unpublished", expected)
-        return RotationResult(was_active, expected, active.kid, nxt.kid, compromised_kid=expected)
+        return RotationResult(
+            was_active, expected, active.kid, nxt.kid if nxt else None, compromised_kid=expected
+        )
 
     # -- building blocks (all inside a locked transaction) -----------------------------------
 

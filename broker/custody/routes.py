@@ -6,10 +6,12 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.custody.base import SigningKeyInfo
 from broker.custody.schemas import RotateRequest, RotationOut, SigningKeyOut
 from broker.operators.service import OperatorPrincipal
+from broker.revocation.service import revoke_signing_key
 from broker.runtime import Runtime
 
 
@@ -46,18 +48,26 @@ class SigningKeyController(Controller):
             "The body is optional. A planned rotation promotes the published next key, and "
             "is refused (409) until that key has been published for the JWKS max-age. With "
             "`compromised: true` the active key is unpublished at once and replaced without "
-            "waiting; the response names it in `compromised_kid`."
+            "waiting, and every key it signed is revoked by one `kid` revocation entry; the "
+            "response names it in `compromised_kid`."
         ),
         status_code=HTTP_200_OK,
     )
     async def rotate(
         self,
         runtime: NamedDependency[Runtime],
+        db: NamedDependency[AsyncSession],
         admin: NamedDependency[OperatorPrincipal],
         data: JSONBody[RotateRequest | None] = None,
     ) -> RotationOut:
         compromised = data.compromised if data is not None else False
         result = await runtime.custody.rotate(actor=admin.actor, compromised=compromised)
+        if result.compromised_kid:
+            # Unpublishing stops verifiers once their JWKS cache expires; the revocation
+            # entry stops every key the compromised key signed within the feed's latency.
+            await revoke_signing_key(
+                db, result.compromised_kid, actor=admin.actor, settings=runtime.settings
+            )
         return RotationOut(
             rotated=result.rotated,
             previous_kid=result.previous_kid,

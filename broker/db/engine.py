@@ -18,8 +18,13 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     url = url or settings.effective_database_url
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
+        # A small pool: opening an aiosqlite connection starts a thread and runs the
+        # pragmas, far too slow to do per request. In-memory databases stay unpooled.
+        pool_args: dict[str, Any] = (
+            {"poolclass": NullPool} if ":memory:" in url else {"pool_size": 8, "max_overflow": 8}
+        )
         engine = create_async_engine(
-            url, poolclass=NullPool, hide_parameters=True, connect_args={"timeout": 30}
+            url, hide_parameters=True, connect_args={"timeout": 30}, **pool_args
         )
         _sqlite_pragmas(engine)
         return engine

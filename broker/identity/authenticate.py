@@ -28,11 +28,13 @@ from broker.errors import Unauthenticated, Unavailable
 from broker.identity import workload_jwt
 from broker.identity.jwks_cache import JwksCache
 from broker.identity.schemas import SERVICE_ID_PATTERN
-from broker.identity.service import JWT
+from broker.identity.service import JWT, identity_epoch
 from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
 from broker.models import Service, ServiceBinding, ServiceSecret
+from broker.rules import hooks as rules
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.ttl_cache import TTLCache
 
 MISSING_CREDENTIALS = "missing-credentials"
 INVALID_CLIENT = "invalid-client"
@@ -107,6 +109,12 @@ async def authenticate_service(
         raise _Refused(MISSING_CREDENTIALS, "use HTTP Basic or Bearer credentials")
     except _Refused as refused:
         await _record_failure(runtime, refused, method, fingerprint, source)
+        await rules.identity_failed(
+            runtime,
+            source=source,
+            target=refused.service_id or refused.extra.get("client_id"),
+            reason=refused.reason,
+        )
         if refused.reason == workload_jwt.JWKS_UNAVAILABLE:
             raise Unavailable(refused.detail) from None
         raise Unauthenticated(refused.detail, reason=refused.reason) from None
@@ -141,6 +149,16 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
         raise refused
     digest = credentials.keyed_hash(runtime.secrets.pepper, secret)
     now = utcnow()
+    cache = secret_cache(runtime)
+    epoch = identity_epoch()
+    cached = cache.get(digest)
+    if (
+        cached is not None
+        and cached[0].service_id == service_id
+        and now < cached[1]
+        and cached[2] == epoch
+    ):
+        return cached[0]
     async with runtime.transaction() as session:
         row = (
             await session.exec(select(ServiceSecret).where(ServiceSecret.secret_hash == digest))
@@ -166,7 +184,27 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
         if _stale(service.last_seen_at, now):
             service.last_seen_at = now
             session.add(service)
-        return ServiceIdentity(service.id, "secret", None, quarantined=service.quarantined)
+        identity = ServiceIdentity(service.id, "secret", None, quarantined=service.quarantined)
+    valid_until = secret_refused_after(row.created_at, runtime.settings)
+    if row.expires_at is not None:
+        valid_until = min(valid_until, row.expires_at)
+    cache.put(digest, (identity, valid_until, epoch))
+    return identity
+
+
+def secret_cache(runtime: Runtime) -> TTLCache[str, tuple[ServiceIdentity, datetime, int]]:
+    """Recently verified secrets (by keyed hash), for ``settings.auth_cache_ttl`` seconds.
+
+    A disabled or quarantined service is seen within that bound; in this process at once,
+    because the identity service clears the cache on such changes.
+    """
+    cache = runtime.extras.get("secret_cache")
+    if cache is None:
+        cache = TTLCache[str, tuple[ServiceIdentity, datetime, int]](
+            runtime.settings.auth_cache_ttl
+        )
+        runtime.extras["secret_cache"] = cache
+    return cache  # type: ignore[no-any-return]
 
 
 async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:

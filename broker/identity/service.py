@@ -38,6 +38,17 @@ SECRET = "secret"  # noqa: S105 (a binding kind)
 JWT = "jwt"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
+_IDENTITY_EPOCH = [0]
+
+
+def identity_epoch() -> int:
+    """Bumped whenever a service's standing changes, so cached authentications end now."""
+    return _IDENTITY_EPOCH[0]
+
+
+def _identity_changed() -> None:
+    _IDENTITY_EPOCH[0] += 1
+
 
 @dataclass(frozen=True)
 class ServiceView:
@@ -285,6 +296,7 @@ async def update_service(
         action = AuditAction.SERVICE_DISABLED if change.disabled else AuditAction.SERVICE_ENABLED
         await record(session, action, actor=actor, subject=subject, details={})
         service.disabled = change.disabled
+        _identity_changed()
         changed = True
     if changed:
         service.updated_at = utcnow()
@@ -313,6 +325,7 @@ async def rotate_secret(
             continue
         if old.expires_at is None or old.expires_at > cutoff:
             old.expires_at = cutoff
+            _identity_changed()
             session.add(old)
         previous.append(old.id)
     has_binding = (
@@ -359,6 +372,7 @@ async def release_service(
         details={"quarantined_at": service.quarantined_at, "comment": comment},
     )
     service.quarantined = False
+    _identity_changed()
     service.quarantined_at = None
     service.updated_at = utcnow()
     session.add(service)
@@ -384,6 +398,7 @@ async def quarantine_service(
         return False
     now = utcnow()
     service.quarantined = True
+    _identity_changed()
     service.quarantined_at = now
     service.updated_at = now
     session.add(service)

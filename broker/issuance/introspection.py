@@ -4,6 +4,11 @@ Introspection answers only for keys addressed to the calling resource service: a
 another audience is reported inactive, so one resource service cannot probe another's keys.
 Each active answer counts one use; a ``max_uses`` key is inactive once its uses are spent
 (the counter is bumped with a guarded UPDATE, so replicas cannot over-spend it).
+
+A key matching a kept revocation entry is inactive (``revoked``). The entries are checked in
+this process's in-memory index (``revocation_feed``), refreshed by cursor at most every
+200 ms and at once after a revocation committed here, so the check costs no query of its
+own; the row's ``revoked_at`` still carries holder revocation (RFC 7009).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from broker.audit import AuditAction, record
 from broker.identity.authenticate import ServiceIdentity
 from broker.issuance.verification import InvalidKey, own_key_verifier
 from broker.models import IssuedKey
+from broker.revocation.feed import revocation_feed
+from broker.rules import hooks as rules
 from broker.runtime import Runtime
 
 
@@ -36,7 +43,16 @@ async def introspect(runtime: Runtime, caller: ServiceIdentity, token: str) -> I
         verified = await own_key_verifier(runtime).verify(token, audience=caller.service_id)
     except InvalidKey as exc:
         metrics.INTROSPECTIONS.labels(result=exc.reason).inc()
+        await rules.key_introspected(
+            runtime, caller=caller.service_id, reason=exc.reason, token=token
+        )
         return Introspection(active=False, reason=exc.reason)
+    if await revocation_feed(runtime).match(verified.facts) is not None:
+        metrics.INTROSPECTIONS.labels(result="revoked").inc()
+        await rules.key_introspected(
+            runtime, caller=caller.service_id, reason="revoked", claims=verified.claims
+        )
+        return Introspection(active=False, reason="revoked")
     now = datetime.now(UTC)
     async with runtime.transaction() as session:
         row = (await session.exec(select(IssuedKey).where(IssuedKey.jti == verified.jti))).first()
@@ -60,6 +76,9 @@ async def introspect(runtime: Runtime, caller: ServiceIdentity, token: str) -> I
             uses = result.scalar_one_or_none()
             reason = "active" if uses is not None else "max-uses-exceeded"
     metrics.INTROSPECTIONS.labels(result=reason).inc()
+    await rules.key_introspected(
+        runtime, caller=caller.service_id, reason=reason, claims=verified.claims
+    )
     if reason != "active":
         return Introspection(active=False, reason=reason)
     return Introspection(active=True, reason=reason, claims=verified.claims, uses=uses)

@@ -9,25 +9,23 @@ caused them fails.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-from sqlmodel import col, func, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker import metrics
 from broker.audit import AuditAction, record
-from broker.db import advisory_xact_lock
 from broker.errors import Forbidden, RateLimited
 from broker.identity.authenticate import ServiceIdentity
 from broker.issuance.minting import mint
+from broker.issuance.recorder import issuance_recorder
 from broker.models import IssuedKey
-from broker.policy.decision import AccessRequest, Allow, Deny, decide
-from broker.policy.service import approved_grants
+from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, decide
+from broker.policy.service import approved_grants, policy_epoch
+from broker.rules import hooks as rules
 from broker.runtime import Runtime
+from broker.ttl_cache import TTLCache
 
 PII_ACCESS = "pii_access"
 
@@ -73,11 +71,6 @@ class IssuedKeyResult:
         ]
 
 
-def _lock_key(*parts: str) -> int:
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 async def _deny(
     runtime: Runtime,
     identity: ServiceIdentity,
@@ -103,19 +96,26 @@ async def _deny(
         )
 
 
-async def _rate_window_count(
-    session: AsyncSession, service_id: str, policy_id: str, since: datetime
-) -> tuple[int, datetime | None]:
-    row = (
-        await session.exec(
-            select(func.count(), func.min(IssuedKey.issued_at)).where(
-                IssuedKey.service_id == service_id,
-                IssuedKey.policy_id == policy_id,
-                col(IssuedKey.issued_at) > since,
-            )
-        )
-    ).one()
-    return int(row[0]), row[1]
+async def _grants(
+    runtime: Runtime, service_id: str, audience: str, now: datetime
+) -> list[PolicyGrant]:
+    """Approved grants, cached briefly: every key request would otherwise re-read them.
+
+    Entries last ``grants_cache_ttl`` seconds and end at once on a policy change made in
+    this process; ``decide`` still checks each grant's conditions (validity, hours, CIDRs)
+    against the request time.
+    """
+    cache = runtime.extras.get("grants_cache")
+    if cache is None:
+        cache = TTLCache[tuple[str, str, int], list[PolicyGrant]](runtime.settings.grants_cache_ttl)
+        runtime.extras["grants_cache"] = cache
+    key = (service_id, audience, policy_epoch())
+    grants: list[PolicyGrant] | None = cache.get(key)
+    if grants is None:
+        async with runtime.transaction() as session:
+            grants = await approved_grants(session, service_id, audience, now)
+        cache.put(key, grants)
+    return grants
 
 
 async def issue_key(
@@ -129,8 +129,7 @@ async def issue_key(
             reason="quarantined",
         )
     now = datetime.now(UTC).replace(microsecond=0)
-    async with runtime.transaction() as session:
-        grants = await approved_grants(session, identity.service_id, order.audience, now)
+    grants = await _grants(runtime, identity.service_id, order.audience, now)
     decision = decide(
         AccessRequest(
             service_id=identity.service_id,
@@ -196,64 +195,42 @@ async def issue_key(
     token, kid = await mint(runtime.custody, claims)
 
     expires_at = datetime.fromtimestamp(exp, UTC)
+    row = IssuedKey(
+        jti=jti,
+        service_id=identity.service_id,
+        audience=order.audience,
+        purpose=order.purpose,
+        fields=list(fields),
+        policy_id=grant.policy_id,
+        policy_version=grant.version,
+        kid=kid,
+        issued_at=now,
+        expires_at=expires_at,
+        max_uses=max_uses,
+        cnf_jkt=order.jkt,
+    )
+    details = {
+        "jti": jti,
+        "kid": kid,
+        "audience": order.audience,
+        "purpose": order.purpose,
+        "fields": list(fields),
+        "policy": grant.ref,
+        "expires_at": expires_at.isoformat(),
+        "ttl_clamped": decision.clamped,
+        "auth": identity.method,
+        "max_uses": max_uses,
+        "holder_bound": order.jkt is not None,
+    }
     try:
-        async with runtime.transaction() as session:
-            if grant.rate_per_minute is not None:
-                await advisory_xact_lock(
-                    session, _lock_key("rate", identity.service_id, grant.policy_id)
-                )
-                count, oldest = await _rate_window_count(
-                    session, identity.service_id, grant.policy_id, now - timedelta(seconds=60)
-                )
-                if count >= grant.rate_per_minute:
-                    retry = 1
-                    if oldest is not None:
-                        retry = max(
-                            1, int((oldest + timedelta(seconds=60) - now).total_seconds()) + 1
-                        )
-                    raise RateLimited(
-                        f"policy {grant.ref} allows {grant.rate_per_minute} keys per minute",
-                        retry_after=retry,
-                    )
-            session.add(
-                IssuedKey(
-                    jti=jti,
-                    service_id=identity.service_id,
-                    audience=order.audience,
-                    purpose=order.purpose,
-                    fields=list(fields),
-                    policy_id=grant.policy_id,
-                    policy_version=grant.version,
-                    kid=kid,
-                    issued_at=now,
-                    expires_at=expires_at,
-                    max_uses=max_uses,
-                    cnf_jkt=order.jkt,
-                )
-            )
-            await record(
-                session,
-                AuditAction.KEY_ISSUED,
-                actor=f"service:{identity.service_id}",
-                subject=f"key:{jti}",
-                details={
-                    "jti": jti,
-                    "kid": kid,
-                    "audience": order.audience,
-                    "purpose": order.purpose,
-                    "fields": list(fields),
-                    "policy": grant.ref,
-                    "expires_at": expires_at.isoformat(),
-                    "ttl_clamped": decision.clamped,
-                    "auth": identity.method,
-                    "max_uses": max_uses,
-                    "holder_bound": order.jkt is not None,
-                },
-            )
+        await issuance_recorder(runtime).record(
+            row, details, rate_limit=grant.rate_per_minute, policy_ref=grant.ref
+        )
     except RateLimited as exc:
         await _deny(runtime, identity, order, "rate-limited", exc.detail, policy=grant.ref)
         raise
     metrics.KEYS_ISSUED.inc()
+    await rules.key_issued(runtime, service_id=identity.service_id, jti=jti, fields=fields, at=now)
     return IssuedKeyResult(
         token=token,
         jti=jti,

@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 
+from broker.revocation.selector import KeyFacts
 from broker.runtime import Runtime
 
 ALLOWED_ALGS = ("EdDSA", "ES256")
@@ -44,6 +45,11 @@ class VerifiedClaims:
         details = self.claims.get("authorization_details") or [{}]
         first: dict[str, Any] = details[0]
         return first
+
+    @property
+    def facts(self) -> KeyFacts:
+        """What revocation selectors are matched against."""
+        return KeyFacts.from_claims(self.claims, self.kid)
 
 
 class OwnKeyVerifier:

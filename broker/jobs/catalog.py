@@ -11,6 +11,7 @@ from broker.identity.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
 from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
+from broker.revocation.service import purge_revocations
 from broker.runtime import Runtime
 
 JOB_RUN_RETENTION = timedelta(days=30)
@@ -24,7 +25,8 @@ async def advance_signing_keys(runtime: Runtime, now: datetime) -> str:
 
 
 async def purge_expired(runtime: Runtime, now: datetime) -> str:
-    """Drop issued-key records once no verifier could still accept the key."""
+    """Drop issued-key records once no verifier could still accept the key, and revocation
+    entries once every key they could match has expired."""
     settings = runtime.settings
     horizon = now - timedelta(seconds=settings.clock_leeway + settings.jwks_max_age)
     async with runtime.transaction() as session:
@@ -34,7 +36,11 @@ async def purge_expired(runtime: Runtime, now: datetime) -> str:
         runs = await session.exec(  # type: ignore[call-overload]
             delete(JobRun).where(col(JobRun.started_at) < now - JOB_RUN_RETENTION)
         )
-    return f"purged {keys.rowcount} issued key record(s), {runs.rowcount} job run(s)"
+        revocations = await purge_revocations(session, now)
+    return (
+        f"purged {keys.rowcount} issued key record(s), {runs.rowcount} job run(s), "
+        f"{revocations} revocation entr{'y' if revocations == 1 else 'ies'}"
+    )
 
 
 async def expire_proposals(runtime: Runtime, now: datetime) -> str:

@@ -3,17 +3,22 @@
 from broker.models._base import SQLModel
 from broker.models.audit_event import AuditEvent
 from broker.models.catalog import PiiField, Purpose
+from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
 from broker.models.operator import Operator
 from broker.models.policy import Policy, PolicyApproval, PolicyVersion
+from broker.models.revocation import RevocationEntry
+from broker.models.rule import RuleHit, RuleSetting, ServiceActivity
 from broker.models.service import Service, ServiceBinding, ServiceSecret
 from broker.models.signing_key import SigningKey
+from broker.models.usage import UsageEvent
 
 metadata = SQLModel.metadata
 
 __all__ = [
     "AuditEvent",
+    "Incident",
     "IssuedKey",
     "JobRun",
     "Operator",
@@ -22,10 +27,15 @@ __all__ = [
     "PolicyApproval",
     "PolicyVersion",
     "Purpose",
+    "RevocationEntry",
+    "RuleHit",
+    "RuleSetting",
     "SQLModel",
     "Service",
+    "ServiceActivity",
     "ServiceBinding",
     "ServiceSecret",
     "SigningKey",
+    "UsageEvent",
     "metadata",
 ]

@@ -430,6 +430,8 @@ async def _expire_where(
         .execution_options(synchronize_session=False)
     )
     expired = sorted((row[0], row[1]) for row in result.all())
+    if expired:
+        _POLICY_EPOCH[0] += 1
     for policy_id, version in expired:
         await record(
             session,
@@ -533,7 +535,16 @@ async def _add_decision(
     return [*existing, approval]
 
 
+_POLICY_EPOCH = [0]
+
+
+def policy_epoch() -> int:
+    """Bumped on every policy status change, so cached grants in this process end now."""
+    return _POLICY_EPOCH[0]
+
+
 def _close(row: PolicyVersion, status: PolicyStatus, who: str, comment: str, now: datetime) -> None:
+    _POLICY_EPOCH[0] += 1
     row.status = status.value
     row.decided_at = now
     row.decided_by = who
@@ -588,6 +599,7 @@ async def approve(
         for older in versions:
             if older.status == PolicyStatus.APPROVED and older.version != pending.version:
                 older.status = PolicyStatus.SUPERSEDED.value
+                _POLICY_EPOCH[0] += 1
                 session.add(older)
                 await record(
                     session,

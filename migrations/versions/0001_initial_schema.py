@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:23:04.237722
+Create Date: 2026-11-23 13:55:39.436889
 """
 
 from collections.abc import Sequence
@@ -39,6 +39,36 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_events_action"), ["action"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_actor"), ["actor"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_subject"), ["subject"], unique=False)
+
+    op.create_table(
+        "incidents",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+        sa.Column("rule", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("subject", sqlmodel.sql.sqltypes.AutoString(length=140), nullable=False),
+        sa.Column("title", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("evidence", sa.JSON(), nullable=False),
+        sa.Column("actions", sa.JSON(), nullable=False),
+        sa.Column("hits", sa.Integer(), nullable=False),
+        sa.Column("opened_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("opened_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("acknowledged_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.Column("resolved_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("resolved_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.Column(
+            "resolution_comment", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_incidents")),
+    )
+    with op.batch_alter_table("incidents", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_incidents_rule_subject_status", ["rule", "subject", "status"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_incidents_severity"), ["severity"], unique=False)
+        batch_op.create_index(batch_op.f("ix_incidents_status"), ["status"], unique=False)
 
     op.create_table(
         "issued_keys",
@@ -116,6 +146,62 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_purposes")),
     )
     op.create_table(
+        "revocations",
+        sa.Column("cursor", sa.Integer(), nullable=False),
+        sa.Column("jti", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("service", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=True),
+        sa.Column("audience", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=True),
+        sa.Column("field", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True),
+        sa.Column("purpose", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=True),
+        sa.Column("policy", sqlmodel.sql.sqltypes.AutoString(length=48), nullable=True),
+        sa.Column("kid", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("issued_before", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("incident_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("revoked_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_after", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("cursor", name=op.f("pk_revocations")),
+        sqlite_autoincrement=True,
+    )
+    with op.batch_alter_table("revocations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_revocations_expires_after"), ["expires_after"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_revocations_incident_id"), ["incident_id"], unique=False
+        )
+
+    op.create_table(
+        "rule_hits",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("rule", sqlmodel.sql.sqltypes.AutoString(length=48), nullable=False),
+        sa.Column("subject", sqlmodel.sql.sqltypes.AutoString(length=140), nullable=False),
+        sa.Column("at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("weight", sa.Integer(), nullable=False),
+        sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(length=140), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rule_hits")),
+    )
+    with op.batch_alter_table("rule_hits", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_rule_hits_at"), ["at"], unique=False)
+        batch_op.create_index(
+            "ix_rule_hits_rule_subject_at", ["rule", "subject", "at"], unique=False
+        )
+
+    op.create_table(
+        "rule_settings",
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("window_seconds", sa.Integer(), nullable=False),
+        sa.Column("thresholds", sa.JSON(), nullable=False),
+        sa.Column("escalation", sa.JSON(), nullable=True),
+        sa.Column("updated_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_rule_settings")),
+    )
+    op.create_table(
         "services",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
@@ -148,6 +234,26 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_signing_keys_state"), ["state"], unique=False)
 
     op.create_table(
+        "usage_events",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("jti", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("service_id", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
+        sa.Column("audience", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
+        sa.Column("fields", sa.JSON(), nullable=False),
+        sa.Column("records", sa.Integer(), nullable=False),
+        sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=45), nullable=True),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_events")),
+    )
+    with op.batch_alter_table("usage_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_usage_events_at"), ["at"], unique=False)
+        batch_op.create_index("ix_usage_events_jti_at", ["jti", "at"], unique=False)
+        batch_op.create_index("ix_usage_events_service_at", ["service_id", "at"], unique=False)
+
+    op.create_table(
         "policies",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
         sa.Column("service_id", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
@@ -166,6 +272,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_policies_audience"), ["audience"], unique=False)
         batch_op.create_index(batch_op.f("ix_policies_service_id"), ["service_id"], unique=False)
 
+    op.create_table(
+        "service_activity",
+        sa.Column("service_id", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
+        sa.Column("last_key_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["service_id"],
+            ["services.id"],
+            name=op.f("fk_service_activity_service_id_services"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("service_id", name=op.f("pk_service_activity")),
+    )
     op.create_table(
         "service_bindings",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
@@ -313,16 +431,34 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_service_bindings_issuer"))
 
     op.drop_table("service_bindings")
+    op.drop_table("service_activity")
     with op.batch_alter_table("policies", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_policies_service_id"))
         batch_op.drop_index(batch_op.f("ix_policies_audience"))
 
     op.drop_table("policies")
+    with op.batch_alter_table("usage_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_events_service_at")
+        batch_op.drop_index("ix_usage_events_jti_at")
+        batch_op.drop_index(batch_op.f("ix_usage_events_at"))
+
+    op.drop_table("usage_events")
     with op.batch_alter_table("signing_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_signing_keys_state"))
 
     op.drop_table("signing_keys")
     op.drop_table("services")
+    op.drop_table("rule_settings")
+    with op.batch_alter_table("rule_hits", schema=None) as batch_op:
+        batch_op.drop_index("ix_rule_hits_rule_subject_at")
+        batch_op.drop_index(batch_op.f("ix_rule_hits_at"))
+
+    op.drop_table("rule_hits")
+    with op.batch_alter_table("revocations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_revocations_incident_id"))
+        batch_op.drop_index(batch_op.f("ix_revocations_expires_after"))
+
+    op.drop_table("revocations")
     op.drop_table("purposes")
     op.drop_table("pii_fields")
     with op.batch_alter_table("operators", schema=None) as batch_op:
@@ -343,6 +479,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_issued_keys_audience"))
 
     op.drop_table("issued_keys")
+    with op.batch_alter_table("incidents", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_incidents_status"))
+        batch_op.drop_index(batch_op.f("ix_incidents_severity"))
+        batch_op.drop_index("ix_incidents_rule_subject_status")
+
+    op.drop_table("incidents")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_subject"))
         batch_op.drop_index(batch_op.f("ix_audit_events_actor"))

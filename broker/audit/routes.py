@@ -1,0 +1,112 @@
+"""The audit trail over HTTP, for auditors: read it in pages, and check its hash chain."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.audit import service
+from broker.audit.schemas import AuditEventOut, AuditPage, AuditVerifyOut
+from broker.models import AuditEvent
+from broker.operators.service import OperatorPrincipal
+
+MAX_PAGE = 1000
+Seq = Annotated[int, QueryParameter(ge=0, description="A sequence number (exclusive bound)")]
+Filter = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=300,
+        description="Exact value, or a prefix ending in `*` (e.g. `operator:policy:*`)",
+    ),
+]
+
+
+def event_out(event: AuditEvent) -> AuditEventOut:
+    assert event.seq is not None
+    return AuditEventOut(
+        seq=event.seq,
+        at=event.at,
+        actor=event.actor,
+        action=event.action,
+        subject=event.subject,
+        details=event.details,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+class AuditController(Controller):
+    path = "/v1/admin/audit"
+    tags = ["audit"]
+
+    @get(
+        "/",
+        summary="Audit events in pages, oldest first (or newest first), with filters",
+    )
+    async def list_audit(
+        self,
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+        after: Seq = 0,
+        before: Annotated[
+            int | None, QueryParameter(ge=1, description="Only events below this seq")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 100,
+        order: Annotated[Literal["asc", "desc"], QueryParameter()] = "asc",
+        actor: Filter = None,
+        action: Filter = None,
+        subject: Filter = None,
+    ) -> AuditPage:
+        events = await service.list_events(
+            db,
+            after,
+            limit,
+            before=before,
+            actor=actor,
+            action=action,
+            subject=subject,
+            newest_first=order == "desc",
+        )
+        top = await service.head(db)
+        cursor = events[-1].seq if len(events) == limit else None
+        return AuditPage(
+            events=[event_out(e) for e in events],
+            next=cursor,
+            head_seq=top[0] if top else None,
+        )
+
+    @get(
+        "/verify",
+        summary="Check the hash chain; names the first changed, deleted or reordered event",
+        description=(
+            "Without parameters the whole trail is checked, page by page. With `after` and "
+            "`limit` one window is checked, linked to the stored hash of event `after`: "
+            "consecutive windows (`after` = the previous `last_seq`) check the same as one "
+            "whole walk, with progress in between."
+        ),
+    )
+    async def verify(
+        self,
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+        after: Seq = 0,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
+    ) -> AuditVerifyOut:
+        report = await service.verify_stored_chain(db, after=after, limit=limit)
+        return AuditVerifyOut(
+            ok=report.ok,
+            checked=report.checked,
+            broken_at=report.broken_at,
+            problem=report.problem,
+            last_seq=report.last_seq,
+            last_hash=report.last_hash,
+            head_seq=report.head_seq,
+            complete=report.complete,
+        )
+
+
+ROUTES = [AuditController]

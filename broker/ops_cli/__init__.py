@@ -1,0 +1,38 @@
+"""The operator CLI: ``broker`` commands that talk to a running broker over HTTP.
+
+``register(main)`` adds the command groups to the ``broker`` command; the local commands
+(serve, db, operator create, keys rotate, kek) stay in ``broker.cli``. Commands that
+exist in both forms go over HTTP when a broker address is configured.
+"""
+
+from __future__ import annotations
+
+import click
+
+from broker.ops_cli.audit import audit
+from broker.ops_cli.catalog import fields, purposes
+from broker.ops_cli.incidents import incidents
+from broker.ops_cli.keys import list_keys
+from broker.ops_cli.operators import list_operators, whoami
+from broker.ops_cli.policies import policies
+from broker.ops_cli.revocations import revocations
+from broker.ops_cli.rules import rules
+from broker.ops_cli.scan_cmd import scan
+from broker.ops_cli.services import services
+
+__all__ = ["register"]
+
+
+def register(main: click.Group) -> None:
+    """Add the remote groups, and the remote-only commands of the local groups."""
+    for command in (services, fields, purposes, policies, revocations, incidents, rules):
+        main.add_command(command)
+    main.add_command(audit)
+    main.add_command(scan)
+    keys = main.commands.get("keys")
+    if isinstance(keys, click.Group):
+        keys.add_command(list_keys)
+    operator = main.commands.get("operator")
+    if isinstance(operator, click.Group):
+        operator.add_command(list_operators)
+        operator.add_command(whoami)

@@ -1,0 +1,311 @@
+"""``broker policies``: propose from a file, review the change, approve or reject it.
+
+An approver approves a *change*, so ``show`` and ``approve`` put the difference from the
+version in force first: fields and purposes added or removed, limits before and after.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from broker.ops_cli.common import Remote, read_document, remote_options
+from broker.ops_cli.errors import CheckFailed, ConfigError
+from broker.ops_cli.output import Output, clean, when
+
+LIST_TERMS = ("fields", "purposes", "source_cidrs")
+SCALAR_TERMS = (
+    "max_ttl_seconds",
+    "rate_per_minute",
+    "allowed_hours",
+    "max_uses",
+    "max_records",
+    "valid_until",
+    "required_approvals",
+)
+
+
+def _path(policy_id: str, *rest: str) -> str:
+    return "/".join(["/v1/admin/policies", quote(policy_id, safe=""), *rest])
+
+
+def diff_versions(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(sign, term, text)`` for each change from ``before`` to ``after``."""
+    changes: list[tuple[str, str, str]] = []
+    for term in LIST_TERMS:
+        old, new = set(before.get(term) or []), set(after.get(term) or [])
+        singular = term[:-1]
+        changes += [("+", singular, v) for v in sorted(new - old)]
+        changes += [("-", singular, v) for v in sorted(old - new)]
+    for term in SCALAR_TERMS:
+        if before.get(term) != after.get(term):
+            changes.append(("~", term, f"{clean(before.get(term))} -> {clean(after.get(term))}"))
+    return changes
+
+
+def pending_version(policy: dict[str, Any]) -> dict[str, Any] | None:
+    return next((v for v in policy["versions"] if v["status"] == "proposed"), None)
+
+
+def active_version(policy: dict[str, Any]) -> dict[str, Any] | None:
+    number = policy.get("active_version")
+    return next((v for v in policy["versions"] if v["version"] == number), None)
+
+
+_STYLE = {"+": "green", "-": "red", "~": "yellow"}
+
+
+def render_diff(out: Output, policy: dict[str, Any], version: dict[str, Any]) -> None:
+    base = active_version(policy)
+    if base is None or base["version"] == version["version"]:
+        if version["version"] == 1 or base is None:
+            out.note("New policy: nothing is in force yet, every term below is being granted.")
+        return
+    changes = diff_versions(base, version)
+    out.note(f"Changes from version {base['version']} (in force) to version {version['version']}:")
+    if not changes:
+        out.note("  (no change in terms)")
+    for sign, term, text in changes:
+        out.styled(f"  {sign} {term:<18} {text}", _STYLE[sign])
+
+
+def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any]) -> None:
+    status = version["status"]
+    extra = ""
+    if status == "proposed":
+        extra = (
+            f", needs {version['approvals_remaining']} more approval(s), "
+            f"proposal expires {when(version.get('proposal_expires_at'))}"
+        )
+    out.note(
+        f"\nVersion {version['version']}: {status} (proposed by {clean(version['proposed_by'])} "
+        f"at {when(version['proposed_at'])}{extra})"
+    )
+    if version.get("comment"):
+        out.note(f"  comment: {version['comment']}")
+    render_diff(out, policy, version)
+    out.fields(
+        [
+            ("fields", version["fields"]),
+            ("purposes", version["purposes"]),
+            ("max ttl", f"{version['max_ttl_seconds']}s"),
+            ("rate per minute", version.get("rate_per_minute") or "no limit"),
+            ("source cidrs", version.get("source_cidrs") or "any"),
+            ("allowed hours", version.get("allowed_hours") or "any time"),
+            ("max uses", version.get("max_uses") or "unlimited"),
+            ("max records", version.get("max_records") or "unlimited"),
+            (
+                "valid until",
+                when(version.get("valid_until")) if version.get("valid_until") else "-",
+            ),
+            ("required approvals", version["required_approvals"]),
+        ],
+        title="Terms",
+    )
+    if version.get("approvals"):
+        out.table(
+            ["OPERATOR", "DECISION", "AT", "COMMENT"],
+            (
+                [a["operator"], a["decision"], when(a["at"]), a["comment"]]
+                for a in version["approvals"]
+            ),
+            title="Decisions",
+        )
+
+
+@click.group()
+def policies() -> None:
+    """Scope policies: which service may get keys for which fields, purposes and audience."""
+
+
+@policies.command("list")
+@click.option("--service", help="Only policies of this requesting service.")
+@click.option("--audience", help="Only policies for this resource service.")
+@click.option(
+    "--status",
+    type=click.Choice(["proposed", "approved", "rejected", "withdrawn", "expired", "superseded"]),
+    help="Only policies with a version in this status (proposed: waiting for approval).",
+)
+@remote_options
+def list_policies(
+    remote: Remote, service: str | None, audience: str | None, status: str | None
+) -> None:
+    """List policies, newest first."""
+    rows = remote.http.get("/v1/admin/policies", service=service, audience=audience, status=status)
+    if remote.as_json:
+        return remote.out.json(rows)
+    remote.out.table(
+        ["ID", "SERVICE", "AUDIENCE", "VERSION", "STATUS", "IN FORCE", "CREATED BY"],
+        (
+            [
+                p["id"],
+                p["service"],
+                p["audience"],
+                p["version"],
+                p["status"],
+                p.get("active_version") or "-",
+                p["created_by"],
+            ]
+            for p in rows
+        ),
+        empty="no policies match",
+    )
+
+
+@policies.command("show")
+@click.argument("policy_id")
+@click.option("--version", "number", type=int, help="Show this version (default: the newest).")
+@click.option("--history", is_flag=True, help="Show every version, not only one.")
+@remote_options
+def show_policy(remote: Remote, policy_id: str, number: int | None, history: bool) -> None:
+    """A policy: the newest (or a chosen) version, what it changes, and its decisions."""
+    policy = remote.http.get(_path(policy_id))
+    if remote.as_json:
+        return remote.out.json(policy)
+    out = remote.out
+    out.note(
+        f"policy {policy['id']}: {policy['service']} -> {policy['audience']} "
+        f"(in force: version {policy.get('active_version') or 'none'}; "
+        f"created by {clean(policy['created_by'])} at {when(policy['created_at'])})"
+    )
+    versions = policy["versions"]
+    if history:
+        chosen = versions
+    elif number is not None:
+        chosen = [v for v in versions if v["version"] == number]
+        if not chosen:
+            raise ConfigError(f"policy {policy_id} has no version {number}")
+    else:
+        chosen = [versions[-1]]
+    for version in chosen:
+        render_version(out, policy, version)
+    if not history and len(versions) > 1:
+        out.table(
+            ["VERSION", "STATUS", "PROPOSED BY", "DECIDED BY", "DECIDED AT"],
+            (
+                [
+                    v["version"],
+                    v["status"],
+                    v["proposed_by"],
+                    v.get("decided_by"),
+                    when(v.get("decided_at")),
+                ]
+                for v in versions
+            ),
+            title="\nHistory",
+        )
+
+
+@policies.command("propose")
+@click.argument("spec", metavar="FILE")
+@click.option(
+    "--policy",
+    "policy_id",
+    help="Propose a new version of this existing policy (or put id: in the file).",
+)
+@remote_options
+def propose(remote: Remote, spec: str, policy_id: str | None) -> None:
+    """Propose a policy, or a change to one, from a YAML or JSON file (- for stdin).
+
+    The file holds the request body: service, audience, fields, purposes, max_ttl_seconds,
+    and optionally rate_per_minute, source_cidrs, allowed_hours, max_uses, max_records,
+    valid_until, required_approvals, comment.
+    """
+    body = read_document(spec)
+    target = policy_id or body.pop("id", None)
+    if target:
+        current = remote.http.get(_path(str(target)))
+        for key in ("service", "audience"):
+            given = body.pop(key, None)
+            if given is not None and given != current[key]:
+                raise ConfigError(
+                    f"a new version cannot change the {key} ({current[key]} -> {given}); "
+                    "propose a new policy instead"
+                )
+        result = remote.http.post(_path(str(target), "versions"), body)
+    else:
+        result = remote.http.post("/v1/admin/policies", body)
+    if remote.as_json:
+        return remote.out.json(result)
+    pending = pending_version(result) or result["versions"][-1]
+    remote.out.note(
+        f"proposed policy {result['id']} version {pending['version']} "
+        f"({result['service']} -> {result['audience']}); it needs "
+        f"{pending['approvals_remaining']} approval(s) from operators other than you.\n"
+        f"Review it with: broker policies show {result['id']}"
+    )
+
+
+def _decide(remote: Remote, policy_id: str, verb: str, comment: str, yes: bool) -> None:
+    seen: dict[str, Any] | None = None
+    if not yes and sys.stdin.isatty() and not remote.as_json:
+        policy = remote.http.get(_path(policy_id))
+        seen = pending_version(policy)
+        if seen is None:
+            raise CheckFailed(f"policy {policy_id} has no version waiting for a decision")
+        render_version(remote.out, policy, seen)
+        click.confirm(
+            f"\n{verb.capitalize()} version {seen['version']} of policy {policy_id}?",
+            abort=True,
+        )
+    result = remote.http.post(_path(policy_id, verb), {"comment": comment})
+    if remote.as_json:
+        return remote.out.json(result)
+    newest = result["versions"][-1]
+    if seen is not None and newest["version"] != seen["version"]:
+        remote.out.warn(
+            f"the pending version changed while you reviewed it (now version "
+            f"{newest['version']}); check it with: broker policies show {policy_id}"
+        )
+    decided = next(
+        (v for v in reversed(result["versions"]) if v["version"] == (seen or newest)["version"]),
+        newest,
+    )
+    if verb == "approve" and decided["status"] == "proposed":
+        message = (
+            f"approval recorded for policy {policy_id} version {decided['version']}; "
+            f"{decided['approvals_remaining']} more needed"
+        )
+    else:
+        message = f"policy {policy_id} version {decided['version']} is now {decided['status']}"
+    remote.out.note(message)
+
+
+_COMMENT = click.option(
+    "--comment", default="", help="Why (kept with the decision and in the audit)."
+)
+_YES = click.option(
+    "--yes", "-y", is_flag=True, help="Do not show the change and ask first (scripts)."
+)
+
+
+@policies.command("approve")
+@click.argument("policy_id")
+@_COMMENT
+@_YES
+@remote_options
+def approve(remote: Remote, policy_id: str, comment: str, yes: bool) -> None:
+    """Approve the pending version (never your own proposal). Shows the change first."""
+    _decide(remote, policy_id, "approve", comment, yes)
+
+
+@policies.command("reject")
+@click.argument("policy_id")
+@_COMMENT
+@_YES
+@remote_options
+def reject(remote: Remote, policy_id: str, comment: str, yes: bool) -> None:
+    """Reject the pending version."""
+    _decide(remote, policy_id, "reject", comment, yes)
+
+
+@policies.command("withdraw")
+@click.argument("policy_id")
+@_COMMENT
+@remote_options
+def withdraw(remote: Remote, policy_id: str, comment: str) -> None:
+    """Withdraw the pending version (its proposer or an admin)."""
+    _decide(remote, policy_id, "withdraw", comment, yes=True)

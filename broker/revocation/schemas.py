@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+# Each revocation is pushed in the shape of a CAEP "session-revoked" security event.
+CAEP_SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+
+
+class SelectorIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Which keys to revoke: every member given must match. At least one is required."""
+
+    jti: Token | None = None
+    service: Slug | None = None
+    audience: Slug | None = None
+    field: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] | None = None
+    purpose: Annotated[str, msgspec.Meta(min_length=1, max_length=80)] | None = None
+    policy: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=48,
+                pattern=r"^[A-Za-z0-9._-]+(@[1-9][0-9]{0,8})?$",
+                description="a policy id (every version) or 'id@version' (that version)",
+            ),
+        ]
+        | None
+    ) = None
+    kid: Token | None = None
+    issued_before: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                tz=True,
+                description="only keys issued before this time (default: the revocation time)",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class RevocationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    selector: SelectorIn
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class SelectorOut(msgspec.Struct, omit_defaults=True):
+    issued_before: datetime
+    jti: str | None = None
+    service: str | None = None
+    audience: str | None = None
+    field: str | None = None
+    purpose: str | None = None
+    policy: str | None = None
+    kid: str | None = None
+
+
+class RevocationOut(msgspec.Struct):
+    """One entry of the feed: a key matching ``selector`` is revoked.
+
+    ``selector.issued_before`` is always present (the revocation time unless an earlier
+    cut-off was given): keys issued later are not covered. ``expires_after`` is when the
+    entry stops mattering; followers may forget it then.
+    """
+
+    cursor: int
+    selector: SelectorOut
+    reason: str
+    revoked_at: datetime
+    expires_after: datetime
+    incident_id: str | None
+    event: str = CAEP_SESSION_REVOKED
+
+
+class RevocationRecord(msgspec.Struct):
+    """An entry as operators see it: with who made it."""
+
+    cursor: int
+    selector: SelectorOut
+    reason: str
+    actor: str
+    revoked_at: datetime
+    expires_after: datetime
+    incident_id: str | None
+
+
+class RevocationPage(msgspec.Struct):
+    """Entries after the requested cursor; ask again with ``after=next``.
+
+    ``latest`` is the newest cursor there is: a follower holding a cursor above it is
+    following another (or a reset) database and should start again from 0.
+    """
+
+    entries: list[RevocationOut]
+    next: int
+    latest: int

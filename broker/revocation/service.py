@@ -1,0 +1,259 @@
+"""Revocation by selector: one row revokes every matching key, however many.
+
+No litestar here: routes, the incident rules, compromised-key rotation and the CLI all call
+``revoke``. The row is written in the caller's transaction, with its audit event; the
+moment that transaction commits, this process's streams are woken (``feed.commit_signal``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, event, func
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker import metrics
+from broker.audit import AuditAction, record
+
+# Revocation writers take the audit trail's writer lock (they append to the trail in the
+# same transaction anyway), so cursors are handed out in commit order and no follower can
+# see cursor N+1 before N. One lock, always first, also means no lock-order deadlock with
+# callers that record their own audit events before revoking.
+from broker.audit.service import _AUDIT_LOCK
+from broker.db import advisory_xact_lock, utcnow
+from broker.errors import InvalidInput
+from broker.models import (
+    IssuedKey,
+    PiiField,
+    Policy,
+    PolicyVersion,
+    Purpose,
+    RevocationEntry,
+    Service,
+    SigningKey,
+)
+from broker.revocation.feed import commit_signal
+from broker.revocation.selector import Selector
+from broker.settings import Settings, get_settings
+
+COMPROMISED_KEY_REASON = "signing key compromised"
+
+
+def _whole_second_after(moment: datetime) -> datetime:
+    """Keys carry ``iat`` in whole seconds: a key issued up to ``moment`` has an ``iat`` below
+    the next whole second."""
+    return moment.replace(microsecond=0) + timedelta(seconds=1)
+
+
+def _clean_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("a revocation needs a reason")
+    if len(reason) > 500:
+        raise InvalidInput("the reason is longer than 500 characters")
+    return reason
+
+
+async def _unknown_references(session: AsyncSession, selector: Selector) -> list[str]:
+    """Members naming nothing that exists: such a selector would silently revoke nothing."""
+    problems: list[str] = []
+    if selector.jti is not None and await session.get(IssuedKey, selector.jti) is None:
+        problems.append(f"no issued key has jti {selector.jti!r}")
+    for label, service_id in (("service", selector.service), ("audience", selector.audience)):
+        if service_id is not None and await session.get(Service, service_id) is None:
+            problems.append(f"{label} {service_id!r} is not a registered service")
+    if selector.field is not None:
+        prefix = selector.field + "."
+        known = (
+            await session.exec(
+                select(func.count())
+                .select_from(PiiField)
+                .where(
+                    (col(PiiField.name) == selector.field)
+                    | col(PiiField.name).startswith(prefix, autoescape=True)
+                )
+            )
+        ).one()
+        if not known:
+            problems.append(f"field {selector.field!r} is not in the catalog")
+    if selector.purpose is not None and await session.get(Purpose, selector.purpose) is None:
+        problems.append(f"purpose {selector.purpose!r} is not in the catalog")
+    if selector.policy is not None:
+        policy_id, version = selector.policy_id, selector.policy_version
+        if await session.get(Policy, policy_id) is None:
+            problems.append(f"policy {policy_id!r} does not exist")
+        elif version is not None:
+            found = (
+                await session.exec(
+                    select(PolicyVersion.id).where(
+                        PolicyVersion.policy_id == policy_id, PolicyVersion.version == version
+                    )
+                )
+            ).first()
+            if found is None:
+                problems.append(f"policy {policy_id!r} has no version {version}")
+    if selector.kid is not None and await session.get(SigningKey, selector.kid) is None:
+        problems.append(f"no signing key has kid {selector.kid!r}")
+    return problems
+
+
+async def _horizon(
+    session: AsyncSession, selector: Selector, cutoff: datetime, settings: Settings
+) -> datetime:
+    """When no key the entry matches can still be accepted anywhere.
+
+    Matching keys were issued before ``cutoff`` and live at most ``max_ttl_ceiling``;
+    verifiers accept them ``clock_leeway`` longer. A ``jti`` or a signing key that stopped
+    signing earlier gives a tighter bound.
+    """
+    leeway = timedelta(seconds=settings.clock_leeway)
+    lifetime = timedelta(seconds=settings.max_ttl_ceiling) + leeway
+    horizon = cutoff + lifetime
+    if selector.jti is not None:
+        key = await session.get(IssuedKey, selector.jti)
+        if key is not None:
+            horizon = min(horizon, key.expires_at + leeway)
+    if selector.kid is not None:
+        signing = await session.get(SigningKey, selector.kid)
+        if signing is not None and signing.retiring_at is not None:
+            horizon = min(horizon, min(signing.retiring_at, cutoff) + lifetime)
+    return horizon
+
+
+def _notify_on_commit(session: AsyncSession, source: str) -> None:
+    signal = commit_signal(session.bind)
+
+    def committed(_session: Session) -> None:
+        metrics.REVOCATIONS.labels(source=source).inc()
+        signal.fire()
+
+    event.listen(session.sync_session, "after_commit", committed, once=True)
+
+
+async def revoke(
+    session: AsyncSession,
+    selector: Selector,
+    *,
+    reason: str,
+    actor: str,
+    incident_id: str | None = None,
+    settings: Settings | None = None,
+) -> RevocationEntry:
+    """Revoke every key matching ``selector`` that was issued up to now, in one row.
+
+    Keys issued after this call are not covered (quarantine a service to refuse it new
+    keys). ``settings`` gives the key lifetime bound; routes pass the runtime's, other
+    callers may rely on the process settings. Raises ``InvalidInput`` (nothing written) for
+    a reason that is empty or too long, an ``issued_before`` in the future, or members that
+    name no existing service, audience, field, purpose, policy, signing key or key.
+    """
+    settings = settings or get_settings()
+    reason = _clean_reason(reason)
+    if incident_id is not None and not 0 < len(incident_id) <= 64:
+        raise InvalidInput("incident_id must be 1 to 64 characters")
+    problems = await _unknown_references(session, selector)
+    if problems:
+        raise InvalidInput("; ".join(problems), problems=problems)
+    now = utcnow()
+    cutoff = _whole_second_after(now)
+    if selector.issued_before is not None:
+        if selector.issued_before > now + timedelta(seconds=settings.clock_leeway):
+            raise InvalidInput(
+                "issued_before is in the future: a revocation covers keys already issued; "
+                "quarantine the service to refuse it new keys"
+            )
+        cutoff = min(selector.issued_before, cutoff)
+    bounded = selector.with_issued_before(cutoff)
+    expires_after = await _horizon(session, bounded, cutoff, settings)
+
+    await advisory_xact_lock(session, _AUDIT_LOCK)
+    entry = RevocationEntry(
+        jti=bounded.jti,
+        service=bounded.service,
+        audience=bounded.audience,
+        field=bounded.field,
+        purpose=bounded.purpose,
+        policy=bounded.policy,
+        kid=bounded.kid,
+        issued_before=cutoff,
+        reason=reason,
+        actor=actor,
+        incident_id=incident_id,
+        revoked_at=now,
+        expires_after=expires_after,
+    )
+    session.add(entry)
+    await session.flush()
+    by_operator = actor.startswith(("operator:", "cli:"))
+    await record(
+        session,
+        AuditAction.REVOCATION_CREATED if by_operator else AuditAction.REVOCATION_CREATED_BY_SYSTEM,
+        actor=actor,
+        subject=f"revocation:{entry.cursor}",
+        details={
+            "cursor": entry.cursor,
+            "selector": bounded.to_wire(),
+            "reason": reason,
+            "incident_id": incident_id,
+            "expires_after": expires_after.isoformat(),
+        },
+    )
+    _notify_on_commit(session, "operator" if by_operator else "system")
+    return entry
+
+
+async def revoke_signing_key(
+    session: AsyncSession, kid: str, *, actor: str, settings: Settings | None = None
+) -> RevocationEntry:
+    """Revoke every key ``kid`` signed; a second call for the same kid returns the first
+    entry (two operators declaring one compromise make one revocation)."""
+    existing = (
+        await session.exec(
+            select(RevocationEntry)
+            .where(
+                RevocationEntry.kid == kid,
+                RevocationEntry.reason == COMPROMISED_KEY_REASON,
+                col(RevocationEntry.jti).is_(None),
+                col(RevocationEntry.service).is_(None),
+                col(RevocationEntry.audience).is_(None),
+                col(RevocationEntry.field).is_(None),
+                col(RevocationEntry.purpose).is_(None),
+                col(RevocationEntry.policy).is_(None),
+            )
+            .order_by(col(RevocationEntry.cursor))
+            .limit(1)
+        )
+    ).first()
+    if existing is not None:
+        return existing
+    return await revoke(
+        session, Selector(kid=kid), reason=COMPROMISED_KEY_REASON, actor=actor, settings=settings
+    )
+
+
+async def revocations_after(
+    session: AsyncSession, cursor: int, limit: int = 500
+) -> list[RevocationEntry]:
+    """Kept entries with a cursor above ``cursor``, oldest first (``cursor=0``: all kept)."""
+    rows = await session.exec(
+        select(RevocationEntry)
+        .where(col(RevocationEntry.cursor) > cursor)
+        .order_by(col(RevocationEntry.cursor))
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def latest_cursor(session: AsyncSession) -> int:
+    value = (await session.exec(select(func.max(RevocationEntry.cursor)))).one()
+    return int(value or 0)
+
+
+async def purge_revocations(session: AsyncSession, now: datetime) -> int:
+    """Drop entries past their horizon: every key they could match has expired."""
+    result = await session.exec(  # type: ignore[call-overload]
+        delete(RevocationEntry).where(col(RevocationEntry.expires_after) < now)
+    )
+    return int(result.rowcount or 0)

@@ -1,0 +1,168 @@
+"""The shapes every anomaly rule shares: its configuration, what it returns, what it may do.
+
+A rule is a small class with a name, the signals it listens to, its thresholds with their
+limits, and the actions it may take. It never acts itself: it returns ``Firing`` values and
+the engine opens or updates the incident and takes the action, so every rule escalates,
+deduplicates and audits the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.settings import Settings
+
+
+class Action(StrEnum):
+    """What a firing rule does, weakest first: the order is the escalation order."""
+
+    ALERT = "alert"
+    REVOKE_KEY = "revoke_key"
+    REVOKE_SERVICE = "revoke_service"
+    QUARANTINE = "quarantine"
+
+    @property
+    def rank(self) -> int:
+        return list(Action).index(self)
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+    def raised(self) -> Severity:
+        """One step up, for an escalated incident."""
+        order = list(Severity)
+        return order[min(self.rank + 1, len(order) - 1)]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One tunable number of a rule, with the range an operator may set it to."""
+
+    name: str
+    default: int
+    low: int
+    high: int
+    description: str
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Take ``action`` instead once the rule fired for ``after`` distinct units (keys,
+    minutes) of one service within ``window_seconds``."""
+
+    after: int
+    window_seconds: int
+    action: Action
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "after": self.after,
+            "window_seconds": self.window_seconds,
+            "action": self.action.value,
+        }
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    enabled: bool
+    severity: Severity
+    action: Action
+    window_seconds: int
+    thresholds: Mapping[str, int]
+    escalation: Escalation | None = None
+
+    def threshold(self, name: str) -> int:
+        return int(self.thresholds[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "severity": self.severity.value,
+            "action": self.action.value,
+            "window_seconds": self.window_seconds,
+            "thresholds": dict(sorted(self.thresholds.items())),
+            "escalation": self.escalation.to_dict() if self.escalation else None,
+        }
+
+
+@dataclass(frozen=True)
+class Firing:
+    """A rule's verdict on one subject (``key:<jti>``, ``service:<id>``, ``source:<addr>``).
+
+    ``service_id`` and ``jti`` say what an action would revoke or quarantine; ``unit`` is
+    what the escalation counts distinct of (a key for per-key rules, a minute for a rate).
+    ``escalate`` asks for the escalation action at once (far over a budget); ``action``
+    overrides the configured one where the signal dictates it (a leaked client secret).
+    Evidence holds ids, names and counts only.
+    """
+
+    rule: str
+    subject: str
+    title: str
+    evidence: dict[str, Any]
+    service_id: str | None = None
+    jti: str | None = None
+    unit: str = ""
+    escalate: bool = False
+    action: Action | None = None
+
+
+@dataclass
+class Context:
+    """One evaluation: the session the signal is handled in, and a memo for the queries
+    several rules (or several events of one batch) would otherwise repeat."""
+
+    session: AsyncSession
+    settings: Settings
+    now: datetime
+    memo: dict[Any, Any] = field(default_factory=dict)
+    # For a usage report: per key, the earliest and latest time of its events.
+    spans: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+
+
+class Rule(ABC):
+    """Base of the catalog's rules; subclasses set the class attributes and ``evaluate``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    signals: ClassVar[tuple[type, ...]]
+    subject_kind: ClassVar[str]
+    actions: ClassVar[frozenset[Action]]
+    thresholds: ClassVar[tuple[Threshold, ...]] = ()
+    default_action: ClassVar[Action]
+    default_severity: ClassVar[Severity]
+    default_window: ClassVar[int]
+    default_escalation: ClassVar[Escalation | None] = None
+    can_disable: ClassVar[bool] = True
+
+    def defaults(self) -> RuleConfig:
+        return RuleConfig(
+            enabled=True,
+            severity=self.default_severity,
+            action=self.default_action,
+            window_seconds=self.default_window,
+            thresholds={t.name: t.default for t in self.thresholds},
+            escalation=self.default_escalation,
+        )
+
+    def listens_to(self, signal: object) -> bool:
+        return isinstance(signal, self.signals)
+
+    @abstractmethod
+    async def evaluate(self, ctx: Context, signal: Any, config: RuleConfig) -> list[Firing]:
+        """The firings this signal causes (usually none); may record window hits."""

@@ -1,0 +1,317 @@
+"""Each anomaly rule fires at its threshold and not one event below, and takes its action.
+
+Signals come in through the real paths (usage reports, introspection, key requests, failed
+logins); issuance_spike is fed issuance signals with chosen times so that its baseline
+(an hour of history) can be laid down without waiting an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.models import ServiceActivity
+from broker.rules.engine import evaluate
+from broker.rules.signals import Issued
+from tests.conftest import Operators
+from tests.support.world import basic
+from tests.test_rules_support import Anomaly, build_anomaly, event, now_iso, ok
+
+
+@pytest.fixture
+async def anomaly(client: httpx.AsyncClient, operators: Operators, runtime: Any) -> Anomaly:
+    return await build_anomaly(client, operators, runtime)
+
+
+def _only(incidents: list[dict[str, Any]]) -> dict[str, Any]:
+    assert len(incidents) == 1, incidents
+    return incidents[0]
+
+
+async def test_binding_mismatch_outside_the_policy_networks_revokes_the_key(
+    anomaly: Anomaly,
+) -> None:
+    await anomaly.policy(["customer.email"], source_cidrs=["127.0.0.0/8", "10.1.0.0/16"])
+    key = await anomaly.key(purpose="fraud-review")
+    ok(await anomaly.report([event(key["jti"], source="10.1.9.9")]), 202)
+    assert await anomaly.incidents(rule="binding_mismatch") == []
+    ok(await anomaly.report([event(key["jti"], source="192.0.2.7")]), 202)
+    incident = _only(await anomaly.incidents(rule="binding_mismatch"))
+    assert incident["subject"] == f"key:{key['jti']}"
+    assert incident["evidence"]["source_outside_policy_networks"] is True
+    assert [a["action"] for a in incident["actions"]] == ["revoke_key"]
+    assert not (await anomaly.introspect(key["key"]))["active"]
+    assert not await anomaly.quarantined()
+
+
+async def test_binding_mismatch_threshold_and_escalation_to_quarantine(anomaly: Anomaly) -> None:
+    await anomaly.set_rule("binding_mismatch", thresholds={"events": 2})
+    first, second = await anomaly.key(), await anomaly.key(("customer.name",))
+    holder = {"outcome": "refused", "reason": "dpop-invalid", "records": 0}
+    ok(await anomaly.report([event(first["jti"], **holder)]), 202)
+    assert await anomaly.incidents(rule="binding_mismatch") == []
+    ok(await anomaly.report([event(first["jti"], **holder)]), 202)
+    incident = _only(await anomaly.incidents(rule="binding_mismatch"))
+    assert incident["evidence"]["holder_mismatch"] is True
+    assert [a["action"] for a in incident["actions"]] == ["revoke_key"]
+    assert not await anomaly.quarantined()
+    # A second key of the same service within the hour: quarantine.
+    ok(await anomaly.report([event(second["jti"], **holder)] * 2), 202)
+    escalated = [
+        i
+        for i in await anomaly.incidents(rule="binding_mismatch")
+        if i["subject"].endswith(second["jti"])
+    ]
+    assert [a["action"] for a in _only(escalated)["actions"]] == ["quarantine"]
+    assert _only(escalated)["severity"] == "critical"
+    assert await anomaly.quarantined()
+    refused = await anomaly.client.post(
+        "/v1/keys",
+        headers=anomaly.world.billing,
+        json={"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["type"].endswith("/quarantined")
+
+
+async def test_key_replay_on_introspection_beyond_max_uses(anomaly: Anomaly) -> None:
+    key = await anomaly.key(max_uses=2)
+    assert (await anomaly.introspect(key["key"]))["active"]
+    assert (await anomaly.introspect(key["key"]))["active"]
+    assert await anomaly.incidents(rule="key_replay") == []
+    assert not (await anomaly.introspect(key["key"]))["active"]
+    incident = _only(await anomaly.incidents(rule="key_replay"))
+    assert incident["evidence"]["via"] == "introspection"
+    assert [a["action"] for a in incident["actions"]] == ["revoke_key"]
+
+
+async def test_key_replay_on_reported_uses_beyond_max_uses(anomaly: Anomaly) -> None:
+    key = await anomaly.key(max_uses=3)
+    ok(await anomaly.report([event(key["jti"])] * 3), 202)
+    assert await anomaly.incidents(rule="key_replay") == []
+    ok(await anomaly.report([event(key["jti"])]), 202)
+    incident = _only(await anomaly.incidents(rule="key_replay"))
+    assert incident["evidence"]["uses"] == 4
+    assert incident["evidence"]["max_uses"] == 3
+
+
+async def test_key_replay_from_more_sources_than_allowed(anomaly: Anomaly) -> None:
+    key = await anomaly.key()
+    three = [event(key["jti"], source=f"10.0.0.{n}") for n in (1, 2, 3)]
+    ok(await anomaly.report(three * 2), 202)
+    assert await anomaly.incidents(rule="key_replay") == []
+    ok(await anomaly.report([event(key["jti"], source="10.0.0.4")]), 202)
+    incident = _only(await anomaly.incidents(rule="key_replay"))
+    assert incident["evidence"]["sources_in_window"] == 4
+
+
+async def test_revoked_key_use_three_times_quarantines_the_service(anomaly: Anomaly) -> None:
+    key = await anomaly.key()
+    revoked = await anomaly.client.post(
+        "/v1/revoke", headers=anomaly.world.billing, data={"token": key["key"]}
+    )
+    assert revoked.status_code == 200
+    for _ in range(2):
+        assert not (await anomaly.introspect(key["key"]))["active"]
+    assert await anomaly.incidents(rule="revoked_key_use") == []
+    assert not await anomaly.quarantined()
+    assert not (await anomaly.introspect(key["key"]))["active"]
+    incident = _only(await anomaly.incidents(rule="revoked_key_use"))
+    assert incident["subject"] == "service:billing-api"
+    assert incident["evidence"]["presentations_in_window"] == 3
+    assert [a["action"] for a in incident["actions"]] == ["quarantine"]
+    assert await anomaly.quarantined()
+
+
+async def test_revoked_key_use_counts_reported_refusals_too(anomaly: Anomaly) -> None:
+    key = await anomaly.key()
+    expired = event(key["jti"], outcome="refused", reason="expired", records=0)
+    ok(await anomaly.report([expired, expired]), 202)
+    assert await anomaly.incidents(rule="revoked_key_use") == []
+    ok(await anomaly.report([expired]), 202)
+    assert _only(await anomaly.incidents(rule="revoked_key_use"))["hits"] == 1
+
+
+async def test_field_overreach_revokes_every_key_of_the_service(anomaly: Anomaly) -> None:
+    key, other = await anomaly.key(), await anomaly.key(("customer.name",))
+
+    def beyond() -> dict[str, Any]:
+        return event(key["jti"], fields=["customer.email", "customer.ssn"])
+
+    refused = event(key["jti"], outcome="refused", reason="not-allowed")
+    ok(await anomaly.report([beyond(), refused]), 202)
+    assert await anomaly.incidents(rule="field_overreach") == []
+    ok(await anomaly.report([beyond()]), 202)
+    incident = _only(await anomaly.incidents(rule="field_overreach"))
+    assert incident["subject"] == "service:billing-api"
+    assert incident["evidence"]["fields_not_granted"] == ["customer.ssn"]
+    assert [a["action"] for a in incident["actions"]] == ["revoke_service"]
+    entry = (await anomaly.revocations())[-1]
+    assert entry["selector"]["service"] == "billing-api"
+    assert entry["incident_id"] == incident["id"]
+    for token in (key["key"], other["key"]):
+        assert not (await anomaly.introspect(token))["active"]
+    assert not await anomaly.quarantined()
+    await asyncio.sleep(1.1)  # keys carry whole-second iat: the next second is not covered
+    fresh = await anomaly.key()  # revocation covers issued keys only
+    assert (await anomaly.introspect(fresh["key"]))["active"]
+
+
+async def test_a_disabled_rule_does_not_fire(anomaly: Anomaly) -> None:
+    await anomaly.set_rule("field_overreach", enabled=False)
+    key = await anomaly.key()
+    ok(await anomaly.report([event(key["jti"], fields=["customer.ssn"])] * 5), 202)
+    assert await anomaly.incidents() == []
+
+
+async def test_bulk_read_beyond_the_key_budget(anomaly: Anomaly) -> None:
+    await anomaly.policy(["customer.email"], max_records=100)
+    key = await anomaly.key(purpose="fraud-review")
+    ok(await anomaly.report([event(key["jti"], records=60), event(key["jti"], records=40)]), 202)
+    assert await anomaly.incidents(rule="bulk_read") == []
+    ok(await anomaly.report([event(key["jti"], records=1)]), 202)
+    incident = _only(await anomaly.incidents(rule="bulk_read"))
+    assert incident["evidence"]["records"] == 101
+    assert incident["evidence"]["max_records"] == 100
+    assert [a["action"] for a in incident["actions"]] == ["revoke_key"]
+    assert not await anomaly.quarantined()
+    # Ten times the budget or more escalates at once.
+    nine = await anomaly.key(purpose="fraud-review")
+    ok(await anomaly.report([event(nine["jti"], records=999)]), 202)
+    assert not await anomaly.quarantined()
+    ten = await anomaly.key(purpose="fraud-review")
+    ok(await anomaly.report([event(ten["jti"], records=1000)]), 202)
+    assert await anomaly.quarantined()
+    severe = [i for i in await anomaly.incidents(rule="bulk_read") if ten["jti"] in i["subject"]]
+    assert [a["action"] for a in _only(severe)["actions"]] == ["quarantine"]
+
+
+async def test_bulk_read_far_above_the_service_p99(anomaly: Anomaly) -> None:
+    await anomaly.set_rule(
+        "bulk_read", thresholds={"min_samples": 3, "min_records": 10, "p99_factor": 5}
+    )
+    earlier = now_iso(datetime.now(UTC) - timedelta(minutes=10))
+    for _ in range(3):
+        history = await anomaly.key()
+        ok(await anomaly.report([event(history["jti"], records=10, at=earlier)]), 202)
+    key = await anomaly.key()
+    ok(await anomaly.report([event(key["jti"], records=30), event(key["jti"], records=20)]), 202)
+    assert await anomaly.incidents(rule="bulk_read") == []
+    ok(await anomaly.report([event(key["jti"], records=1)]), 202)
+    incident = _only(await anomaly.incidents(rule="bulk_read"))
+    assert incident["evidence"]["records_in_window"] == 51
+    assert incident["evidence"]["service_p99"] == 10
+
+
+async def test_issuance_spike_against_the_usual_rate_then_quarantine(anomaly: Anomaly) -> None:
+    await anomaly.set_rule("issuance_spike", thresholds={"min_per_minute": 5, "factor": 10})
+    runtime = anomaly.runtime
+    t0 = datetime.now(UTC).replace(microsecond=0)
+
+    async def issued(at: datetime, service_id: str = "billing-api") -> None:
+        await evaluate(runtime, Issued(service_id, "jti", ("customer.email",), at))
+
+    # A service without history has no usual rate: it is not judged, however many keys.
+    for i in range(20):
+        await issued(t0 + timedelta(milliseconds=10 * i), "customers-db")
+    assert await anomaly.incidents(rule="issuance_spike") == []
+    for j in range(59):  # one key a minute for the hour before: usual rate 1 per minute
+        await issued(t0 - timedelta(seconds=61 + 60 * j))
+    for i in range(9):
+        await issued(t0 + timedelta(milliseconds=100 * i))
+    assert await anomaly.incidents(rule="issuance_spike") == []
+    await issued(t0 + timedelta(seconds=1))
+    incident = _only(await anomaly.incidents(rule="issuance_spike"))
+    assert incident["evidence"]["keys_in_window"] == 10
+    assert incident["evidence"]["usual_per_window"] == 1.0
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
+    assert not await anomaly.quarantined()
+    # Still spiking a minute later: quarantine.
+    t1 = t0 + timedelta(seconds=75)
+    for i in range(12):
+        await issued(t1 + timedelta(milliseconds=100 * i))
+    incident = _only(await anomaly.incidents(rule="issuance_spike"))
+    assert [a["action"] for a in incident["actions"]] == ["alert", "quarantine"]
+    assert await anomaly.quarantined()
+
+
+async def test_exchange_spray_needs_both_failures_and_many_services(anomaly: Anomaly) -> None:
+    async def fail(service_id: str) -> None:
+        resp = await anomaly.client.post(
+            "/v1/keys",
+            headers=basic(service_id, "pkbs_not-a-secret"),
+            json={"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"},
+        )
+        assert resp.status_code == 401
+
+    for n in range(24):
+        await fail(("svc-a", "svc-b")[n % 2])
+    assert await anomaly.incidents(rule="exchange_spray") == []  # many failures, two names
+    for name in ("svc-c", "svc-d"):
+        await fail(name)
+    assert await anomaly.incidents(rule="exchange_spray") == []  # four names
+    await fail("svc-e")
+    incident = _only(await anomaly.incidents(rule="exchange_spray"))
+    assert incident["subject"] == "source:127.0.0.1"
+    assert incident["evidence"]["distinct_services"] == 5
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
+
+
+async def test_forgery_probe_counts_bad_tokens_at_introspection(anomaly: Anomaly) -> None:
+    key = await anomaly.key()
+    head, payload, signature = key["key"].split(".")
+    forged = f"{head}.{payload}.{signature[:-6]}AAAAAA"
+    for _ in range(9):
+        assert not (await anomaly.introspect(forged))["active"]
+    assert await anomaly.incidents(rule="forgery_probe") == []
+    assert not (await anomaly.introspect("not.a.key"))["active"]
+    incident = _only(await anomaly.incidents(rule="forgery_probe"))
+    assert incident["evidence"]["presented_to"] == "customers-db"
+    assert incident["evidence"]["reasons"] == {"bad-signature": 9, "malformed": 1}
+    # The forged key's claims were never trusted: nothing counted against billing-api.
+    assert (await anomaly.introspect(key["key"]))["active"]
+
+
+async def test_off_hours_use_alerts(anomaly: Anomaly) -> None:
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    hours = {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M"), "timezone": "UTC"}
+    await anomaly.policy(["customer.email"], allowed_hours=hours)
+    key = await anomaly.key(purpose="fraud-review")
+    ok(await anomaly.report([event(key["jti"])]), 202)
+    assert await anomaly.incidents(rule="off_hours") == []
+    night = now - timedelta(hours=3)
+    ok(await anomaly.report([event(key["jti"], at=now_iso(night))]), 202)
+    incident = _only(await anomaly.incidents(rule="off_hours"))
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
+    assert (await anomaly.introspect(key["key"]))["active"]
+
+
+async def test_dormant_service_asking_for_government_ids(anomaly: Anomaly) -> None:
+    await anomaly.policy(["customer.ssn", "customer.email"])
+
+    async def last_key(days_ago: int) -> None:
+        async with anomaly.runtime.transaction() as session:
+            row = await session.get(ServiceActivity, "billing-api")
+            assert row is not None
+            row.last_key_at = datetime.now(UTC) - timedelta(days=days_ago, minutes=1)
+            session.add(row)
+
+    await anomaly.key(("customer.email",), purpose="fraud-review")
+    await anomaly.incidents()  # settled: the activity row exists
+    await last_key(89)
+    await anomaly.key(("customer.ssn",), purpose="fraud-review")
+    assert await anomaly.incidents(rule="dormant_reactivation") == []
+    await last_key(91)
+    await anomaly.key(("customer.email",), purpose="fraud-review")
+    assert await anomaly.incidents(rule="dormant_reactivation") == []  # not a sensitive field
+    await last_key(91)
+    await anomaly.key(("customer.ssn",), purpose="fraud-review")
+    incident = _only(await anomaly.incidents(rule="dormant_reactivation"))
+    assert incident["evidence"]["sensitive_fields"] == ["customer.ssn"]
+    assert incident["evidence"]["days_without_keys"] == 91
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
