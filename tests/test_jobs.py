@@ -108,6 +108,14 @@ async def test_aging_secret_is_flagged_then_refused(
     assert len(events) == 1
     assert events[0].subject == "service:billing-api"
     assert world.billing_secret not in str(events[0].details)
+    incidents = await client.get("/v1/admin/incidents", headers=Operators.header(operators.auditor))
+    assert incidents.status_code == 200
+    body = incidents.json()
+    items = body["incidents"] if isinstance(body, dict) else body
+    aging = [i for i in items if i["rule"] == "secret_age"]
+    assert len(aging) == 1
+    assert aging[0]["severity"] == "low"
+    assert aging[0]["subject"] == "service:billing-api"
     # Still works during the warning window and the grace period...
     assert (
         await client.post("/v1/keys", headers=world.billing, json=key_request)

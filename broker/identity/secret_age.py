@@ -1,7 +1,8 @@
 """Client-secret age: flag secrets ahead of their maximum age so they rotate on a schedule.
 
 A secret older than ``secret_max_age - secret_warn_before`` is flagged once (audit event,
-metric); authentication refuses it after ``secret_max_age + secret_grace``. Operators see
+metric, and a low-severity ``secret_age`` incident that alerts through the webhook);
+authentication refuses it after ``secret_max_age + secret_grace``. Operators see
 the flag long before anything breaks, so credentials rotate predictably, not after a breach.
 """
 
@@ -14,7 +15,10 @@ from sqlmodel import col, select
 from broker import metrics
 from broker.audit import AuditAction, record
 from broker.identity.authenticate import secret_refused_after
+from broker.incidents.service import Alert, raise_incident
+from broker.incidents.webhook import send_alerts
 from broker.models import ServiceSecret
+from broker.rules.base import Action, Firing, Severity
 from broker.runtime import Runtime
 
 
@@ -25,6 +29,7 @@ async def flag_aging_secrets(runtime: Runtime, now: datetime) -> list[str]:
         seconds=max(settings.secret_max_age - settings.secret_warn_before, 0)
     )
     flagged: list[str] = []
+    alerts: list[Alert] = []
     async with runtime.transaction() as session:
         rows = await session.exec(
             select(ServiceSecret).where(
@@ -51,5 +56,24 @@ async def flag_aging_secrets(runtime: Runtime, now: datetime) -> list[str]:
                 },
             )
             metrics.SECRETS_AGING.inc()
+            alert = await raise_incident(
+                session,
+                settings,
+                Firing(
+                    rule="secret_age",
+                    subject=f"service:{secret.service_id}",
+                    title=f"client secret of {secret.service_id} nears its maximum age",
+                    evidence={
+                        "secret_hint": secret.hint,
+                        "refused_after": refused_after.isoformat(),
+                    },
+                    service_id=secret.service_id,
+                ),
+                severity=Severity.LOW,
+                action=Action.ALERT,
+            )
+            if alert is not None:
+                alerts.append(alert)
             flagged.append(secret.service_id)
+    send_alerts(runtime, alerts)
     return flagged
