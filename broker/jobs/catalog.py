@@ -13,6 +13,7 @@ from broker.models import IssuedKey, JobRun
 from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
 from broker.revocation.service import purge_revocations
 from broker.runtime import Runtime
+from broker.usage.service import prune_windows
 
 JOB_RUN_RETENTION = timedelta(days=30)
 
@@ -62,4 +63,5 @@ def default_jobs(runtime: Runtime) -> list[Job]:
         Job("purge_expired", settings.purge_interval, purge_expired),
         Job("expire_proposals", settings.proposal_check_interval, expire_proposals),
         Job("flag_aging_secrets", settings.secret_check_interval, flag_secrets),
+        Job("prune_windows", settings.purge_interval, prune_windows),
     ]
