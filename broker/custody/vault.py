@@ -315,7 +315,8 @@ class Transit:
             try:
                 await self._renew()
             except VaultUnavailable:
-                pass  # logged; retried after half of what is left of the token's life
+                # _renew logged it; the loop retries after half of the token's remaining life.
+                continue
             except _TokenExpired:
                 self._expires_at = None  # nothing left to renew; do not start again
                 return

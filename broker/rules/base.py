@@ -163,6 +163,18 @@ class Rule(ABC):
     def listens_to(self, signal: object) -> bool:
         return isinstance(signal, self.signals)
 
+    def key_firing(self, key: Any, subject: str, title: str, evidence: dict[str, Any]) -> Firing:
+        """A firing about one key: acts on that key and its service, counted per key."""
+        return Firing(
+            self.name,
+            subject,
+            title,
+            evidence,
+            service_id=key.service_id,
+            jti=key.jti,
+            unit=key.jti,
+        )
+
     @abstractmethod
     async def evaluate(self, ctx: Context, signal: Any, config: RuleConfig) -> list[Firing]:
         """The firings this signal causes (usually none); may record window hits."""

@@ -98,14 +98,11 @@ class BindingMismatch(Rule):
             "events_in_window": count,
         }
         return [
-            Firing(
-                self.name,
+            self.key_firing(
+                key,
                 subject,
                 f"key of {key.service_id} presented by another holder or from another network",
                 evidence,
-                service_id=key.service_id,
-                jti=key.jti,
-                unit=key.jti,
             )
         ]
 
@@ -587,14 +584,11 @@ class OffHours(Rule):
             "events_in_window": count,
         }
         return [
-            Firing(
-                self.name,
+            self.key_firing(
+                key,
                 subject,
                 f"key of {key.service_id} used outside its policy's allowed hours",
                 evidence,
-                service_id=key.service_id,
-                jti=key.jti,
-                unit=key.jti,
             )
         ]
 
