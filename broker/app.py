@@ -19,6 +19,7 @@ from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.identity.routes import ServiceController
+from broker.identity.source_block_routes import SourceBlockController
 from broker.incidents.routes import ROUTES as INCIDENT_ROUTES
 from broker.issuance.routes import ROUTES as ISSUANCE_ROUTES
 from broker.jobs.routes import list_jobs
@@ -54,6 +55,7 @@ def route_handlers() -> Sequence[Any]:
         *USAGE_ROUTES,
         RuleController,
         *INCIDENT_ROUTES,
+        SourceBlockController,
         list_jobs,
         metrics,
     ]

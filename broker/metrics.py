@@ -32,6 +32,11 @@ REQUEST_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+SOURCE_BLOCK_REFUSALS = Counter(
+    "broker_source_block_refusals_total",
+    "Service-facing requests refused because their address is blocked.",
+    registry=REGISTRY,
+)
 SECRETS_AGING = Counter(
     "broker_client_secrets_aging_total",
     "Client secrets flagged as nearing their maximum age.",

@@ -510,6 +510,19 @@ async def test_revocations_incidents_rules(cli: Cli, operators: Operators, runti
     assert out_of_range.exit_code == 1
 
 
+async def test_blocks_add_list_lift(cli: Cli) -> None:
+    added = ok(await cli("blocks", "add", "203.0.113.9", "--reason", "scanner", "--minutes", "5"))
+    assert "203.0.113.9 blocked until" in added.stdout
+    rows = as_json(await cli("blocks", "list", "--json", who="auditor"))
+    assert [(r["source"], r["reason"]) for r in rows] == [("203.0.113.9", "scanner")]
+    assert "203.0.113.9" in ok(await cli("blocks", "list", who="auditor")).stdout
+    assert (await cli("blocks", "lift", "203.0.113.9", who="auditor")).exit_code != 0
+    ok(await cli("blocks", "lift", "203.0.113.9", "--comment", "ours"))
+    assert "no address is blocked" in ok(await cli("blocks", "list", who="auditor")).stdout
+    assert len(as_json(await cli("blocks", "list", "--all", "--json", who="auditor"))) == 1
+    assert (await cli("blocks", "add", "not-an-ip", "--reason", "x")).exit_code != 0
+
+
 async def test_scan_report_to_revokes_what_it_found(
     cli: Cli, operators: Operators, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from broker.rules.engine import evaluate
 from broker.rules.signals import Issued
 from tests.conftest import Operators
 from tests.support.world import basic
-from tests.test_rules_support import Anomaly, build_anomaly, event, now_iso, ok
+from tests.test_rules_support import Anomaly, build_anomaly, event, now_iso, ok, settle
 
 
 @pytest.fixture
@@ -258,7 +258,86 @@ async def test_exchange_spray_needs_both_failures_and_many_services(anomaly: Ano
     incident = _only(await anomaly.incidents(rule="exchange_spray"))
     assert incident["subject"] == "source:127.0.0.1"
     assert incident["evidence"]["distinct_services"] == 5
-    assert [a["action"] for a in incident["actions"]] == ["alert"]
+    [action] = incident["actions"]
+    assert (action["action"], action["source"]) == ("block_source", "127.0.0.1")
+
+
+async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
+    anomaly: Anomaly,
+) -> None:
+    for n in range(20):
+        resp = await anomaly.client.post(
+            "/v1/keys", headers=basic(f"svc-{n % 5}", "pkbs_not-a-secret"), json={}
+        )
+        assert resp.status_code == 401
+    await settle(anomaly.runtime)
+    # Valid credentials from the blocked address are refused before they are checked.
+    refused = await anomaly.client.post(
+        "/v1/keys",
+        headers=anomaly.world.billing,
+        json={"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["type"].endswith("/source-blocked")
+    assert "pkbs_" not in refused.text
+    blocks = ok(await anomaly.client.get("/v1/admin/blocked-sources", headers=anomaly.auditor), 200)
+    assert [(b["source"], b["lifted_at"]) for b in blocks] == [("127.0.0.1", None)]
+    [incident] = await anomaly.incidents(rule="exchange_spray")
+    assert blocks[0]["incident_id"] == incident["id"]
+    # An auditor may look but not lift.
+    denied = await anomaly.client.post(
+        "/v1/admin/blocked-sources/127.0.0.1/lift", headers=anomaly.auditor, json={}
+    )
+    assert denied.status_code == 403
+    lifted = ok(
+        await anomaly.client.post(
+            "/v1/admin/blocked-sources/127.0.0.1/lift",
+            headers=anomaly.admin,
+            json={"comment": "our own scanner"},
+        ),
+        200,
+    )
+    assert lifted[0]["lifted_by"]
+    assert (await anomaly.key())["jti"]
+    assert (
+        ok(await anomaly.client.get("/v1/admin/blocked-sources", headers=anomaly.auditor), 200)
+        == []
+    )
+    actions = [
+        e["action"]
+        for e in ok(
+            await anomaly.client.get(
+                "/v1/admin/audit", params={"order": "desc", "limit": 30}, headers=anomaly.auditor
+            ),
+            200,
+        )["events"]
+    ]
+    assert "system:source:blocked" in actions
+    assert "operator:source:unblocked" in actions
+    again = await anomaly.client.post(
+        "/v1/admin/blocked-sources/127.0.0.1/lift", headers=anomaly.admin, json={}
+    )
+    assert again.status_code == 404
+
+
+async def test_an_operator_blocks_an_address_by_hand(anomaly: Anomaly) -> None:
+    bad = await anomaly.client.post(
+        "/v1/admin/blocked-sources",
+        headers=anomaly.admin,
+        json={"source": "not-an-address", "reason": "x"},
+    )
+    assert bad.status_code == 422
+    block = ok(
+        await anomaly.client.post(
+            "/v1/admin/blocked-sources",
+            headers=anomaly.admin,
+            json={"source": "0:0:0:0:0:0:0:1", "reason": "scanner", "minutes": 5},
+        ),
+        201,
+    )
+    assert block["source"] == "::1"  # one spelling per address
+    # Another address is not affected.
+    assert (await anomaly.key())["jti"]
 
 
 async def test_forgery_probe_counts_bad_tokens_at_introspection(anomaly: Anomaly) -> None:

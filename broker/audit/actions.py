@@ -19,6 +19,8 @@ class AuditAction(StrEnum):
     SERVICE_QUARANTINED = "system:service:quarantined"
     SERVICE_AUTH_FAILED = "service:auth:failed"
     SERVICE_SECRET_AGING = "system:service_secret:aging"  # noqa: S105 (an event name)
+    SOURCE_BLOCKED = "system:source:blocked"
+    SOURCE_UNBLOCKED = "operator:source:unblocked"
 
     FIELD_CREATED = "operator:field:created"
     PURPOSE_CREATED = "operator:purpose:created"

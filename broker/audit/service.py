@@ -46,7 +46,7 @@ def _digest(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-async def _serialise_writers(session: AsyncSession) -> None:
+async def serialise_writers(session: AsyncSession) -> None:
     """Make the read of the chain's tail and the append one atomic step.
 
     PostgreSQL: a transaction-level advisory lock. SQLite: the driver opens a transaction
@@ -85,7 +85,7 @@ async def record(
 
 async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) -> list[AuditEvent]:
     """Append several events in order with one read of the chain's tail (group commits)."""
-    await _serialise_writers(session)
+    await serialise_writers(session)
     last = (
         await session.exec(select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1))
     ).first()

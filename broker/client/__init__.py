@@ -32,6 +32,7 @@ from broker.client.keyclient import (
     workload_token_file,
 )
 from broker.client.mask import REDACTED, Rule, mask
+from broker.client.usage import UsageReporter
 from broker.client.verifier import KeyVerifier
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Reason",
     "Rule",
     "SyncKeyClient",
+    "UsageReporter",
     "VerificationError",
     "VerifierUnavailable",
     "access_token_hash",

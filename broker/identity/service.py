@@ -46,7 +46,7 @@ def identity_epoch() -> int:
     return _IDENTITY_EPOCH[0]
 
 
-def _identity_changed() -> None:
+def identity_changed() -> None:
     _IDENTITY_EPOCH[0] += 1
 
 
@@ -296,7 +296,7 @@ async def update_service(
         action = AuditAction.SERVICE_DISABLED if change.disabled else AuditAction.SERVICE_ENABLED
         await record(session, action, actor=actor, subject=subject, details={})
         service.disabled = change.disabled
-        _identity_changed()
+        identity_changed()
         changed = True
     if changed:
         service.updated_at = utcnow()
@@ -325,7 +325,7 @@ async def rotate_secret(
             continue
         if old.expires_at is None or old.expires_at > cutoff:
             old.expires_at = cutoff
-            _identity_changed()
+            identity_changed()
             session.add(old)
         previous.append(old.id)
     has_binding = (
@@ -372,7 +372,7 @@ async def release_service(
         details={"quarantined_at": service.quarantined_at, "comment": comment},
     )
     service.quarantined = False
-    _identity_changed()
+    identity_changed()
     service.quarantined_at = None
     service.updated_at = utcnow()
     session.add(service)
@@ -398,7 +398,7 @@ async def quarantine_service(
         return False
     now = utcnow()
     service.quarantined = True
-    _identity_changed()
+    identity_changed()
     service.quarantined_at = now
     service.updated_at = now
     session.add(service)

@@ -22,7 +22,7 @@ from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
 from broker.errors import InvalidInput, NotFound
-from broker.identity.service import _identity_changed
+from broker.identity.service import identity_changed
 from broker.incidents.service import LIVE, Alert
 from broker.issuance.verification import InvalidKey, own_key_verifier
 from broker.logs import redact
@@ -88,7 +88,7 @@ async def _secret(
         await session.flush()
         # Cached authentications by this secret end now in this process (as for a rotation);
         # other replicas' caches hold them at most ``auth_cache_ttl`` seconds.
-        _identity_changed()
+        identity_changed()
         await record(
             session,
             AuditAction.SERVICE_SECRET_LEAKED,

@@ -23,10 +23,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, record
-from broker.audit.service import _serialise_writers
+from broker.audit.service import serialise_writers
 from broker.db import utcnow
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.identity.service import quarantine_service
+from broker.identity.source_blocks import active_block, block_source, normalise_source
 from broker.models import Incident, IssuedKey
 from broker.revocation.selector import Selector
 from broker.revocation.service import revoke
@@ -91,8 +92,7 @@ async def _take(
     incident: Incident,
     action: Action,
     *,
-    service_id: str | None,
-    jti: str | None,
+    firing: Firing,
     actor: str,
 ) -> dict[str, Any]:
     """Do what ``action`` says; the returned entry records it on the incident.
@@ -103,8 +103,21 @@ async def _take(
     now = utcnow()
     entry: dict[str, Any] = {"action": action.value, "at": now.isoformat()}
     reason = f"incident {incident.id}: {incident.title}"[:500]
+    service_id, jti = firing.service_id, firing.jti
     try:
-        if action is Action.REVOKE_KEY:
+        if action is Action.BLOCK_SOURCE:
+            if firing.source is None or firing.block_seconds <= 0:
+                raise InvalidInput("the firing names no source to block")
+            block = await block_source(
+                session,
+                firing.source,
+                seconds=firing.block_seconds,
+                reason=reason,
+                actor=actor,
+                incident_id=incident.id,
+            )
+            entry.update(source=block.source, until=block.blocked_until.isoformat())
+        elif action is Action.REVOKE_KEY:
             if jti is None:
                 raise InvalidInput("the firing names no key")
             revoked = await revoke(
@@ -158,9 +171,13 @@ async def _keys_issued_since(session: AsyncSession, service_id: str, since: date
 
 
 async def _retake_needed(
-    session: AsyncSession, incident: Incident, action: Action, service_id: str | None
+    session: AsyncSession, incident: Incident, action: Action, firing: Firing
 ) -> bool:
-    """A service-wide action again, when the service got keys after it was last taken."""
+    """A service-wide action again, when the service got keys after it was last taken; a
+    block again, when the last one ran out (or was lifted) and the address carries on."""
+    service_id = firing.service_id
+    if action is Action.BLOCK_SOURCE and firing.source is not None:
+        return await active_block(session, normalise_source(firing.source), utcnow()) is None
     if action not in (Action.REVOKE_SERVICE, Action.QUARANTINE) or service_id is None:
         return False
     last = [a for a in incident.actions if a["action"] == action.value and "error" not in a]
@@ -184,7 +201,7 @@ async def raise_incident(
     actor: str = SYSTEM_ACTOR,
 ) -> Alert | None:
     """Open an incident for a firing, or update the live one for the same rule and subject."""
-    await _serialise_writers(session)
+    await serialise_writers(session)
     now = utcnow()
     existing = (
         await session.exec(
@@ -220,8 +237,7 @@ async def raise_incident(
             settings,
             incident,
             action,
-            service_id=firing.service_id,
-            jti=firing.jti,
+            firing=firing,
             actor=actor,
         )
         incident.actions = [entry]
@@ -252,7 +268,7 @@ async def raise_incident(
     event: str | None = None
     if strongest is None or action.rank > strongest.rank:
         event = "incident.escalated"
-    elif action is strongest and await _retake_needed(session, incident, action, firing.service_id):
+    elif action is strongest and await _retake_needed(session, incident, action, firing):
         event = "incident.action"
     if event is not None:
         entry = await _take(
@@ -260,8 +276,7 @@ async def raise_incident(
             settings,
             incident,
             action,
-            service_id=firing.service_id,
-            jti=firing.jti,
+            firing=firing,
             actor=actor,
         )
         incident.actions = [*incident.actions, entry]
@@ -395,7 +410,7 @@ async def acknowledge(
     session: AsyncSession, incident_id: str, *, actor: str, comment: str = ""
 ) -> Incident:
     comment = _clean_text(comment, "comment", COMMENT_MAX, required=False)
-    await _serialise_writers(session)
+    await serialise_writers(session)
     incident = await get_incident(session, incident_id)
     if incident.status != IncidentStatus.OPEN.value:
         raise Conflict(f"incident {incident.id} is {incident.status}, not open")
@@ -420,7 +435,7 @@ async def resolve(session: AsyncSession, incident_id: str, *, actor: str, commen
     """Close an incident. Its revocations stay; a quarantine is lifted separately (release),
     so resolving never silently gives a service its keys back."""
     comment = _clean_text(comment, "comment", COMMENT_MAX, required=True)
-    await _serialise_writers(session)
+    await serialise_writers(session)
     incident = await get_incident(session, incident_id)
     if incident.status == IncidentStatus.RESOLVED.value:
         raise Conflict(f"incident {incident.id} is already resolved")

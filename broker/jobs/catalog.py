@@ -8,6 +8,7 @@ from sqlalchemy import delete
 from sqlmodel import col
 
 from broker.identity.secret_age import flag_aging_secrets
+from broker.identity.source_blocks import purge_source_blocks
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
 from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
@@ -38,9 +39,11 @@ async def purge_expired(runtime: Runtime, now: datetime) -> str:
             delete(JobRun).where(col(JobRun.started_at) < now - JOB_RUN_RETENTION)
         )
         revocations = await purge_revocations(session, now)
+        blocks = await purge_source_blocks(session, now)
     return (
         f"purged {keys.rowcount} issued key record(s), {runs.rowcount} job run(s), "
-        f"{revocations} revocation entr{'y' if revocations == 1 else 'ies'}"
+        f"{revocations} revocation entr{'y' if revocations == 1 else 'ies'}, "
+        f"{blocks} ended address block(s)"
     )
 
 

@@ -12,6 +12,7 @@ from broker.models.revocation import RevocationEntry
 from broker.models.rule import RuleHit, RuleSetting, ServiceActivity
 from broker.models.service import Service, ServiceBinding, ServiceSecret
 from broker.models.signing_key import SigningKey
+from broker.models.source_block import SourceBlock
 from broker.models.usage import UsageEvent
 
 metadata = SQLModel.metadata
@@ -36,6 +37,7 @@ __all__ = [
     "ServiceBinding",
     "ServiceSecret",
     "SigningKey",
+    "SourceBlock",
     "UsageEvent",
     "metadata",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from broker.ops_cli.audit import audit
+from broker.ops_cli.blocks import blocks
 from broker.ops_cli.catalog import fields, purposes
 from broker.ops_cli.incidents import incidents
 from broker.ops_cli.keys import list_keys
@@ -25,7 +26,7 @@ __all__ = ["register"]
 
 def register(main: click.Group) -> None:
     """Add the remote groups, and the remote-only commands of the local groups."""
-    for command in (services, fields, purposes, policies, revocations, incidents, rules):
+    for command in (services, fields, purposes, policies, revocations, incidents, rules, blocks):
         main.add_command(command)
     main.add_command(audit)
     main.add_command(scan)

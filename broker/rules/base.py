@@ -24,6 +24,7 @@ class Action(StrEnum):
     """What a firing rule does, weakest first: the order is the escalation order."""
 
     ALERT = "alert"
+    BLOCK_SOURCE = "block_source"
     REVOKE_KEY = "revoke_key"
     REVOKE_SERVICE = "revoke_service"
     QUARANTINE = "quarantine"
@@ -104,7 +105,8 @@ class RuleConfig:
 class Firing:
     """A rule's verdict on one subject (``key:<jti>``, ``service:<id>``, ``source:<addr>``).
 
-    ``service_id`` and ``jti`` say what an action would revoke or quarantine; ``unit`` is
+    ``service_id`` and ``jti`` say what an action would revoke or quarantine, ``source`` and
+    ``block_seconds`` which address a block would refuse and for how long; ``unit`` is
     what the escalation counts distinct of (a key for per-key rules, a minute for a rate).
     ``escalate`` asks for the escalation action at once (far over a budget); ``action``
     overrides the configured one where the signal dictates it (a leaked client secret).
@@ -120,6 +122,8 @@ class Firing:
     unit: str = ""
     escalate: bool = False
     action: Action | None = None
+    source: str | None = None
+    block_seconds: int = 0
 
 
 @dataclass

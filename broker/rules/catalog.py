@@ -469,12 +469,13 @@ class ExchangeSpray(Rule):
     description = "Failed identity exchanges from one source address across many services."
     signals = (AuthFailed,)
     subject_kind = "source"
-    actions = ALERT_ONLY
+    actions = frozenset({Action.ALERT, Action.BLOCK_SOURCE})
     thresholds = (
         Threshold("failures", 20, 1, 1_000_000, "failed exchanges within the window"),
         Threshold("services", 5, 1, 10_000, "distinct services they named"),
+        Threshold("block_minutes", 60, 1, 10_080, "how long a blocked address is refused"),
     )
-    default_action = Action.ALERT
+    default_action = Action.BLOCK_SOURCE
     default_severity = Severity.HIGH
     default_window = 300
 
@@ -506,6 +507,8 @@ class ExchangeSpray(Rule):
                 f"{targets} services",
                 evidence,
                 unit=signal.source,
+                source=signal.source,
+                block_seconds=config.threshold("block_minutes") * 60,
             )
         ]
 
@@ -513,8 +516,8 @@ class ExchangeSpray(Rule):
 class ForgeryProbe(Rule):
     name = "forgery_probe"
     description = (
-        "Bad signatures, unknown kid, wrong typ or alg at introspection, counted per resource "
-        "service the tokens were presented to."
+        "Bad signatures, unknown kid, wrong typ or alg at introspection, counted per address "
+        "that presented them (or per resource service, when it does not say)."
     )
     signals = (Introspected,)
     subject_kind = "source"
@@ -529,9 +532,10 @@ class ForgeryProbe(Rule):
     ) -> list[Firing]:
         if signal.reason not in FORGERY:
             return []
-        # Introspection knows the resource service that relayed the tokens, not who made
-        # them: that service is the source as far as the broker can see.
-        subject = f"source:{signal.caller}"
+        # The resource service may say which address presented the token (``source`` at
+        # introspection); without it, that service is the source as far as the broker sees.
+        source = signal.presenter or signal.caller
+        subject = f"source:{source}"
         await windows.add_hit(ctx.session, self.name, subject, signal.at, detail=signal.reason)
         since = signal.at - timedelta(seconds=config.window_seconds)
         count = await windows.count_hits(ctx.session, self.name, subject, since, signal.at)
@@ -539,6 +543,7 @@ class ForgeryProbe(Rule):
             return []
         evidence = {
             "presented_to": signal.caller,
+            "presented_from": signal.presenter,
             "bad_tokens_in_window": count,
             "reasons": await windows.detail_counts(
                 ctx.session, self.name, subject, since, signal.at
@@ -549,9 +554,10 @@ class ForgeryProbe(Rule):
             Firing(
                 self.name,
                 subject,
-                f"{count} forged or malformed keys presented to {signal.caller}",
+                f"{count} forged or malformed keys presented to {signal.caller}"
+                + (f" from {signal.presenter}" if signal.presenter else ""),
                 evidence,
-                unit=signal.caller,
+                unit=source,
             )
         ]
 

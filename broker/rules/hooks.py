@@ -138,6 +138,7 @@ async def key_introspected(
     reason: str,
     claims: dict[str, Any] | None = None,
     token: str | None = None,
+    presenter: str | None = None,
 ) -> None:
     """An introspection result. Active answers need no rule; for the rest, the key's jti
     and service count only when its signature was verified (``claims`` given, or a token
@@ -156,6 +157,7 @@ async def key_introspected(
             jti=jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None,
             key_service=sub if isinstance(sub, str) and 0 < len(sub) <= 63 else None,
             at=utcnow(),
+            presenter=presenter,
         ),
     )
 

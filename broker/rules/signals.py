@@ -91,7 +91,8 @@ class Introspected:
     """An introspection that did not come back active (active ones need no rule).
 
     ``key_service`` and ``jti`` are set only when the key's signature checked out, so a
-    forged token can never make the rules count against a real service.
+    forged token can never make the rules count against a real service. ``presenter`` is the
+    address that presented the token to the resource service, when that service says so.
     """
 
     caller: str
@@ -99,6 +100,7 @@ class Introspected:
     jti: str | None
     key_service: str | None
     at: datetime
+    presenter: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 13:55:39.436889
+Create Date: 2026-11-23 14:40:01.382847
 """
 
 from collections.abc import Sequence
@@ -234,6 +234,22 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_signing_keys_state"), ["state"], unique=False)
 
     op.create_table(
+        "source_blocks",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("blocked_until", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.Column("incident_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
+        sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("created_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("lifted_at", broker.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lifted_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_source_blocks")),
+    )
+    with op.batch_alter_table("source_blocks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_source_blocks_source"), ["source"], unique=False)
+
+    op.create_table(
         "usage_events",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("jti", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -443,6 +459,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usage_events_at"))
 
     op.drop_table("usage_events")
+    with op.batch_alter_table("source_blocks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_source_blocks_source"))
+
+    op.drop_table("source_blocks")
     with op.batch_alter_table("signing_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_signing_keys_state"))
 

@@ -1,0 +1,92 @@
+"""Blocked client addresses over HTTP: thin handlers over ``broker.identity.source_blocks``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.identity import source_blocks
+from broker.models import SourceBlock
+from broker.operators.service import OperatorPrincipal
+
+Comment = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
+class SourceBlockOut(msgspec.Struct):
+    id: str
+    source: str
+    blocked_until: datetime
+    reason: str
+    incident_id: str | None
+    created_by: str
+    created_at: datetime
+    lifted_at: datetime | None
+    lifted_by: str | None
+
+
+class SourceBlockCreate(msgspec.Struct, forbid_unknown_fields=True):
+    source: Annotated[str, msgspec.Meta(max_length=64)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    minutes: Annotated[int, msgspec.Meta(ge=1, le=10_080)] = 60
+
+
+class SourceBlockLift(msgspec.Struct, forbid_unknown_fields=True):
+    comment: Comment = ""
+
+
+def _out(block: SourceBlock) -> SourceBlockOut:
+    return SourceBlockOut(
+        id=block.id,
+        source=block.source,
+        blocked_until=block.blocked_until,
+        reason=block.reason,
+        incident_id=block.incident_id,
+        created_by=block.created_by,
+        created_at=block.created_at,
+        lifted_at=block.lifted_at,
+        lifted_by=block.lifted_by,
+    )
+
+
+class SourceBlockController(Controller):
+    path = "/v1/admin/blocked-sources"
+    tags = ["incidents"]
+
+    @get("/", summary="Client addresses refused on service-facing routes")
+    async def list_blocked_sources(
+        self,
+        db: NamedDependency[AsyncSession],
+        auditor: NamedDependency[OperatorPrincipal],
+        include_past: FromQuery[bool] = False,
+    ) -> list[SourceBlockOut]:
+        return [_out(b) for b in await source_blocks.list_blocks(db, include_past=include_past)]
+
+    @post("/", summary="Block a client address by hand (incident response)")
+    async def block_source(
+        self,
+        data: JSONBody[SourceBlockCreate],
+        db: NamedDependency[AsyncSession],
+        admin: NamedDependency[OperatorPrincipal],
+    ) -> SourceBlockOut:
+        block = await source_blocks.block_source(
+            db, data.source, seconds=data.minutes * 60, reason=data.reason, actor=admin.actor
+        )
+        return _out(block)
+
+    @post("/{source:str}/lift", status_code=200, summary="Lift the block on an address")
+    async def lift_source_block(
+        self,
+        source: FromPath[str],
+        db: NamedDependency[AsyncSession],
+        admin: NamedDependency[OperatorPrincipal],
+        data: JSONBody[SourceBlockLift | None] = None,
+    ) -> list[SourceBlockOut]:
+        comment = data.comment if data is not None else ""
+        lifted = await source_blocks.lift_block(db, source, actor=admin.actor, comment=comment)
+        return [_out(b) for b in lifted]
