@@ -71,3 +71,57 @@ RULE_ERRORS = Counter(
 ALERTS = Counter(
     "broker_alerts_total", "Alert webhook deliveries, by result.", ["result"], registry=REGISTRY
 )
+VERIFICATION_FAILURES = Counter(
+    "broker_verification_failures_total",
+    "Keys refused, by reason and where: at introspection, or reported refused by a resource "
+    "service (reasons outside the known set count as 'other').",
+    ["reason", "where"],
+    registry=REGISTRY,
+)
+INCIDENTS = Counter(
+    "broker_incidents_total",
+    "Incident lifecycle events (opened, escalated, acknowledged, resolved), by rule and severity.",
+    ["event", "rule", "severity"],
+    registry=REGISTRY,
+)
+JOB_RUNS = Counter(
+    "broker_job_runs_total",
+    "Scheduled job runs on this replica, by job and outcome (ok, failed).",
+    ["job", "outcome"],
+    registry=REGISTRY,
+)
+SIGNING_KEY_ROTATIONS = Counter(
+    "broker_signing_key_rotations_total",
+    "Signing-key rotations, by trigger (scheduled, operator, compromised).",
+    ["trigger"],
+    registry=REGISTRY,
+)
+
+# Reasons a key can be refused for: the SDK's and introspection's stable codes. Anything
+# else a resource service reports is counted as "other" so a label never carries free text.
+KNOWN_REFUSALS = frozenset(
+    {
+        "malformed",
+        "bad-signature",
+        "unknown-kid",
+        "unknown-key",
+        "expired",
+        "not-yet-valid",
+        "wrong-audience",
+        "wrong-issuer",
+        "wrong-type",
+        "disallowed-alg",
+        "forbidden-header",
+        "dpop-required",
+        "dpop-invalid",
+        "revoked",
+        "max-uses-exceeded",
+        "unavailable",
+        "field-not-granted",
+        "policy",
+    }
+)
+
+
+def refusal_label(reason: str | None) -> str:
+    return reason if reason in KNOWN_REFUSALS else "other"

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker import metrics
 from broker.audit import AuditAction, record
 from broker.custody.base import (
     PUBLISHED_STATES,
@@ -353,6 +354,8 @@ class LifecycleCustody(ABC):
         if changes:
             self.invalidate()
             log.info("signing keys advanced: %s", "; ".join(changes))
+            if any(change.startswith("rotated ") for change in changes):
+                metrics.SIGNING_KEY_ROTATIONS.labels(trigger="scheduled").inc()
         await self._destroy_forgotten()
         return changes
 
@@ -383,6 +386,9 @@ class LifecycleCustody(ABC):
         self.invalidate()
         if result.compromised_kid is not None:
             await self._destroy_forgotten()
+        if result.rotated:
+            trigger = "compromised" if result.compromised_kid is not None else "operator"
+            metrics.SIGNING_KEY_ROTATIONS.labels(trigger=trigger).inc()
         return result
 
     async def _planned_rotation(

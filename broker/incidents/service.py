@@ -22,6 +22,7 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker import metrics
 from broker.audit import AuditAction, record
 from broker.audit.service import serialise_writers
 from broker.db import utcnow
@@ -75,6 +76,10 @@ def incident_document(incident: Incident) -> dict[str, Any]:
         "opened_at": incident.opened_at.isoformat(),
         "updated_at": incident.updated_at.isoformat(),
     }
+
+
+def _count(event: str, incident: Incident) -> None:
+    metrics.INCIDENTS.labels(event=event, rule=incident.rule, severity=incident.severity).inc()
 
 
 def _clean_text(value: str, name: str, limit: int, *, required: bool) -> str:
@@ -256,6 +261,7 @@ async def raise_incident(
                 "actions": incident.actions,
             },
         )
+        _count("opened", incident)
         return Alert("incident.opened", incident_document(incident))
 
     incident = existing
@@ -294,6 +300,8 @@ async def raise_incident(
             "action": incident.actions[-1] if event else None,
         },
     )
+    if event == "incident.escalated":
+        _count("escalated", incident)
     return Alert(event, incident_document(incident)) if event else None
 
 
@@ -366,6 +374,7 @@ async def open_by_hand(
             "revocation": revoked.cursor,
         },
     )
+    _count("opened", incident)
     return incident, Alert("incident.opened", incident_document(incident))
 
 
@@ -428,6 +437,7 @@ async def acknowledge(
         subject=f"incident:{incident.id}",
         details={"comment": comment},
     )
+    _count("acknowledged", incident)
     return incident
 
 
@@ -454,4 +464,5 @@ async def resolve(session: AsyncSession, incident_id: str, *, actor: str, commen
         subject=f"incident:{incident.id}",
         details={"comment": comment},
     )
+    _count("resolved", incident)
     return incident

@@ -20,6 +20,7 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from broker import metrics
 from broker.db import utcnow
 from broker.logs import get_logger
 from broker.models import JobRun
@@ -89,6 +90,7 @@ async def run_once(runtime: Runtime, job: Job, now: datetime | None = None) -> s
             .where(col(JobRun.job) == job.name, col(JobRun.slot) == slot)
             .values(outcome=outcome, summary=summary[:500], finished_at=utcnow())
         )
+    metrics.JOB_RUNS.labels(job=job.name, outcome=outcome).inc()
     log.info("job_ran", job=job.name, slot=slot, outcome=outcome, summary=summary[:200])
     return summary if outcome == "ok" else None
 

@@ -146,6 +146,11 @@ async def receive_report(
             )
     metrics.USAGE_EVENTS.labels(result="accepted").inc(len(accepted))
     metrics.USAGE_EVENTS.labels(result="rejected").inc(len(rejected))
+    for use in accepted:
+        if use.outcome == "refused":
+            metrics.VERIFICATION_FAILURES.labels(
+                reason=metrics.refusal_label(use.reason), where="reported"
+            ).inc()
     return Receipt(len(accepted), rejected)
 
 
