@@ -510,6 +510,30 @@ async def test_revocations_incidents_rules(cli: Cli, operators: Operators, runti
     assert out_of_range.exit_code == 1
 
 
+async def test_audit_access_report(cli: Cli, operators: Operators) -> None:
+    from tests.support.asgi import asgi_client
+
+    async with asgi_client(cli.app) as client:
+        world = await build_world(client, operators.admin, operators.approver)
+        issued = await client.post(
+            "/v1/keys",
+            headers=world.billing,
+            json={"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"},
+        )
+        assert issued.status_code == 201
+    jti = issued.json()["jti"]
+    human = ok(await cli("audit", "access", "--field", "customer.email", "--keys", who="auditor"))
+    assert "Could read" in human.stdout
+    assert f"{world.policy_id}@1" in human.stdout
+    assert jti in human.stdout
+    assert "in force" in human.stdout
+    report = as_json(
+        await cli("audit", "access", "--service", "billing-api", "--json", who="auditor")
+    )
+    assert [k["jti"] for k in report["keys"]] == [jti]
+    assert (await cli("audit", "access", "--since", "yesterday", who="auditor")).exit_code != 0
+
+
 async def test_blocks_add_list_lift(cli: Cli) -> None:
     added = ok(await cli("blocks", "add", "203.0.113.9", "--reason", "scanner", "--minutes", "5"))
     assert "203.0.113.9 blocked until" in added.stdout

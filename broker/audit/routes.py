@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from litestar import Controller, get
@@ -10,7 +11,17 @@ from litestar.params import QueryParameter
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import service
-from broker.audit.schemas import AuditEventOut, AuditPage, AuditVerifyOut
+from broker.audit.access_report import MAX_KEYS, AccessReport, ReportFilter, access_report
+from broker.audit.schemas import (
+    AccessReportOut,
+    AccessSummaryOut,
+    AuditEventOut,
+    AuditPage,
+    AuditVerifyOut,
+    GrantOut,
+    KeyReadsOut,
+    KeyWindowOut,
+)
 from broker.models import AuditEvent
 from broker.operators.service import OperatorPrincipal
 
@@ -109,4 +120,54 @@ class AuditController(Controller):
         )
 
 
-ROUTES = [AuditController]
+def report_out(report: AccessReport) -> AccessReportOut:
+    return AccessReportOut(
+        grants=[GrantOut(**vars(g)) for g in report.grants],
+        keys=[
+            KeyWindowOut(
+                **{k: v for k, v in vars(key).items() if k != "reads"},
+                reads=KeyReadsOut(**key.reads) if key.reads is not None else None,
+            )
+            for key in report.keys
+        ],
+        summary=[AccessSummaryOut(**vars(row)) for row in report.summary],
+        truncated=report.truncated,
+        usage_kept_since=report.usage_kept_since,
+        notes=report.notes,
+    )
+
+
+Name = Annotated[str | None, QueryParameter(min_length=1, max_length=200)]
+Moment = Annotated[datetime | None, QueryParameter(description="RFC 3339, with a time zone")]
+
+
+@get(
+    "/v1/admin/audit/access",
+    tags=["audit"],
+    summary="Who could read which field, for which purpose, under which key, and when",
+    description=(
+        "From the audit trail: `grants` are the approved policy versions that allowed keys "
+        "for the field (with when they were approved and ended), `keys` the keys issued in "
+        "the window with when each could be used (until expiry or revocation) and what the "
+        "kept usage reports say was read, `summary` the keys per service, field and purpose. "
+        "`field` also matches parent and child fields."
+    ),
+)
+async def access(
+    db: NamedDependency[AsyncSession],
+    auditor: NamedDependency[OperatorPrincipal],
+    field: Name = None,
+    service_id: Annotated[
+        str | None, QueryParameter(name="service", min_length=1, max_length=200)
+    ] = None,
+    audience: Name = None,
+    purpose: Name = None,
+    since: Moment = None,
+    until: Moment = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_KEYS)] = 1000,
+) -> AccessReportOut:
+    flt = ReportFilter(field, service_id, audience, purpose, since, until)
+    return report_out(await access_report(db, flt, limit=limit))
+
+
+ROUTES = [AuditController, access]

@@ -46,3 +46,63 @@ class AuditVerifyOut(msgspec.Struct):
     last_hash: str | None
     head_seq: int | None
     complete: bool
+
+
+class GrantOut(msgspec.Struct):
+    """An approved policy version: who could get keys for these fields, from when to when."""
+
+    policy: str
+    service: str
+    audience: str
+    fields: list[str]
+    purposes: list[str]
+    approved_at: datetime
+    approved_by: str
+    ended_at: datetime | None
+    ended_by: str | None
+    ended_how: str | None
+
+
+class KeyReadsOut(msgspec.Struct):
+    uses: int
+    records: int
+    refused: int
+    fields_read: list[str]
+
+
+class KeyWindowOut(msgspec.Struct):
+    """One issued key: who held it, for what, and when it could be used (until the earlier
+    of ``expires_at`` and ``revoked_at``)."""
+
+    jti: str
+    kid: str
+    service: str
+    audience: str
+    purpose: str
+    fields: list[str]
+    policy: str | None
+    issued_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+    reads: KeyReadsOut | None
+
+
+class AccessSummaryOut(msgspec.Struct):
+    service: str
+    audience: str
+    field: str
+    purpose: str
+    keys: int
+    first_issued: datetime
+    last_issued: datetime
+    records_read: int
+
+
+class AccessReportOut(msgspec.Struct):
+    grants: list[GrantOut]
+    keys: list[KeyWindowOut]
+    summary: list[AccessSummaryOut]
+    truncated: bool
+    usage_kept_since: datetime | None
+    notes: list[str]

@@ -295,3 +295,100 @@ def _export(
             if page.get("next") is None:
                 break
     return count, first, last
+
+
+@audit.command("access")
+@click.option("--field", help="A field; parent and child fields match too (customer.address).")
+@click.option("--service", "service_id", help="Only keys and grants of this service.")
+@click.option("--audience", help="Only keys and grants for this resource service.")
+@click.option("--purpose", help="Only this purpose.")
+@click.option("--since", help="Window start (RFC 3339 with a time zone).")
+@click.option("--until", help="Window end (RFC 3339 with a time zone).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option("--keys/--no-keys", "show_keys", default=False, help="List every key, too.")
+@remote_options
+def access(
+    remote: Remote,
+    field: str | None,
+    service_id: str | None,
+    audience: str | None,
+    purpose: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    show_keys: bool,
+) -> None:
+    """Who could read which field, for which purpose, under which key, and when."""
+    params = {
+        "field": field,
+        "service": service_id,
+        "audience": audience,
+        "purpose": purpose,
+        "since": since,
+        "until": until,
+        "limit": limit,
+    }
+    report = remote.http.get(
+        "/v1/admin/audit/access", **{k: v for k, v in params.items() if v is not None}
+    )
+    if remote.as_json:
+        return remote.out.json(report)
+    out = remote.out
+    out.table(
+        ["POLICY", "SERVICE", "AUDIENCE", "FIELDS", "PURPOSES", "APPROVED", "BY", "ENDED"],
+        (
+            [
+                g["policy"],
+                g["service"],
+                g["audience"],
+                g["fields"],
+                g["purposes"],
+                when(g["approved_at"]),
+                g["approved_by"],
+                f"{when(g['ended_at'])} ({g['ended_how']})" if g["ended_at"] else "in force",
+            ]
+            for g in report["grants"]
+        ),
+        title="Could read (approved policy versions)",
+        empty="no approved policy version matches",
+    )
+    out.table(
+        ["FIELD", "SERVICE", "AUDIENCE", "PURPOSE", "KEYS", "FIRST", "LAST", "RECORDS READ"],
+        (
+            [
+                r["field"],
+                r["service"],
+                r["audience"],
+                r["purpose"],
+                r["keys"],
+                when(r["first_issued"]),
+                when(r["last_issued"]),
+                r["records_read"],
+            ]
+            for r in report["summary"]
+        ),
+        title="Held keys",
+        empty="no key matches",
+    )
+    if show_keys:
+        out.table(
+            ["JTI", "KID", "SERVICE", "PURPOSE", "FIELDS", "ISSUED", "USABLE UNTIL", "READ"],
+            (
+                [
+                    k["jti"],
+                    k["kid"],
+                    k["service"],
+                    k["purpose"],
+                    k["fields"],
+                    when(k["issued_at"]),
+                    when(k["revoked_at"]) + " (revoked)"
+                    if k["revoked_at"]
+                    else when(k["expires_at"]),
+                    f"{k['reads']['records']} record(s)" if k["reads"] else "",
+                ]
+                for k in report["keys"]
+            ),
+            title="Keys",
+        )
+    for note in report["notes"]:
+        out.warn(note)
