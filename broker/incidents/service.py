@@ -415,54 +415,67 @@ async def list_incidents(
     return list(rows)
 
 
-async def acknowledge(
-    session: AsyncSession, incident_id: str, *, actor: str, comment: str = ""
+async def _move(
+    session: AsyncSession,
+    incident_id: str,
+    to: IncidentStatus,
+    *,
+    actor: str,
+    comment: str,
+    allowed_from: tuple[IncidentStatus, ...],
 ) -> Incident:
-    comment = _clean_text(comment, "comment", COMMENT_MAX, required=False)
+    """One status change: checked under the writers' lock, stamped, audited and counted."""
     await serialise_writers(session)
     incident = await get_incident(session, incident_id)
-    if incident.status != IncidentStatus.OPEN.value:
-        raise Conflict(f"incident {incident.id} is {incident.status}, not open")
+    if incident.status not in {s.value for s in allowed_from}:
+        wanted = " or ".join(s.value for s in allowed_from)
+        raise Conflict(f"incident {incident.id} is {incident.status}, not {wanted}")
     now = utcnow()
-    incident.status = IncidentStatus.ACKNOWLEDGED.value
-    incident.acknowledged_at = now
-    incident.acknowledged_by = actor
+    incident.status = to.value
     incident.updated_at = now
+    if to is IncidentStatus.ACKNOWLEDGED:
+        incident.acknowledged_at, incident.acknowledged_by = now, actor
+    else:
+        incident.resolved_at, incident.resolved_by = now, actor
+        incident.resolution_comment = comment
     session.add(incident)
     await session.flush()
     await record(
         session,
-        AuditAction.INCIDENT_ACKNOWLEDGED,
+        AuditAction.INCIDENT_ACKNOWLEDGED
+        if to is IncidentStatus.ACKNOWLEDGED
+        else AuditAction.INCIDENT_RESOLVED,
         actor=actor,
         subject=f"incident:{incident.id}",
         details={"comment": comment},
     )
-    _count("acknowledged", incident)
+    _count(to.value, incident)
     return incident
+
+
+async def acknowledge(
+    session: AsyncSession, incident_id: str, *, actor: str, comment: str = ""
+) -> Incident:
+    comment = _clean_text(comment, "comment", COMMENT_MAX, required=False)
+    return await _move(
+        session,
+        incident_id,
+        IncidentStatus.ACKNOWLEDGED,
+        actor=actor,
+        comment=comment,
+        allowed_from=(IncidentStatus.OPEN,),
+    )
 
 
 async def resolve(session: AsyncSession, incident_id: str, *, actor: str, comment: str) -> Incident:
     """Close an incident. Its revocations stay; a quarantine is lifted separately (release),
     so resolving never silently gives a service its keys back."""
     comment = _clean_text(comment, "comment", COMMENT_MAX, required=True)
-    await serialise_writers(session)
-    incident = await get_incident(session, incident_id)
-    if incident.status == IncidentStatus.RESOLVED.value:
-        raise Conflict(f"incident {incident.id} is already resolved")
-    now = utcnow()
-    incident.status = IncidentStatus.RESOLVED.value
-    incident.resolved_at = now
-    incident.resolved_by = actor
-    incident.resolution_comment = comment
-    incident.updated_at = now
-    session.add(incident)
-    await session.flush()
-    await record(
+    return await _move(
         session,
-        AuditAction.INCIDENT_RESOLVED,
+        incident_id,
+        IncidentStatus.RESOLVED,
         actor=actor,
-        subject=f"incident:{incident.id}",
-        details={"comment": comment},
+        comment=comment,
+        allowed_from=(IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED),
     )
-    _count("resolved", incident)
-    return incident
