@@ -13,6 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 import broker
 from broker.audit.routes import ROUTES as AUDIT_ROUTES
 from broker.catalog.routes import ROUTES as CATALOG_ROUTES
+from broker.console import console_router, template_config
 from broker.custody.routes import SigningKeyController
 from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
@@ -58,6 +59,7 @@ def route_handlers() -> Sequence[Any]:
         SourceBlockController,
         list_jobs,
         metrics,
+        console_router(),
     ]
 
 
@@ -106,6 +108,7 @@ def create_app(
         middleware=[access_log_middleware],
         lifespan=[lifespan],
         openapi_config=openapi_config(),
+        template_config=template_config(),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
         logging_config=None,

@@ -3,6 +3,7 @@
 from broker.models._base import SQLModel
 from broker.models.audit_event import AuditEvent
 from broker.models.catalog import PiiField, Purpose
+from broker.models.console_session import ConsoleSession
 from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
@@ -19,6 +20,7 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "AuditEvent",
+    "ConsoleSession",
     "Incident",
     "IssuedKey",
     "JobRun",

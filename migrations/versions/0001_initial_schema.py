@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 14:40:01.382847
+Create Date: 2026-11-23 14:54:39.573834
 """
 
 from collections.abc import Sequence
@@ -39,6 +39,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_events_action"), ["action"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_actor"), ["actor"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_subject"), ["subject"], unique=False)
+
+    op.create_table(
+        "console_sessions",
+        sa.Column("key_hash", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("operator_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+        sa.Column("signed_in_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", broker.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key_hash", name=op.f("pk_console_sessions")),
+    )
+    with op.batch_alter_table("console_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_console_sessions_operator_id"), ["operator_id"], unique=False
+        )
 
     op.create_table(
         "incidents",
@@ -505,6 +518,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_incidents_rule_subject_status")
 
     op.drop_table("incidents")
+    with op.batch_alter_table("console_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_console_sessions_operator_id"))
+
+    op.drop_table("console_sessions")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_subject"))
         batch_op.drop_index(batch_op.f("ix_audit_events_actor"))

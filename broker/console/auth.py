@@ -1,0 +1,146 @@
+"""Who is using the console, and may they post this form.
+
+Each page names what it needs in its signature, as the API's handlers do: ``reader`` (any
+signed-in operator; the auditor role is the floor), ``approver_form`` and ``admin_form``
+(a posted form from a signed-in operator with that role, its CSRF token checked first).
+The operator is re-read on every request, so disabling an operator or changing their role
+takes effect on their open session at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import Cookie
+
+from broker.console.security import cookie_must_be_secure
+from broker.console.session import csrf_token, sessions_for, tokens_match
+from broker.errors import Forbidden, Unauthenticated
+from broker.http.deps import get_runtime
+from broker.models import Operator
+from broker.operators.service import OperatorPrincipal, Role
+
+SESSION_COOKIE = "pkb_console"
+LOGIN_COOKIE = "pkb_console_login"
+CONSOLE_PATH = "/console"
+
+
+class NotSignedIn(Unauthenticated):
+    """No valid console session: pages send the browser to the sign-in page."""
+
+    def __init__(self, detail: str = "sign in to the console first") -> None:
+        super().__init__(detail, reason="unauthenticated")
+
+
+@dataclass(frozen=True)
+class ConsoleOperator:
+    principal: OperatorPrincipal
+    session_id: str
+    csrf: str
+
+    def can(self, role: Role) -> bool:
+        return self.principal.can(role)
+
+
+@dataclass(frozen=True)
+class ConsoleForm:
+    who: ConsoleOperator
+    values: dict[str, str]
+
+    def text(self, name: str, limit: int = 2000) -> str:
+        """A submitted text, trimmed; the service checks its own length limits, so an
+        over-long value is passed on (cut just past the limit) to be refused there."""
+        return self.values.get(name, "").strip()[: limit + 1]
+
+    @property
+    def operator(self) -> OperatorPrincipal:
+        return self.who.principal
+
+
+def cookie_name(base: str, secure: bool) -> str:
+    """``__Host-`` cookies are https-only, host-only and path ``/``: use the prefix there."""
+    return f"__Host-{base}" if secure else base
+
+
+def make_cookie(base: str, value: str, secure: bool, *, clear: bool = False) -> Cookie:
+    return Cookie(
+        key=cookie_name(base, secure),
+        value="" if clear else value,
+        path="/" if secure else CONSOLE_PATH,
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+        max_age=0 if clear else None,
+    )
+
+
+def read_cookie(request: Request[Any, Any, Any], base: str) -> tuple[str | None, bool | None]:
+    """The cookie's value and the secure mode it was looked up under."""
+    secure = cookie_must_be_secure(request)
+    if secure is None:
+        return None, None
+    return request.cookies.get(cookie_name(base, secure)), secure
+
+
+async def current_operator(request: Request[Any, Any, Any]) -> ConsoleOperator:
+    runtime = get_runtime(request)
+    session_id, _ = read_cookie(request, SESSION_COOKIE)
+    if not session_id:
+        raise NotSignedIn()
+    sessions = sessions_for(runtime)
+    found = await sessions.find(session_id)
+    if found is None:
+        raise NotSignedIn("the console session has ended; sign in again")
+    async with runtime.transaction() as db:
+        row = await db.get(Operator, found.operator_id)
+    if row is None or row.disabled:
+        await sessions.end(session_id)
+        raise NotSignedIn("the operator is disabled; sign in again")
+    principal = OperatorPrincipal(row.id, row.name, Role(row.role))
+    request.state.operator = principal
+    return ConsoleOperator(principal, session_id, csrf_token(runtime.secrets.pepper, session_id))
+
+
+async def _form_values(request: Request[Any, Any, Any]) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def check_csrf(expected: str, values: dict[str, str]) -> None:
+    if not tokens_match(expected, values.get("csrf")):
+        raise Forbidden(
+            "the form's CSRF token is missing or does not match this session; "
+            "reload the page and submit it again",
+            reason="csrf",
+        )
+
+
+async def _posted(request: Request[Any, Any, Any], needed: Role) -> ConsoleForm:
+    who = await current_operator(request)
+    values = await _form_values(request)
+    check_csrf(who.csrf, values)
+    if not who.can(needed):
+        raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
+    return ConsoleForm(who, values)
+
+
+async def require_reader(request: Request[Any, Any, Any]) -> ConsoleOperator:
+    return await current_operator(request)
+
+
+async def require_auditor_form(request: Request[Any, Any, Any]) -> ConsoleForm:
+    return await _posted(request, Role.AUDITOR)
+
+
+async def require_approver_form(request: Request[Any, Any, Any]) -> ConsoleForm:
+    return await _posted(request, Role.APPROVER)
+
+
+async def require_admin_form(request: Request[Any, Any, Any]) -> ConsoleForm:
+    return await _posted(request, Role.ADMIN)
+
+
+async def posted_values(request: Request[Any, Any, Any]) -> dict[str, str]:
+    return await _form_values(request)

@@ -1,0 +1,129 @@
+"""The console's pages (GET): each reads through ``views`` and renders one template.
+
+Every signed-in operator may read every page (the auditor role is the floor); the forms on
+them appear only for the roles that may post them, and the posts check the role again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
+from litestar.response import Template
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.audit import AuditAction
+from broker.console import views
+from broker.console.auth import ConsoleOperator
+from broker.console.chart import Window
+from broker.console.rendering import page
+from broker.runtime import Runtime
+
+Notice = Annotated[str | None, QueryParameter(name="done", max_length=40)]
+Filter = Annotated[str | None, QueryParameter(max_length=300)]
+
+
+@get("/", name="console-overview")
+async def overview(
+    reader: NamedDependency[ConsoleOperator],
+    db: NamedDependency[AsyncSession],
+    window: FromQuery[Window] = Window.HOUR,
+) -> Template:
+    data = await views.overview(db, window)
+    return page("overview.html", reader, section="overview", title="Overview", data=data)
+
+
+@get("/approvals", name="console-approvals")
+async def approvals(
+    reader: NamedDependency[ConsoleOperator],
+    db: NamedDependency[AsyncSession],
+    notice: Notice = None,
+) -> Template:
+    pending = await views.pending_approvals(db, reader.principal)
+    return page(
+        "approvals.html",
+        reader,
+        section="approvals",
+        title="Pending approvals",
+        notice=notice,
+        pending=pending,
+    )
+
+
+@get("/services", name="console-services")
+async def services(
+    reader: NamedDependency[ConsoleOperator],
+    db: NamedDependency[AsyncSession],
+    notice: Notice = None,
+) -> Template:
+    rows = await views.service_rows(db)
+    return page(
+        "services.html", reader, section="services", title="Services", notice=notice, rows=rows
+    )
+
+
+@get("/incidents", name="console-incidents")
+async def incidents(
+    reader: NamedDependency[ConsoleOperator],
+    db: NamedDependency[AsyncSession],
+    status: Annotated[str, QueryParameter(max_length=20)] = "live",
+    notice: Notice = None,
+) -> Template:
+    rows = await views.incident_list(db, status)
+    return page(
+        "incidents.html",
+        reader,
+        section="incidents",
+        title="Incidents",
+        notice=notice,
+        rows=rows,
+        status=status,
+        filters=views.INCIDENT_FILTERS,
+        action_items=views.action_items,
+    )
+
+
+@get("/keys", name="console-keys")
+async def signing_keys(
+    reader: NamedDependency[ConsoleOperator], runtime: NamedDependency[Runtime]
+) -> Template:
+    schedule = await views.rotation_schedule(runtime)
+    return page("keys.html", reader, section="keys", title="Signing keys", schedule=schedule)
+
+
+@get("/audit", name="console-audit")
+async def audit(
+    reader: NamedDependency[ConsoleOperator],
+    db: NamedDependency[AsyncSession],
+    action: Filter = None,
+    actor: Filter = None,
+    since: Annotated[str | None, QueryParameter(max_length=40)] = None,
+    until: Annotated[str | None, QueryParameter(max_length=40)] = None,
+    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+) -> Template:
+    filters = views.AuditFilters(
+        action=(action or "").strip() or None,
+        actor=(actor or "").strip() or None,
+        since=views.parse_time(since, "since"),
+        until=views.parse_time(until, "until", end=True),
+    )
+    result = await views.audit_page(db, filters, before)
+    return page(
+        "audit.html",
+        reader,
+        section="audit",
+        title="Audit trail",
+        result=result,
+        actions=[a.value for a in AuditAction],
+        form={
+            "action": action or "",
+            "actor": actor or "",
+            "since": since or "",
+            "until": until or "",
+        },
+    )
+
+
+ROUTES = [overview, approvals, services, incidents, signing_keys, audit]

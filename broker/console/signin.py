@@ -1,0 +1,148 @@
+"""Signing in with an operator token, and signing out.
+
+The token is posted once, checked by the operators service (keyed-hash lookup), and
+exchanged for a server-side session; it is never stored in the browser. The sign-in form
+is protected against login CSRF by a double submit: a random nonce in an https-only,
+``SameSite=Strict`` cookie, and a keyed hash of it in the form. A refused token is audited
+exactly as the API audits one (``operator:auth:failed`` with the token's fingerprint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
+from litestar.response import Redirect, Template
+
+from broker import credentials
+from broker.audit import AuditAction, record
+from broker.console.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    ConsoleForm,
+    NotSignedIn,
+    current_operator,
+    make_cookie,
+    read_cookie,
+)
+from broker.console.rendering import page
+from broker.console.security import cookie_must_be_secure
+from broker.console.session import (
+    login_csrf_token,
+    new_secret,
+    sessions_for,
+    tokens_match,
+)
+from broker.errors import Forbidden, Unauthenticated
+from broker.http.deps import get_runtime
+from broker.operators.service import authenticate
+
+INSECURE = (
+    "The console signs in only over https, or over plain http on this machine's loopback "
+    "address. Open it through the broker's https address."
+)
+
+
+def _login_page(
+    request: Request[Any, Any, Any],
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+) -> Template:
+    secure = cookie_must_be_secure(request)
+    if secure is None:
+        return page(
+            "login.html", None, title="Sign in", error=INSECURE, status_code=403, form=False
+        )
+    nonce = new_secret()
+    runtime = get_runtime(request)
+    response = page(
+        "login.html",
+        None,
+        title="Sign in",
+        error=error,
+        notice=notice,
+        status_code=status_code,
+        form=True,
+        login_csrf=login_csrf_token(runtime.secrets.pepper, nonce),
+    )
+    response.set_cookie(make_cookie(LOGIN_COOKIE, nonce, secure))
+    return response
+
+
+@get("/login", name="console-login")
+async def login_form(
+    request: Request[Any, Any, Any], done: FromQuery[str | None] = None
+) -> Template | Redirect:
+    try:
+        await current_operator(request)
+    except NotSignedIn:
+        return _login_page(request, notice=done)
+    return Redirect(path="/console", status_code=303)
+
+
+@post("/login", name="console-login-submit")
+async def login_submit(
+    request: Request[Any, Any, Any], posted: NamedDependency[dict[str, str]]
+) -> Template | Redirect:
+    runtime = get_runtime(request)
+    nonce, secure = read_cookie(request, LOGIN_COOKIE)
+    if secure is None:
+        raise Forbidden(INSECURE, reason="insecure-transport")
+    expected = login_csrf_token(runtime.secrets.pepper, nonce) if nonce else ""
+    if not nonce or not tokens_match(expected, posted.get("csrf")):
+        raise Forbidden(
+            "the sign-in form's CSRF token is missing or wrong; reload the page and try again",
+            reason="csrf",
+        )
+    token = posted.get("token", "").strip()
+    if not token:
+        return _login_page(request, status_code=401, error="Enter your operator token.")
+    try:
+        async with runtime.transaction() as db:
+            principal = await authenticate(db, runtime.secrets.pepper, token)
+    except Unauthenticated:
+        async with runtime.transaction() as db:
+            await record(
+                db,
+                AuditAction.OPERATOR_AUTH_FAILED,
+                actor="anonymous",
+                subject=request.url.path,
+                details={
+                    "token_fingerprint": credentials.fingerprint(token),
+                    "source": request.client.host if request.client else None,
+                },
+            )
+        return _login_page(
+            request, status_code=401, error="That token was not accepted. Check it and try again."
+        )
+    sessions = sessions_for(runtime)
+    await sessions.prune()
+    previous, _ = read_cookie(request, SESSION_COOKIE)
+    if previous:
+        await sessions.end(previous)  # a sign-in always starts a fresh session
+    session_id = await sessions.create(principal.id)
+    response: Redirect = Redirect(path="/console", status_code=303)
+    response.set_cookie(make_cookie(SESSION_COOKIE, session_id, secure))
+    response.set_cookie(make_cookie(LOGIN_COOKIE, "", secure, clear=True))
+    return response
+
+
+@post("/logout", name="console-logout")
+async def logout(
+    request: Request[Any, Any, Any], reader_form: NamedDependency[ConsoleForm]
+) -> Redirect:
+    runtime = get_runtime(request)
+    await sessions_for(runtime).end(reader_form.who.session_id)
+    secure = bool(cookie_must_be_secure(request))
+    response: Redirect = Redirect(
+        path="/console/login", query_params={"done": "signed_out"}, status_code=303
+    )
+    response.set_cookie(make_cookie(SESSION_COOKIE, "", secure, clear=True))
+    return response
+
+
+ROUTES = [login_form, login_submit, logout]
