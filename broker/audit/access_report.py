@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit.actions import AuditAction
+from broker.db import utcnow
 from broker.errors import InvalidInput
 from broker.models import AuditEvent, UsageEvent
 from broker.revocation.selector import KeyFacts, Selector, field_and_parents
@@ -316,7 +317,12 @@ def _summary(keys: list[KeyWindow], flt: ReportFilter) -> list[SummaryRow]:
 
 
 async def access_report(
-    session: AsyncSession, flt: ReportFilter, *, limit: int = 1000
+    session: AsyncSession,
+    flt: ReportFilter,
+    *,
+    limit: int = 1000,
+    usage_retention: timedelta | None = None,
+    now: datetime | None = None,
 ) -> AccessReport:
     if not 1 <= limit <= MAX_KEYS:
         raise InvalidInput(f"limit must be from 1 to {MAX_KEYS}")
@@ -327,7 +333,8 @@ async def access_report(
     notes = []
     if truncated:
         notes.append(f"more than {limit} keys matched: narrow the filter or raise limit")
-    if keys and (usage_since is None or usage_since > min(k.issued_at for k in keys)):
+    horizon = (now or utcnow()) - usage_retention if usage_retention is not None else None
+    if keys and horizon is not None and min(k.issued_at for k in keys) < horizon:
         notes.append(
             "usage reports older than the retention period are gone: reads are shown only "
             "for what is still kept"
