@@ -6,10 +6,13 @@ several workers never race to create the schema or two bootstrap admins.
 
 from __future__ import annotations
 
+from broker.db import advisory_xact_lock
 from broker.db.migrate import upgrade
 from broker.operators.service import count_operators, create_operator
 from broker.runtime import build_runtime
 from broker.settings import Settings
+
+BOOTSTRAP_LOCK = 0x706B625F626F6F74  # "pkb_boot"
 
 
 async def prepare(settings: Settings, *, migrate: bool) -> str | None:
@@ -21,6 +24,8 @@ async def prepare(settings: Settings, *, migrate: bool) -> str | None:
         if not settings.bootstrap_admin:
             return None
         async with runtime.transaction() as session:
+            # Replicas starting together on an empty database: one creates the admin.
+            await advisory_xact_lock(session, BOOTSTRAP_LOCK)
             if await count_operators(session) > 0:
                 return None
             created = await create_operator(

@@ -39,6 +39,9 @@ from tests.support.databases import (
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: runs on SQLite only")
+    config.addinivalue_line(
+        "markers", "postgresql_only: several processes on one database (SQLite is one process)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +63,8 @@ def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name == "postgresql" and request.node.get_closest_marker("sqlite_only"):
         pytest.skip("test is specific to SQLite")
+    if name == "sqlite" and request.node.get_closest_marker("postgresql_only"):
+        pytest.skip("several processes on one database: PostgreSQL only")
     if name == "postgresql" and not postgres_available():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(

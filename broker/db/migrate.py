@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,8 +33,16 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+# Several replicas starting at once on an empty PostgreSQL database would each run the
+# migrations; PostgreSQL's DDL is transactional, so one advisory lock held for the whole
+# upgrade makes the others wait and then find the schema at head.
+MIGRATION_LOCK = 0x706B625F6D696772  # "pkb_migr"
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     def _run(conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
