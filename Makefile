@@ -36,3 +36,10 @@ openapi: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Every benchmark against its peer, bounded in time (about five minutes); writes
+# docs/benchmarks.md. Needs wrk (apt-get install wrk); runs needing PostgreSQL are skipped when
+# it cannot be reached.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/all.py

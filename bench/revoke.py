@@ -10,12 +10,19 @@ made. Measured from just before the revocation request is sent:
 * until every one of the N keys has been rejected (repeated sweeps over the keys still
   accepted; includes the cost of presenting 10,000 keys, shown on its own as "one pass").
 
+With `--replicas 2` (PostgreSQL) a second `broker serve` shares the database: the keys are
+issued and revoked on the first, and the verifier follows the feed of the second, so the
+figures include the hop between replicas (PostgreSQL NOTIFY).
+
 OpenBao (`bao server -dev`, in memory): a parent token with N children (16 concurrent
 creates), the parent revoked, and the same two figures measured with `token lookup`.
 
 Every loop is bounded in count and in time (`--time-limit` per phase).
 
     .venv/bin/python bench/revoke.py [--keys 10000] [--database-url postgresql://...]
+                                     [--replicas 2] [--json PATH]
+
+Targets: the last key refused 7x sooner than OpenBao's last child, and under 0.5 s.
 """
 
 from __future__ import annotations
@@ -23,18 +30,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from pathlib import Path
 
 import httpx
 
-from bench._harness import broker, openbao, table
+from bench._harness import Broker, broker, free_port, openbao, table
+from bench._report import Row, fresh_database, write_rows
 from broker.client import InvalidKey, KeyVerifier, Reason
 
 CONCURRENCY = 16
@@ -160,48 +171,117 @@ async def rejected(verifier: KeyVerifier, token: str) -> bool:
     return False
 
 
-async def bench_broker(count: int, database_url: str | None, limit: float) -> Result:
-    with broker(database_url) as b, httpx.Client(base_url=b.url, timeout=30) as http:
-        billing_secret, customers_secret = setup_world(http, b.admin_token)
-        started = time.perf_counter()
-        tokens = await issue_keys(b.url, billing_secret, count, limit)
-        issue_seconds = time.perf_counter() - started
-        print(f"  broker: issued {len(tokens):,} keys in {issue_seconds:.1f} s")
-        if not tokens:
-            raise RuntimeError("no key was issued")
-        async with KeyVerifier(
-            b.url, AUDIENCE, client_id=AUDIENCE, client_secret=customers_secret
-        ) as verifier:
-            await verifier.start()
-            follower = verifier.revocations
-            assert follower is not None
-            for _ in range(500):  # up to 5 s for the stream to open
-                if follower.mode == "stream":
+@contextmanager
+def second_replica(first_url: str, database_url: str, shared: dict[str, str]) -> Iterator[str]:
+    """Another ``broker serve`` on the same database, issuer and secrets; yields its URL."""
+    home = Path(tempfile.mkdtemp(prefix="bench-replica-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(
+        BROKER_HOME=str(home),
+        BROKER_DATABASE_URL=database_url,
+        BROKER_PORT=str(port),
+        BROKER_ISSUER=first_url,
+        BROKER_LOG_LEVEL="WARNING",
+        BROKER_SCHEDULER_ENABLED="false",
+        **shared,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--no-migrate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the second replica did not start")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                     break
-                await asyncio.sleep(0.01)
-            print(f"  broker: verifier following the feed by {follower.mode}")
-            t_pass = time.perf_counter()
-            if any(await bounded_results(lambda token: rejected(verifier, token), tokens)):
-                raise RuntimeError("a key was refused before the revocation")
-            pass_seconds = time.perf_counter() - t_pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
 
-            admin = {"Authorization": f"Bearer {b.admin_token}"}
-            async with httpx.AsyncClient(base_url=b.url, timeout=30) as ahttp:
-                t0 = time.perf_counter()
-                request = asyncio.create_task(
-                    ahttp.post(
-                        "/v1/admin/revocations",
-                        headers=admin,
-                        json={"selector": {"service": "billing-api"}, "reason": "bench"},
-                    )
+
+def _shared_secrets() -> dict[str, str]:
+    """One KEK and pepper for both replicas, as a deployment's Secret gives them."""
+    return {
+        name: base64.urlsafe_b64encode(os.urandom(32)).decode()
+        for name in ("BROKER_KEK", "BROKER_PEPPER")
+    }
+
+
+async def bench_broker(
+    count: int, database_url: str | None, limit: float, replicas: int = 1
+) -> Result:
+    shared = _shared_secrets() if replicas > 1 else {}
+    with contextlib.ExitStack() as stack:
+        b = stack.enter_context(broker(database_url, **shared))
+        http = stack.enter_context(httpx.Client(base_url=b.url, timeout=30))
+        follow = b.url
+        if replicas > 1:
+            assert database_url is not None
+            follow = stack.enter_context(second_replica(b.url, database_url, shared))
+            print(f"  broker: revoking on {b.url}, the verifier follows {follow}")
+        return await _measure(b, http, follow, count, limit)
+
+
+async def _measure(b: Broker, http: httpx.Client, follow: str, count: int, limit: float) -> Result:
+    """Issue ``count`` keys on ``b``, follow the feed of ``follow``, revoke on ``b``."""
+    billing_secret, customers_secret = setup_world(http, b.admin_token)
+    started = time.perf_counter()
+    tokens = await issue_keys(b.url, billing_secret, count, limit)
+    issue_seconds = time.perf_counter() - started
+    print(f"  broker: issued {len(tokens):,} keys in {issue_seconds:.1f} s")
+    if not tokens:
+        raise RuntimeError("no key was issued")
+    async with KeyVerifier(
+        b.url,
+        AUDIENCE,
+        jwks_url=follow + "/.well-known/jwks.json",
+        broker_url=follow,
+        client_id=AUDIENCE,
+        client_secret=customers_secret,
+    ) as verifier:
+        await verifier.start()
+        follower = verifier.revocations
+        assert follower is not None
+        for _ in range(500):  # up to 5 s for the stream to open
+            if follower.mode == "stream":
+                break
+            await asyncio.sleep(0.01)
+        print(f"  broker: verifier following the feed by {follower.mode}")
+        t_pass = time.perf_counter()
+        if any(await bounded_results(lambda token: rejected(verifier, token), tokens)):
+            raise RuntimeError("a key was refused before the revocation")
+        pass_seconds = time.perf_counter() - t_pass
+
+        admin = {"Authorization": f"Bearer {b.admin_token}"}
+        async with httpx.AsyncClient(base_url=b.url, timeout=30) as ahttp:
+            t0 = time.perf_counter()
+            request = asyncio.create_task(
+                ahttp.post(
+                    "/v1/admin/revocations",
+                    headers=admin,
+                    json={"selector": {"service": "billing-api"}, "reason": "bench"},
                 )
-                last_seconds = await poll_until(lambda: rejected(verifier, tokens[-1]), t0, limit)
-                all_seconds, refused = await sweep_until(
-                    lambda token: rejected(verifier, token), tokens, t0, limit
-                )
-                response = await request
-                response.raise_for_status()
-        return Result(len(tokens), issue_seconds, last_seconds, all_seconds, refused, pass_seconds)
+            )
+            last_seconds = await poll_until(lambda: rejected(verifier, tokens[-1]), t0, limit)
+            all_seconds, refused = await sweep_until(
+                lambda token: rejected(verifier, token), tokens, t0, limit
+            )
+            response = await request
+            response.raise_for_status()
+    return Result(len(tokens), issue_seconds, last_seconds, all_seconds, refused, pass_seconds)
 
 
 async def poll_until(check: Callable[[], Awaitable[bool]], t0: float, limit: float) -> float:
@@ -318,33 +398,6 @@ async def bench_openbao(count: int, limit: float) -> Result:
         )
 
 
-# --- a fresh PostgreSQL database for the run ------------------------------------------------
-
-
-@contextmanager
-def fresh_database(url: str | None) -> Iterator[str | None]:
-    if url is None or not url.startswith("postgres"):
-        yield url
-        return
-    import asyncpg
-
-    plain = url.replace("+asyncpg", "").replace("+psycopg", "")
-    name = f"bench_revoke_{uuid.uuid4().hex[:10]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlparse(url)._replace(path="/" + name).geturl()
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,15 +411,27 @@ def main() -> None:
         help="seconds allowed for each phase (issuing, revoking)",
     )
     parser.add_argument("--skip-openbao", action="store_true")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: revoke on one replica, follow the feed of another (PostgreSQL only)",
+    )
+    parser.add_argument("--json", default=None, help="also write the rows here (bench/all.py)")
     args = parser.parse_args()
     if not 1 <= args.keys <= 100_000:
         parser.error("--keys must be between 1 and 100,000")
+    if args.replicas > 1 and not (args.database_url or "").startswith("postgres"):
+        parser.error("--replicas 2 needs --database-url postgresql://... (SQLite is one process)")
 
     with fresh_database(args.database_url) as database_url:
-        ours = asyncio.run(bench_broker(args.keys, database_url, args.time_limit))
+        ours = asyncio.run(bench_broker(args.keys, database_url, args.time_limit, args.replicas))
     peer = None if args.skip_openbao else asyncio.run(bench_openbao(args.keys, args.time_limit))
 
     db = "postgresql" if args.database_url else "sqlite"
+    if args.replicas > 1:
+        db += ", revoked on one replica, verifier following another"
     print()
     print(
         f"revocation propagation, {ours.issued:,} keys for one service (broker on {db}, "
@@ -399,6 +464,27 @@ def main() -> None:
         )
     )
     print(table(rows))
+    hop = " across replicas" if args.replicas > 1 else ""
+    write_rows(
+        args.json,
+        [
+            Row(
+                f"revocation of {ours.issued:,} keys{hop}: revoke to last key refused",
+                ours.last_seconds,
+                peer.last_seconds if peer else None,
+                "s",
+                higher_is_better=False,
+                target=">= 7x, < 0.5",
+            ),
+            Row(
+                f"revocation of {ours.issued:,} keys{hop}: revoke to all keys refused",
+                ours.all_seconds,
+                peer.all_seconds if peer else None,
+                "s",
+                higher_is_better=False,
+            ),
+        ],
+    )
     print(
         "'last key': the key issued (child created) last, presented every ~1 ms from the "
         "moment the revocation is sent.\n'all keys': repeated passes over the keys still "

@@ -28,6 +28,7 @@ from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
 from broker.operators.routes import OperatorController
 from broker.policy.routes import ROUTES as POLICY_ROUTES
+from broker.revocation.listener import change_listener
 from broker.revocation.routes import ROUTES as REVOCATION_ROUTES
 from broker.rules.routes import RuleController
 from broker.runtime import Runtime, build_runtime
@@ -95,7 +96,7 @@ def create_app(
             # 503 until it is back, without a restart.
             log.warning("key_backend_unavailable_at_start", backend=rt.custody.name)
         try:
-            async with scheduler_running(rt), signal_worker(rt):
+            async with change_listener(rt), scheduler_running(rt), signal_worker(rt):
                 yield
         finally:
             if owned:

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     usage_retention: Duration = 7 * 86400
     usage_max_age: Duration = 86400
     rules_cache_ttl: float = Field(default=2.0, ge=0, le=60)
+    # How often a replica with open revocation streams re-reads the revocations table when
+    # no PostgreSQL LISTEN connection tells it of new entries (SQLite, or that link down).
+    revocation_poll_interval: float = Field(default=0.25, gt=0, le=300)
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = Field(default=None, repr=False, validate_default=True)
     alert_webhook_timeout: float = Field(default=2.0, gt=0, le=30)

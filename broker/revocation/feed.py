@@ -11,8 +11,14 @@ Two pieces, neither importing litestar:
   cursor (only new rows), with a ``SelectorIndex`` over them. Introspection asks it whether
   a key is revoked (refreshing at most every ``refresh_interval``, or at once after a local
   commit); SSE streams read new entries from it. While any stream is open one poller per
-  process reads the database every ``poll_interval`` so that revocations made by other
-  replicas arrive too; streams therefore cost no database work of their own.
+  process reads new entries whenever it is woken, so streams cost no database work of
+  their own.
+
+How entries made by *other* replicas arrive: on PostgreSQL every revocation also sends a
+``NOTIFY`` on commit (``notify``), and this process's listener (``listener``) calls
+``heard`` at once, which wakes the poller. While the listener is connected (``pushed``) the
+poller reads the table only every ``LISTENING_POLL`` seconds as a safety net; while it is
+not (and on SQLite, where a second process cannot exist) it reads every ``poll_interval``.
 
 Entries are ordered by cursor. Writers take the audit trail's lock before inserting (see
 ``service.revoke``), so cursors are assigned in commit order and a reader that has seen
@@ -51,6 +57,7 @@ log = get_logger("broker.revocation")
 FEED_EXTRA = "revocation_feed"
 SIGNAL_EXTRA = "revocation_commits"
 PAGE = 1000
+LISTENING_POLL = 30.0
 
 
 class Signal:
@@ -210,6 +217,16 @@ class RevocationFeed:
         self._next_expiry: datetime | None = None
         self._lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.pushed = False  # a LISTEN connection delivers other replicas' revocations
+
+    def wake(self) -> None:
+        """Make the next read go to the database, and wake the poller now."""
+        self.commits.fire()
+
+    def heard(self, cursor: int) -> None:
+        """A replica committed revocation ``cursor``: fetch it unless it is already here."""
+        if cursor > self.latest:
+            self.wake()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -307,11 +324,14 @@ class RevocationFeed:
         return StreamLease(self)
 
     async def _poll(self) -> None:
-        """Read the database while streams are open: other replicas' revocations, and the
-        fallback should a local commit signal ever be missed."""
+        """Read the database while streams are open: when woken (a local commit, another
+        replica's notification), and every interval in case a wake-up was missed."""
         while self.streams > 0:
             seen = self.commits.version
-            await self.commits.wait(seen, self.poll_interval)
+            interval = (
+                max(self.poll_interval, LISTENING_POLL) if self.pushed else self.poll_interval
+            )
+            await self.commits.wait(seen, interval)
             try:
                 await self.refresh(max_age=0.0)
             except Exception as exc:  # the database may be briefly away; keep polling
@@ -354,7 +374,9 @@ def revocation_feed(runtime: Runtime) -> RevocationFeed:
     feed = runtime.extras.get(FEED_EXTRA)
     if feed is None:
         signal = runtime.extras.setdefault(SIGNAL_EXTRA, commit_signal(runtime.engine))
-        feed = RevocationFeed(runtime.sessions, signal)
+        feed = RevocationFeed(
+            runtime.sessions, signal, poll_interval=runtime.settings.revocation_poll_interval
+        )
         runtime.extras[FEED_EXTRA] = feed
     assert isinstance(feed, RevocationFeed)
     return feed

@@ -2,7 +2,8 @@
 
 No litestar here: routes, the incident rules, compromised-key rotation and the CLI all call
 ``revoke``. The row is written in the caller's transaction, with its audit event; the
-moment that transaction commits, this process's streams are woken (``feed.commit_signal``).
+moment that transaction commits, this process's streams are woken (``feed.commit_signal``)
+and, on PostgreSQL, every other replica's (``notify.notify_revocation``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from broker.models import (
     SigningKey,
 )
 from broker.revocation.feed import commit_signal
+from broker.revocation.notify import notify_revocation
 from broker.revocation.selector import Selector
 from broker.settings import Settings, get_settings
 
@@ -201,6 +203,8 @@ async def revoke(
         },
     )
     _notify_on_commit(session, "operator" if by_operator else "system")
+    assert entry.cursor is not None
+    await notify_revocation(session, entry.cursor)  # other replicas, on commit (PostgreSQL)
     return entry
 
 

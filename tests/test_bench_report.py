@@ -1,0 +1,173 @@
+"""The benchmark report: rows from the scripts' --json files into docs/benchmarks.md.
+
+No benchmark runs here: the rows are made up, and the test checks how they are read,
+oriented (ratio above 1 means the broker does better, whichever way is better), judged
+against their targets and laid out.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bench._report import (
+    Result,
+    Row,
+    machine,
+    parse_target,
+    read_rows,
+    render,
+    target_met,
+    write_rows,
+)
+
+MACHINE = {"CPUs (nproc)": "2", "CPU model": "Test CPU", "git commit": "abc123"}
+
+
+def _table(markdown: str) -> list[list[str]]:
+    """Header, separator and rows; cells split on unescaped bars."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [
+        [
+            cell.strip().replace("\x00", "\\|")
+            for cell in line.replace("\\|", "\x00").strip("|").split("|")
+        ]
+        for line in lines
+    ]
+
+
+def test_ratio_is_oriented_so_that_above_one_means_the_broker_does_better() -> None:
+    rate = Row("issuance", broker=6000, peer=4000, unit="keys/s", higher_is_better=True)
+    time = Row("revocation", broker=0.2, peer=3.8, unit="s", higher_is_better=False)
+    slower = Row("lookup", broker=2000, peer=8000, unit="requests/s", higher_is_better=True)
+    assert rate.ratio == pytest.approx(1.5)
+    assert time.ratio == pytest.approx(19.0)
+    assert slower.ratio == pytest.approx(0.25)
+    assert Row("scan", 80, None, "MB/s", True).ratio is None
+    assert Row("broken", 0, 10, "s", False).ratio is None
+
+
+def test_targets_on_the_ratio_and_on_the_broker_figure() -> None:
+    fast = Row("revocation", 0.3, 3.8, "s", False, ">= 7x, < 0.5")
+    slow_but_fast_enough = Row("revocation", 0.7, 7.0, "s", False, ">= 7x, < 0.5")
+    assert target_met(fast) is True
+    assert target_met(slow_but_fast_enough) is False  # 10x, but not under 0.5 s
+    assert target_met(Row("rss", 120, 100, "MB", False, "< 150")) is True
+    assert target_met(Row("rss", 150, 100, "MB", False, "< 150")) is False
+    assert target_met(Row("issuance", 5000, 4000, "keys/s", True, ">= 1.5x")) is False
+    assert target_met(Row("issuance", 6000, 4000, "keys/s", True, ">= 1.5x")) is True
+    assert target_met(Row("issuance", 6000, None, "keys/s", True, ">= 1.5x")) is None
+    assert target_met(Row("p99", 3, 5, "ms", False)) is None
+    for bad in ("1.5x", ">= x", "=> 2", ">= 1.5 y", ""):
+        with pytest.raises(ValueError, match="target clause"):
+            parse_target(bad)
+
+
+def test_rows_round_trip_through_json_and_malformed_ones_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    rows = [
+        Row("introspection", 9000.5, 7800.0, "requests/s", True, ">= 1x"),
+        Row("scan", 80.0, None, "MB/s", True),
+    ]
+    write_rows(path, rows)
+    written = json.loads(path.read_text())
+    assert written[1] == {
+        "name": "scan",
+        "broker": 80.0,
+        "peer": None,
+        "unit": "MB/s",
+        "higher_is_better": True,
+    }
+    assert read_rows(path) == rows
+    write_rows(None, rows)  # without --json nothing is written
+
+    for body, problem in (
+        ({"name": "x"}, "expected a JSON list"),
+        ([{"name": "x", "unit": "s", "broker": 1, "peer": None}], "higher_is_better"),
+        ([{"name": "x", "unit": "s", "broker": "fast", "higher_is_better": True}], "broker"),
+        (
+            [
+                {
+                    "name": "x",
+                    "unit": "s",
+                    "broker": 1,
+                    "peer": float("nan"),
+                    "higher_is_better": True,
+                }
+            ],
+            "peer",
+        ),
+        ([{"unit": "s", "broker": 1, "higher_is_better": True}], "needs a name"),
+        (
+            [{"name": "x", "unit": "s", "broker": 1, "higher_is_better": True, "target": "big"}],
+            "target clause",
+        ),
+    ):
+        path.write_text(json.dumps(body))
+        with pytest.raises(ValueError, match=problem):
+            read_rows(path)
+
+
+def test_the_markdown_has_one_line_per_row_with_figures_ratio_target_and_verdict() -> None:
+    results = [
+        Result("SQLite, 1 worker", Row("key issuance", 6100, 3900, "keys/s", True, ">= 1.5x")),
+        Result("PostgreSQL, 2 workers", Row("key issuance", 5000, 4000, "keys/s", True, ">= 1.5x")),
+        Result("10,000 keys", Row("revoke | last key", 0.25, 3.8, "s", False, ">= 7x, < 0.5")),
+        Result("one core", Row("broker scan", 72.4, None, "MB/s", True, ">= 50")),
+        Result("1 worker", Row("p99 latency", 12.0, 35.0, "ms", False)),
+    ]
+    markdown = render(
+        results,
+        machine=MACHINE,
+        command=".venv/bin/python bench/all.py --seconds 10",
+        failures=[("memory (1 worker)", "exit 1\nTraceback: boom")],
+        notes=["PostgreSQL was not reachable: its runs were skipped."],
+    )
+    assert markdown.startswith("# Benchmarks\n")
+    assert ".venv/bin/python bench/all.py --seconds 10" in markdown
+    for key, value in MACHINE.items():
+        assert f"- {key}: {value}" in markdown
+    table = _table(markdown)
+    assert table[0] == ["measure", "setup", "unit", "broker", "peer", "ratio", "target", "met"]
+    assert table[1] == ["---"] * 8
+    assert table[2:] == [
+        ["key issuance", "SQLite, 1 worker", "keys/s", "6,100", "3,900", "1.56x", "≥ 1.5x", "met"],
+        [
+            "key issuance",
+            "PostgreSQL, 2 workers",
+            "keys/s",
+            "5,000",
+            "4,000",
+            "1.25x",
+            "≥ 1.5x",
+            "**unmet**",
+        ],
+        # a "|" in a name is escaped so the table keeps its columns
+        [
+            "revoke \\| last key",
+            "10,000 keys",
+            "s",
+            "0.25",
+            "3.80",
+            "15.20x",
+            "≥ 7x, < 0.5 s",
+            "met",
+        ],
+        ["broker scan", "one core", "MB/s", "72.4", "—", "—", "≥ 50 MB/s", "met"],
+        ["p99 latency", "1 worker", "ms", "12.0", "35.0", "2.92x", "—", "—"],
+    ]
+    assert "3 of 4 targets met." in markdown
+    assert "PostgreSQL was not reachable" in markdown
+    assert "memory (1 worker)" in markdown
+    assert "Traceback: boom" in markdown
+
+
+def test_the_machine_is_described_from_the_system_and_git() -> None:
+    about = machine(datetime(2026, 5, 1, 12, 30, tzinfo=UTC))
+    assert about["date"] == "2026-05-01 12:30 UTC"
+    assert int(about["CPUs (nproc)"]) >= 1
+    assert about["CPU model"]
+    assert about["git commit"] != "unknown"
