@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements-dev.lock
 
-.PHONY: run test lint typecheck pytest openapi clean security
+.PHONY: run test lint typecheck pytest openapi clean security soak
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,11 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/all.py
+
+# The fuzzing, attack and fault suites with many more examples, and counts of what was tried.
+security: $(STAMP)
+	$(BIN)/python tests/security_report.py
+
+# A bounded soak (10 minutes by default; SOAK_ARGS="--seconds 60" for a short check).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)

@@ -37,6 +37,11 @@ SOURCE_BLOCK_REFUSALS = Counter(
     "Service-facing requests refused because their address is blocked.",
     registry=REGISTRY,
 )
+OPERATOR_LOCKOUT_REFUSALS = Counter(
+    "broker_operator_lockout_refusals_total",
+    "Operator requests refused because their address failed operator authentication too often.",
+    registry=REGISTRY,
+)
 SECRETS_AGING = Counter(
     "broker_client_secrets_aging_total",
     "Client secrets flagged as nearing their maximum age.",

@@ -18,6 +18,7 @@ RULE_NAMES = {
     "bulk_read",
     "issuance_spike",
     "exchange_spray",
+    "credential_guessing",
     "forgery_probe",
     "off_hours",
     "leaked_key",
@@ -51,8 +52,13 @@ async def test_auditors_read_the_catalog_with_its_defaults(anomaly: Anomaly) -> 
     assert bulk["signals"] == ["usage"]
     assert bulk["updated_by"] is None
     spray = rules["exchange_spray"]
-    assert {t["name"]: t["value"] for t in spray["thresholds"]} == {"failures": 20, "services": 5}
-    assert spray["allowed_actions"] == ["alert"]
+    assert {t["name"]: t["value"] for t in spray["thresholds"]} == {
+        "failures": 20,
+        "services": 5,
+        "block_minutes": 60,
+    }
+    assert spray["action"] == "block_source"
+    assert sorted(spray["allowed_actions"]) == ["alert", "block_source"]
     assert rules["revoked_key_use"]["action"] == "quarantine"
     assert (await anomaly.client.get("/v1/admin/rules")).status_code == 401
 

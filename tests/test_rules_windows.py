@@ -95,10 +95,11 @@ async def test_a_key_budget_is_shared_across_runtimes(anomaly: Anomaly, replica:
 async def test_pruning_keeps_what_a_window_can_still_count(anomaly: Anomaly) -> None:
     for n in range(3):
         await evaluate(anomaly.runtime, _failure(f"svc-{n}"))
-    assert await count(anomaly.runtime, RuleHit) == 3
+    # One row each for exchange_spray and credential_guessing (both 300 s windows).
+    assert await count(anomaly.runtime, RuleHit) == 6
     summary = await prune_windows(anomaly.runtime, utcnow())
     assert summary.startswith("pruned 0 rule window row(s)")
-    assert await count(anomaly.runtime, RuleHit) == 3
-    later = datetime.fromtimestamp(utcnow().timestamp() + 301, UTC)  # exchange_spray: 300 s
+    assert await count(anomaly.runtime, RuleHit) == 6
+    later = datetime.fromtimestamp(utcnow().timestamp() + 301, UTC)  # both windows: 300 s
     await prune_windows(anomaly.runtime, later)
     assert await count(anomaly.runtime, RuleHit) == 0

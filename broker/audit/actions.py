@@ -9,6 +9,7 @@ class AuditAction(StrEnum):
     OPERATOR_CREATED = "operator:operator:created"
     OPERATOR_BOOTSTRAPPED = "system:operator:bootstrapped"
     OPERATOR_AUTH_FAILED = "operator:auth:failed"
+    OPERATOR_LOCKED_OUT = "system:operator_source:locked_out"
 
     SERVICE_CREATED = "operator:service:created"
     SERVICE_UPDATED = "operator:service:updated"

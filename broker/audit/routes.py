@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from litestar import Controller, get
@@ -22,11 +22,18 @@ from broker.audit.schemas import (
     KeyReadsOut,
     KeyWindowOut,
 )
+from broker.errors import InvalidInput
 from broker.models import AuditEvent
 from broker.operators.service import OperatorPrincipal
+from broker.runtime import Runtime
 
 MAX_PAGE = 1000
-Seq = Annotated[int, QueryParameter(ge=0, description="A sequence number (exclusive bound)")]
+# Sequence numbers are 32-bit integers in the database (PostgreSQL INTEGER): a larger bound
+# is refused as a bad request here rather than overflowing in the driver.
+MAX_SEQ = 2**31 - 1
+Seq = Annotated[
+    int, QueryParameter(ge=0, le=MAX_SEQ, description="A sequence number (exclusive bound)")
+]
 Filter = Annotated[
     str | None,
     QueryParameter(
@@ -64,7 +71,7 @@ class AuditController(Controller):
         auditor: NamedDependency[OperatorPrincipal],
         after: Seq = 0,
         before: Annotated[
-            int | None, QueryParameter(ge=1, description="Only events below this seq")
+            int | None, QueryParameter(ge=1, le=MAX_SEQ, description="Only events below this seq")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 100,
         order: Annotated[Literal["asc", "desc"], QueryParameter()] = "asc",
@@ -138,7 +145,22 @@ def report_out(report: AccessReport) -> AccessReportOut:
 
 
 Name = Annotated[str | None, QueryParameter(min_length=1, max_length=200)]
-Moment = Annotated[datetime | None, QueryParameter(description="RFC 3339, with a time zone")]
+# Taken as text and parsed here: typed as a datetime, a bare number would be accepted as a
+# Unix time, which is not what the parameter promises.
+RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+Moment = Annotated[
+    str | None,
+    QueryParameter(max_length=40, pattern=RFC3339, description="RFC 3339, with a time zone"),
+]
+
+
+def _moment(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an RFC 3339 time with a time zone") from None
 
 
 @get(
@@ -155,6 +177,7 @@ Moment = Annotated[datetime | None, QueryParameter(description="RFC 3339, with a
 )
 async def access(
     db: NamedDependency[AsyncSession],
+    runtime: NamedDependency[Runtime],
     auditor: NamedDependency[OperatorPrincipal],
     field: Name = None,
     service_id: Annotated[
@@ -166,8 +189,11 @@ async def access(
     until: Moment = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_KEYS)] = 1000,
 ) -> AccessReportOut:
-    flt = ReportFilter(field, service_id, audience, purpose, since, until)
-    return report_out(await access_report(db, flt, limit=limit))
+    flt = ReportFilter(
+        field, service_id, audience, purpose, _moment("since", since), _moment("until", until)
+    )
+    retention = timedelta(seconds=runtime.settings.usage_retention)
+    return report_out(await access_report(db, flt, limit=limit, usage_retention=retention))
 
 
 ROUTES = [AuditController, access]

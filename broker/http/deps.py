@@ -13,10 +13,11 @@ from litestar import Request
 from litestar.di import Provide
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker import credentials
+from broker import credentials, metrics
 from broker.audit import AuditAction, record
-from broker.errors import Forbidden, Unauthenticated
+from broker.errors import Forbidden, RateLimited, Unauthenticated
 from broker.identity.deps import require_service
+from broker.operators.lockout import operator_lockout
 from broker.operators.service import OperatorPrincipal, Role, authenticate
 from broker.runtime import Runtime
 
@@ -52,10 +53,20 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("an operator token is required (Authorization: Bearer ...)")
+    source = request.client.host if request.client else None
+    lockout = operator_lockout(runtime.extras)
+    wait = lockout.retry_after(source or "")
+    if wait is not None:
+        metrics.OPERATOR_LOCKOUT_REFUSALS.inc()
+        raise RateLimited(
+            "too many failed operator authentications from this address; retry later",
+            retry_after=wait,
+        )
     try:
         async with runtime.transaction() as session:
             principal = await authenticate(session, runtime.secrets.pepper, token)
     except Unauthenticated:
+        started = lockout.failed(source or "")
         async with runtime.transaction() as session:
             await record(
                 session,
@@ -64,9 +75,17 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
                 subject=request.url.path,
                 details={
                     "token_fingerprint": credentials.fingerprint(token),
-                    "source": request.client.host if request.client else None,
+                    "source": source,
                 },
             )
+            if started is not None:
+                await record(
+                    session,
+                    AuditAction.OPERATOR_LOCKED_OUT,
+                    actor="system:operator-lockout",
+                    subject=f"source:{source}",
+                    details={"failures": started.failures, "seconds": started.seconds},
+                )
         raise
     if not principal.can(needed):
         raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")

@@ -129,12 +129,37 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[di
     )
 
 
+def _data_exception(exc: DBAPIError) -> bool:
+    """SQLSTATE class 22: the database refused a value the request carried (a NUL
+    character in text, a number out of range), not the broker failing."""
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(state, str) and state.startswith("22")
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return _unavailable(request, exc)
+    if isinstance(exc, DBAPIError) and _data_exception(exc):
+        log.warning("value_refused_by_database", path=request.url.path)
+        return problem(
+            request,
+            422,
+            "invalid-input",
+            "Invalid input",
+            "a value in the request cannot be stored or compared (for example a NUL character)",
+        )
     log.error("unhandled_error", error=type(exc).__name__, path=request.url.path)
     return problem(
         request, 500, "internal", "Internal error", "the broker could not complete the request"
+    )
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A body nested deeper than the JSON decoder recurses (msgspec and json raise
+    RecursionError, not a decode error): the client's fault, not the broker's."""
+    log.warning("request_too_deep", path=request.url.path)
+    return problem(
+        request, 400, "malformed-body", "Malformed body", "the body is nested too deeply"
     )
 
 
@@ -152,5 +177,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ConnectionError: _maybe_unavailable,
     OSError: _maybe_unavailable,
     asyncio.TimeoutError: _maybe_unavailable,
+    RecursionError: _too_deep,
     Exception: _internal,
 }

@@ -513,6 +513,64 @@ class ExchangeSpray(Rule):
         ]
 
 
+# Failed authentications that say nothing about guessing: no credential at all, the
+# issuer's JWKS out of reach (the broker's problem), or a credential that was right but
+# belongs to a disabled service or to a secret past its age.
+NOT_A_GUESS = frozenset(
+    {"missing-credentials", "jwks-unavailable", "service-disabled", "secret-too-old"}
+)
+
+
+class CredentialGuessing(Rule):
+    name = "credential_guessing"
+    description = (
+        "Failed service authentications from one source address, whichever services they "
+        "name: a brute force on one service's client secret that exchange_spray, which "
+        "needs many services, does not see."
+    )
+    signals = (AuthFailed,)
+    subject_kind = "source"
+    actions = frozenset({Action.ALERT, Action.BLOCK_SOURCE})
+    thresholds = (
+        Threshold("failures", 30, 1, 1_000_000, "failed authentications within the window"),
+        Threshold("block_minutes", 60, 1, 10_080, "how long a blocked address is refused"),
+    )
+    default_action = Action.BLOCK_SOURCE
+    default_severity = Severity.HIGH
+    default_window = 300
+
+    async def evaluate(self, ctx: Context, signal: AuthFailed, config: RuleConfig) -> list[Firing]:
+        if not signal.source or signal.reason in NOT_A_GUESS:
+            return []
+        subject = f"source:{signal.source}"
+        await windows.add_hit(ctx.session, self.name, subject, signal.at, detail=signal.target)
+        since = signal.at - timedelta(seconds=config.window_seconds)
+        failures = await windows.count_hits(ctx.session, self.name, subject, since, signal.at)
+        if failures < config.threshold("failures"):
+            return []
+        evidence = {
+            "source": signal.source,
+            "failures_in_window": failures,
+            # How many names, not which: a claimed service id is whatever the caller typed.
+            "distinct_services": await windows.distinct_details(
+                ctx.session, self.name, subject, since, signal.at
+            ),
+            "last_reason": signal.reason,
+            "window_seconds": config.window_seconds,
+        }
+        return [
+            Firing(
+                self.name,
+                subject,
+                f"{failures} failed authentications from {signal.source}",
+                evidence,
+                unit=signal.source,
+                source=signal.source,
+                block_seconds=config.threshold("block_minutes") * 60,
+            )
+        ]
+
+
 class ForgeryProbe(Rule):
     name = "forgery_probe"
     description = (
@@ -714,6 +772,7 @@ RULES: tuple[Rule, ...] = (
     BulkRead(),
     IssuanceSpike(),
     ExchangeSpray(),
+    CredentialGuessing(),
     ForgeryProbe(),
     OffHours(),
     LeakedKey(),
