@@ -577,6 +577,8 @@ async def test_the_audit_trail_filters_and_pages(
         earlier = await c.get("/console/audit", params={"until": "2000-01-01T00:00"})
         assert "No events match." in text_of(earlier)
         assert_problem(await c.get("/console/audit", params={"since": "yesterday"}), 422)
+        # A cursor beyond the column's range is a bad request, not a database error.
+        assert (await c.get("/console/audit", params={"before": 2**63})).status_code == 400
 
 
 async def test_the_chart_counts_issued_and_denied_keys(
@@ -675,3 +677,22 @@ async def test_forms_without_a_session_and_a_second_sign_in(
         assert "approver" in text_of(await c.get("/console"))
         c.cookies.set("__Host-pkb_console", first, domain="broker.test")
         assert (await c.get("/console")).headers["location"] == "/console/login"
+
+
+async def test_sign_in_shares_the_api_lockout(
+    app: Any, api: httpx.AsyncClient, operators: Operators
+) -> None:
+    from broker.operators.lockout import FAILURES
+
+    async with await browser(app) as c:
+        for _ in range(FAILURES):
+            refused = await sign_in(c, "pkbo_" + "x" * 40)
+            assert refused.status_code == 401
+        locked = await sign_in(c, operators.admin)
+        assert locked.status_code == 429
+        assert "Too many refused tokens" in text_of(locked)
+        assert "pkb_console=" not in locked.headers.get("set-cookie", "")
+    # The API refuses the same address too: one lockout for both ways in.
+    assert (
+        await api.get("/v1/admin/operators/me", headers=bearer(operators.admin))
+    ).status_code == 429

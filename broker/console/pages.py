@@ -15,6 +15,7 @@ from litestar.response import Template
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction
+from broker.audit.routes import MAX_SEQ
 from broker.console import views
 from broker.console.auth import ConsoleOperator
 from broker.console.chart import Window
@@ -101,7 +102,7 @@ async def audit(
     actor: Filter = None,
     since: Annotated[str | None, QueryParameter(max_length=40)] = None,
     until: Annotated[str | None, QueryParameter(max_length=40)] = None,
-    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+    before: Annotated[int | None, QueryParameter(ge=1, le=MAX_SEQ)] = None,
 ) -> Template:
     filters = views.AuditFilters(
         action=(action or "").strip() or None,

@@ -16,8 +16,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
-from broker import credentials
-from broker.audit import AuditAction, record
 from broker.console.auth import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -35,9 +33,9 @@ from broker.console.session import (
     sessions_for,
     tokens_match,
 )
-from broker.errors import Forbidden, Unauthenticated
+from broker.errors import Forbidden, RateLimited, Unauthenticated
 from broker.http.deps import get_runtime
-from broker.operators.service import authenticate
+from broker.operators.signin import authenticate_operator
 
 INSECURE = (
     "The console signs in only over https, or over plain http on this machine's loopback "
@@ -102,20 +100,20 @@ async def login_submit(
     if not token:
         return _login_page(request, status_code=401, error="Enter your operator token.")
     try:
-        async with runtime.transaction() as db:
-            principal = await authenticate(db, runtime.secrets.pepper, token)
+        principal = await authenticate_operator(
+            runtime,
+            token,
+            source=request.client.host if request.client else None,
+            where=request.url.path,
+        )
+    except RateLimited as refused:
+        return _login_page(
+            request,
+            status_code=429,
+            error=f"Too many refused tokens from your address; try again in "
+            f"{refused.retry_after} seconds.",
+        )
     except Unauthenticated:
-        async with runtime.transaction() as db:
-            await record(
-                db,
-                AuditAction.OPERATOR_AUTH_FAILED,
-                actor="anonymous",
-                subject=request.url.path,
-                details={
-                    "token_fingerprint": credentials.fingerprint(token),
-                    "source": request.client.host if request.client else None,
-                },
-            )
         return _login_page(
             request, status_code=401, error="That token was not accepted. Check it and try again."
         )

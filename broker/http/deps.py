@@ -13,12 +13,10 @@ from litestar import Request
 from litestar.di import Provide
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker import credentials, metrics
-from broker.audit import AuditAction, record
-from broker.errors import Forbidden, RateLimited, Unauthenticated
+from broker.errors import Forbidden, Unauthenticated
 from broker.identity.deps import require_service
-from broker.operators.lockout import operator_lockout
-from broker.operators.service import OperatorPrincipal, Role, authenticate
+from broker.operators.service import OperatorPrincipal, Role
+from broker.operators.signin import authenticate_operator
 from broker.runtime import Runtime
 
 
@@ -53,40 +51,12 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("an operator token is required (Authorization: Bearer ...)")
-    source = request.client.host if request.client else None
-    lockout = operator_lockout(runtime.extras)
-    wait = lockout.retry_after(source or "")
-    if wait is not None:
-        metrics.OPERATOR_LOCKOUT_REFUSALS.inc()
-        raise RateLimited(
-            "too many failed operator authentications from this address; retry later",
-            retry_after=wait,
-        )
-    try:
-        async with runtime.transaction() as session:
-            principal = await authenticate(session, runtime.secrets.pepper, token)
-    except Unauthenticated:
-        started = lockout.failed(source or "")
-        async with runtime.transaction() as session:
-            await record(
-                session,
-                AuditAction.OPERATOR_AUTH_FAILED,
-                actor="anonymous",
-                subject=request.url.path,
-                details={
-                    "token_fingerprint": credentials.fingerprint(token),
-                    "source": source,
-                },
-            )
-            if started is not None:
-                await record(
-                    session,
-                    AuditAction.OPERATOR_LOCKED_OUT,
-                    actor="system:operator-lockout",
-                    subject=f"source:{source}",
-                    details={"failures": started.failures, "seconds": started.seconds},
-                )
-        raise
+    principal = await authenticate_operator(
+        runtime,
+        token,
+        source=request.client.host if request.client else None,
+        where=request.url.path,
+    )
     if not principal.can(needed):
         raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
     request.state.operator = principal
