@@ -18,6 +18,7 @@ from broker.custody.routes import SigningKeyController
 from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
+from broker.http.openapi_problems import document_problems
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.identity.routes import ServiceController
 from broker.identity.source_block_routes import SourceBlockController
@@ -102,7 +103,7 @@ def create_app(
             if owned:
                 await rt.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers(),
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -114,3 +115,5 @@ def create_app(
         debug=False,
         logging_config=None,
     )
+    document_problems(app.openapi_schema)
+    return app
