@@ -18,7 +18,7 @@ from pathlib import Path
 SUITES = {
     "fuzz": ["tests/test_api_fuzz.py"],
     "attacks": ["tests/test_attacks.py", "tests/test_rules_guessing.py"],
-    "faults": ["tests/test_faults.py"],
+    "faults": ["tests/test_faults.py", "tests/test_clock_skew.py"],
 }
 
 

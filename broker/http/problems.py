@@ -129,15 +129,37 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[di
     )
 
 
+# SQLSTATEs saying the database cannot serve right now, not that the request or the broker
+# is wrong: 08 connection exception, 53 insufficient resources (53100 disk full), 58 system
+# error (58030 I/O error); 57P01-57P04 shut down, crashed, starting up or recovering,
+# dropped; 25006 a read-only transaction (a standby, or a database set read-only). asyncpg
+# raises these as plain DBAPIErrors, the connection not always marked invalid: a PostgreSQL
+# in crash recovery answers 57P03 to every new connection.
+_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "25006"})
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _database_unavailable(exc: DBAPIError) -> bool:
+    state = _sqlstate(exc)
+    return state is not None and (
+        state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_STATES
+    )
+
+
 def _data_exception(exc: DBAPIError) -> bool:
     """SQLSTATE class 22: the database refused a value the request carried (a NUL
     character in text, a number out of range), not the broker failing."""
-    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return isinstance(state, str) and state.startswith("22")
+    state = _sqlstate(exc)
+    return state is not None and state.startswith("22")
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or _database_unavailable(exc)):
         return _unavailable(request, exc)
     if isinstance(exc, DBAPIError) and _data_exception(exc):
         log.warning("value_refused_by_database", path=request.url.path)
