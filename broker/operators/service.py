@@ -5,9 +5,11 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
-from sqlmodel import func, select
+from sqlalchemy import update
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker import credentials
@@ -113,8 +115,25 @@ async def authenticate(session: AsyncSession, pepper: bytes, token: str) -> Oper
         raise Unauthenticated("operator token is not recognised", reason="invalid-token")
     if operator.disabled:
         raise Unauthenticated("operator is disabled", reason="invalid-token")
-    operator.last_used_at = utcnow()
     return OperatorPrincipal(operator.id, operator.name, Role(operator.role))
+
+
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+async def touch_operator(session: AsyncSession, operator_id: str) -> None:
+    """Record when an operator last used their token, at most once a minute: a guarded
+    UPDATE, so a busy operator does not write on every request."""
+    now = utcnow()
+    await session.exec(  # type: ignore[call-overload]
+        update(Operator)
+        .where(
+            col(Operator.id) == operator_id,
+            col(Operator.last_used_at).is_(None)
+            | (col(Operator.last_used_at) < now - LAST_USED_GRANULARITY),
+        )
+        .values(last_used_at=now)
+    )
 
 
 async def list_operators(session: AsyncSession) -> list[Operator]:

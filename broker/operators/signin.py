@@ -3,12 +3,17 @@ console share, so both refuse a locked-out address and audit every failure the s
 
 from __future__ import annotations
 
+from sqlalchemy.exc import DBAPIError
+
 from broker import credentials, metrics
 from broker.audit import AuditAction, record
 from broker.errors import RateLimited, Unauthenticated
+from broker.logs import get_logger
 from broker.operators.lockout import operator_lockout
-from broker.operators.service import OperatorPrincipal, authenticate
+from broker.operators.service import OperatorPrincipal, authenticate, touch_operator
 from broker.runtime import Runtime
+
+log = get_logger("broker.operators")
 
 
 async def authenticate_operator(
@@ -26,7 +31,7 @@ async def authenticate_operator(
         )
     try:
         async with runtime.transaction() as session:
-            return await authenticate(session, runtime.secrets.pepper, token)
+            principal = await authenticate(session, runtime.secrets.pepper, token)
     except Unauthenticated:
         started = lockout.failed(source or "")
         async with runtime.transaction() as session:
@@ -46,3 +51,11 @@ async def authenticate_operator(
                     details={"failures": started.failures, "seconds": started.seconds},
                 )
         raise
+    try:
+        async with runtime.transaction() as session:
+            await touch_operator(session, principal.id)
+    except (DBAPIError, OSError) as exc:
+        # Bookkeeping only: a database that cannot write (disk full, read-only) must not
+        # keep operators from reading what it still serves.
+        log.warning("operator_last_used_not_recorded", error=type(exc).__name__)
+    return principal
