@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +54,15 @@ class Broker:
 
 
 @contextmanager
-def broker(database_url: str | None = None, workers: int = 1, **env_extra: str) -> Iterator[Broker]:
+def broker(
+    database_url: str | None = None,
+    workers: int = 1,
+    server: str | None = None,
+    **env_extra: str,
+) -> Iterator[Broker]:
+    """``broker serve`` on loopback: SQLite in a temporary home, or the (empty) PostgreSQL
+    database ``database_url`` names. ``server`` picks the ASGI server (default: the
+    broker's own default)."""
     home = Path(tempfile.mkdtemp(prefix="bench-broker-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -69,6 +78,8 @@ def broker(database_url: str | None = None, workers: int = 1, **env_extra: str) 
         BROKER_WORKERS=str(workers),
         **env_extra,
     )
+    if server:
+        env["BROKER_SERVER"] = server
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve"],
         env=env,
@@ -89,15 +100,43 @@ def broker(database_url: str | None = None, workers: int = 1, **env_extra: str) 
                 token = match.group(1)
         if token is None:
             raise RuntimeError("no bootstrap token (is the database empty?)")
+        # Keep reading its output, or a chatty broker blocks on a full pipe mid-run.
+        threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         _wait(url + "/healthz")
         yield Broker(url, token, db, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if os.environ.get("BENCH_SHOW_BROKER_OUTPUT"):
+            print("broker:", line.rstrip(), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children still running (server workers)."""
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+    except FileNotFoundError:
+        children = []
+    total = 0.0
+    for each in [str(pid), *children]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -186,10 +225,13 @@ def wrk(
         ).stdout
     finally:
         os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p50 = _ms(re.search(r" 50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        p99 = _ms(re.search(r" 99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    except (AttributeError, KeyError) as exc:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}") from exc
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
     return WrkResult(

@@ -1,10 +1,18 @@
 """Key issuance against OpenBao token create, side by side, on loopback with wrk.
 
-Both get the same load (wrk, 16 connections, 2 threads, same duration). The broker's figure
-counts only keys that were signed AND durably recorded: after the run the issued-key rows
-are counted in the database and compared with wrk's successful responses.
+Both get the same load (wrk, 16 connections, 2 threads, same duration, after the same short
+warm-up). The broker's figure counts only keys that were signed AND durably recorded: after
+the run the issued-key rows are counted in the database and compared with wrk's successful
+responses. With ``--rounds N`` the two alternate N times and the medians are reported, so
+a busy machine slows both alike.
 
-    .venv/bin/python bench/issue.py [--seconds 10] [--database-url postgresql://...] [--workers N]
+    .venv/bin/python bench/issue.py [--seconds 10] [--rounds 1] [--workers N]
+        [--database-url postgresql://user@host/db] [--server granian|uvicorn]
+        [--json results.json] [--skip-verify]
+
+With a PostgreSQL URL the broker runs on a fresh database created on that server for the
+run and dropped afterwards. ``--json`` writes the figures as a list of rows
+``{"name", "broker", "peer", "unit", "higher_is_better"}`` for the benchmark suite.
 """
 
 from __future__ import annotations
@@ -13,13 +21,19 @@ import argparse
 import asyncio
 import base64
 import json
+import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
-from bench._harness import ROOT, broker, openbao, table, wrk
+from bench._harness import ROOT, WrkResult, broker, cpu_seconds, openbao, table, wrk
+from bench._report import Row, fresh_database, write_rows
 
+WARMUP_SECONDS = 2
 KEY_BODY = json.dumps(
     {
         "audience": "customers-db",
@@ -104,7 +118,17 @@ async def count_issued(database_url: str) -> int:
         await engine.dispose()
 
 
-def bench_openbao(seconds: int) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class Run:
+    keys_per_s: float
+    p50_ms: float
+    p99_ms: float
+    returned: int = 0
+    recorded: int = 0
+    cpu_us_per_key: float | None = None
+
+
+def bench_openbao(seconds: int) -> Run:
     with openbao() as bao:
         h = {"X-Vault-Token": bao.token}
         httpx.put(
@@ -113,66 +137,135 @@ def bench_openbao(seconds: int) -> tuple[float, float, float]:
             json={"policy": 'path "secret/data/pii/*" { capabilities = ["read"] }'},
         ).raise_for_status()
         body = json.dumps({"policies": ["pii"], "ttl": "5m", "no_default_policy": True})
-        result = wrk(
-            f"{bao.url}/v1/auth/token/create",
-            method="POST",
-            body=body,
-            headers={"X-Vault-Token": bao.token, "Content-Type": "application/json"},
-            seconds=seconds,
-        )
+        headers = {"X-Vault-Token": bao.token, "Content-Type": "application/json"}
+        url = f"{bao.url}/v1/auth/token/create"
+        wrk(url, method="POST", body=body, headers=headers, seconds=WARMUP_SECONDS)
+        result = wrk(url, method="POST", body=body, headers=headers, seconds=seconds)
         if result.non_2xx or result.errors:
             print(f"warning: OpenBao had {result.non_2xx} non-2xx and {result.errors} errors")
-        return result.requests_per_s, result.p50_ms, result.p99_ms
+        return Run(result.requests_per_s, result.p50_ms, result.p99_ms)
 
 
-def bench_broker(
-    seconds: int, database_url: str | None, workers: int
-) -> tuple[float, float, float, int, int]:
-    with broker(database_url, workers=workers) as b:
+def bench_broker(seconds: int, database_url: str | None, workers: int, server: str | None) -> Run:
+    # A fresh database per run on the PostgreSQL server: the broker bootstraps only into
+    # an empty one.
+    with (
+        fresh_database(database_url) as fresh,
+        broker(fresh, workers=workers, server=server) as b,
+    ):
         basic = setup_world(b.url, b.admin_token)
+        headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/json"}
+        url = f"{b.url}/v1/keys"
+        wrk(url, method="POST", body=KEY_BODY, headers=headers, seconds=WARMUP_SECONDS)
+        time.sleep(0.5)  # let the warm-up's last responses land before counting
         before = asyncio.run(count_issued(b.database_url))
-        result = wrk(
-            f"{b.url}/v1/keys",
-            method="POST",
-            body=KEY_BODY,
-            headers={"Authorization": f"Basic {basic}", "Content-Type": "application/json"},
-            seconds=seconds,
-        )
+        cpu_before = cpu_seconds(b.proc.pid)
+        result: WrkResult = wrk(url, method="POST", body=KEY_BODY, headers=headers, seconds=seconds)
+        cpu = cpu_seconds(b.proc.pid) - cpu_before
+        time.sleep(0.5)
         recorded = asyncio.run(count_issued(b.database_url)) - before
-        ok = result.requests - result.non_2xx
-        durable_rps = result.requests_per_s * (recorded / result.requests if result.requests else 0)
-        return durable_rps, result.p50_ms, result.p99_ms, ok, recorded
+        returned = result.requests - result.non_2xx
+        if result.non_2xx or result.errors:
+            print(f"warning: broker had {result.non_2xx} non-2xx and {result.errors} errors")
+        # Only keys that are both returned and in the database count.
+        durable = min(returned, recorded)
+        durable_rps = result.requests_per_s * (durable / result.requests if result.requests else 0)
+        return Run(
+            durable_rps,
+            result.p50_ms,
+            result.p99_ms,
+            returned,
+            recorded,
+            cpu * 1e6 / returned if returned else None,
+        )
+
+
+def _median(runs: list[Run], attr: str) -> float:
+    return statistics.median(float(getattr(r, attr)) for r in runs)
+
+
+def rows(broker_runs: list[Run], bao_runs: list[Run], label: str) -> list[Row]:
+    """The figures as ``bench/all.py`` rows (medians over the rounds), with issue 4's
+    targets: 1.5x OpenBao's keys/s, and a p99 under 10 ms at 16 connections."""
+    return [
+        Row(
+            f"issuance keys/s ({label})",
+            _median(broker_runs, "keys_per_s"),
+            _median(bao_runs, "keys_per_s"),
+            "keys/s",
+            True,
+            ">= 1.5x",
+        ),
+        Row(
+            f"issuance p50 ms ({label})",
+            _median(broker_runs, "p50_ms"),
+            _median(bao_runs, "p50_ms"),
+            "ms",
+            False,
+        ),
+        Row(
+            f"issuance p99 ms ({label})",
+            _median(broker_runs, "p99_ms"),
+            _median(bao_runs, "p99_ms"),
+            "ms",
+            False,
+            "< 10",
+        ),
+    ]
+
+
+def _cell(row: Row, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if row.unit == "ms" else f"{value:,.0f}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default=None)
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     parser.add_argument("--skip-verify", action="store_true")
     args = parser.parse_args()
+    if not 1 <= args.seconds <= 120 or not 1 <= args.rounds <= 10:
+        parser.error("--seconds must be 1..120 and --rounds 1..10 (every run is bounded)")
 
-    b_rps, b_p50, b_p99, ok, recorded = bench_broker(args.seconds, args.database_url, args.workers)
-    o_rps, o_p50, o_p99 = bench_openbao(args.seconds)
+    broker_runs: list[Run] = []
+    bao_runs: list[Run] = []
+    for _ in range(args.rounds):
+        broker_runs.append(bench_broker(args.seconds, args.database_url, args.workers, args.server))
+        bao_runs.append(bench_openbao(args.seconds))
     db = "postgresql" if args.database_url else "sqlite"
+    label = f"{db}, {args.workers} worker{'s' if args.workers > 1 else ''}"
+    figures = rows(broker_runs, bao_runs, label)
+    returned = sum(r.returned for r in broker_runs)
+    recorded = sum(r.recorded for r in broker_runs)
+    cpu = [r.cpu_us_per_key for r in broker_runs if r.cpu_us_per_key is not None]
     print(
-        f"key issuance, 16 connections, {args.seconds}s each, broker on {db} with "
-        f"{args.workers} worker(s); {ok} keys returned, {recorded} recorded"
+        f"key issuance, 16 connections, {args.seconds}s x {args.rounds} round(s), broker on "
+        f"{db} with {args.workers} worker(s), server {args.server or 'default'}; "
+        f"{returned} keys returned, {recorded} recorded"
+        + (f"; broker CPU {statistics.median(cpu):.0f} us/key" if cpu else "")
     )
     print(
         table(
             [
                 (
-                    "keys/s (durably recorded)",
-                    f"{b_rps:,.0f}",
-                    f"{o_rps:,.0f} (token create)",
-                    f"{b_rps / o_rps:.2f}x",
-                ),
-                ("p50 latency ms", f"{b_p50:.2f}", f"{o_p50:.2f}", f"{o_p50 / b_p50:.2f}x"),
-                ("p99 latency ms", f"{b_p99:.2f}", f"{o_p99:.2f}", f"{o_p99 / b_p99:.2f}x"),
+                    row.name.removeprefix("issuance ").split(" (")[0],
+                    _cell(row, row.broker),
+                    _cell(row, row.peer) + (" (token create)" if row.unit == "keys/s" else ""),
+                    f"{row.ratio:.2f}x" if row.ratio is not None else "n/a",
+                )
+                for row in figures
             ]
         )
     )
+    write_rows(args.json, figures)
     if not args.skip_verify:
         sys.stdout.flush()
         subprocess.run(

@@ -58,20 +58,35 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Listen address (BROKER_HOST).")
 @click.option("--port", type=int, default=None, help="Listen port (BROKER_PORT).")
-@click.option("--workers", type=int, default=None, help="Worker processes (BROKER_WORKERS).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes (BROKER_WORKERS); more than one needs PostgreSQL.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["uvicorn", "granian"]),
+    default=None,
+    help="ASGI server (BROKER_SERVER, default uvicorn).",
+)
 @click.option(
     "--migrate/--no-migrate",
     default=True,
     show_default=True,
     help="Apply database migrations before serving.",
 )
-def serve(host: str | None, port: int | None, workers: int | None, migrate: bool) -> None:
-    """Run the broker (embedded SQLite and local key store under ./.broker by default)."""
+def serve(
+    host: str | None, port: int | None, workers: int | None, server: str | None, migrate: bool
+) -> None:
+    """Run the broker (embedded SQLite and local key store under ./.broker by default).
+
+    SIGTERM or SIGINT stops it gracefully: requests in flight finish first.
+    """
     import os
 
-    import uvicorn
-
     from broker.logs import configure_logging
+    from broker.serving import run
     from broker.startup import prepare
 
     settings = _settings()
@@ -82,14 +97,18 @@ def serve(host: str | None, port: int | None, workers: int | None, migrate: bool
         overrides["port"] = port
     if workers is not None:
         overrides["workers"] = workers
+    if server is not None:
+        overrides["server"] = server
     if overrides:
         settings = settings.model_copy(update=overrides)
+        # Worker processes read their settings from the environment.
         for key, value in overrides.items():
             os.environ["BROKER_" + key.upper()] = str(value)
     if settings.workers > 1 and settings.is_sqlite:
         raise click.ClickException(
-            "SQLite is single-process: use --workers 1, "
-            "or PostgreSQL (BROKER_DATABASE_URL) for more"
+            f"SQLite is single-process: {settings.workers} workers would each write the same "
+            "file. Use --workers 1, or PostgreSQL (BROKER_DATABASE_URL=postgresql://...) "
+            "for more"
         )
     configure_logging(settings.log_level)
     bootstrap_token = _run(lambda: prepare(settings, migrate=migrate))
@@ -104,20 +123,11 @@ def serve(host: str | None, port: int | None, workers: int | None, migrate: bool
     click.echo(
         f"PII Key Broker listening on http://{settings.host}:{settings.port} "
         f"(database: {'sqlite' if settings.is_sqlite else 'postgresql'}, "
-        f"key backend: {settings.key_backend})"
+        f"key backend: {settings.key_backend}, server: {settings.server}, "
+        f"workers: {settings.workers})"
     )
     sys.stdout.flush()
-    uvicorn.run(
-        "broker.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-    )
+    run(settings)
 
 
 @main.group()

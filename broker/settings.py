@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # The ASGI server behind ``broker serve`` (why uvicorn by default: broker/serving.py).
+    server: Literal["uvicorn", "granian"] = "uvicorn"
+    # How long a stopping worker may take to finish the requests it is serving (SIGTERM).
+    graceful_timeout: Duration = Field(default=20, ge=1, le=600)
+    # Proxies whose X-Forwarded-For/-Proto are believed: IPs or CIDRs, comma-separated, or
+    # "*". Empty (the default) trusts no one: the client is the TCP peer.
+    forwarded_allow_ips: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     key_backend: Literal["local", "vault"] = "local"
     kek_file: Path | None = None
@@ -97,6 +104,14 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql:// URL")
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        from broker.http.proxy_headers import TrustedProxies
+
+        TrustedProxies.parse(value)
+        return value.strip()
 
     @field_validator("vault_addr")
     @classmethod

@@ -5,6 +5,7 @@ Query strings and headers can carry tokens, so they are never logged.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -15,6 +16,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from broker.logs import get_logger
 
 log = get_logger("broker.access")
+# structlog runs its processors before the standard logger drops a record below its level;
+# asking the standard logger first keeps a quiet broker from paying for lines it discards.
+_enabled = logging.getLogger("broker.access").isEnabledFor
 
 
 def access_log_middleware(app: ASGIApp) -> ASGIApp:
@@ -37,13 +41,14 @@ def access_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_wrapper)
         finally:
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                status=status["code"],
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                request_id=request_id,
-            )
+            if _enabled(logging.INFO):
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status["code"],
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    request_id=request_id,
+                )
 
     return middleware

@@ -9,6 +9,7 @@ though the request fails. Refusals name the reason in the problem type but never
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -83,7 +84,8 @@ async def authenticate_service(
     runtime: Runtime, authorization: str | None, *, source: str | None
 ) -> ServiceIdentity:
     method = "none"
-    fingerprint: str | None = None
+    # The credential whose fingerprint a refusal records; hashed only when one is refused.
+    presented: str | None = None
     try:
         scheme, _, value = (authorization or "").strip().partition(" ")
         value = value.strip()
@@ -93,7 +95,7 @@ async def authenticate_service(
                 "service credentials are required (HTTP Basic client id and secret, "
                 "or Authorization: Bearer <workload JWT>)",
             )
-        fingerprint = credentials.fingerprint(value)
+        presented = value
         if len(value) > _MAX_HEADER:
             raise _Refused(INVALID_CLIENT, "the credentials are too long")
         if scheme.lower() == "basic":
@@ -101,13 +103,14 @@ async def authenticate_service(
             service_id, secret = _basic(value)
             # The secret's own fingerprint matches the one audited when it was issued, so a
             # retired secret still in use can be traced to its rotation.
-            fingerprint = credentials.fingerprint(secret)
+            presented = secret
             return await _by_secret(runtime, service_id, secret)
         if scheme.lower() == "bearer":
             method = "jwt"
             return await _by_jwt(runtime, value)
         raise _Refused(MISSING_CREDENTIALS, "use HTTP Basic or Bearer credentials")
     except _Refused as refused:
+        fingerprint = credentials.fingerprint(presented) if presented is not None else None
         await _record_failure(runtime, refused, method, fingerprint, source)
         await rules.identity_failed(
             runtime,
@@ -138,27 +141,75 @@ def secret_refused_after(created_at: datetime, settings: Settings) -> datetime:
     return created_at + timedelta(seconds=settings.secret_max_age + settings.secret_grace)
 
 
-async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceIdentity:
+def _invalid_client(service_id: str) -> _Refused:
     # The claimed id is audited only when it looks like one: a caller who swapped the two
     # parts must not get their secret written into the trail.
     claimed = service_id if re.fullmatch(SERVICE_ID_PATTERN, service_id) else None
-    refused = _Refused(
+    return _Refused(
         INVALID_CLIENT, "unknown service or wrong client secret", extra={"client_id": claimed}
     )
+
+
+async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceIdentity:
     if not credentials.well_formed(secret, credentials.CLIENT_SECRET_PREFIX):
-        raise refused
+        # Refused before any hashing or lookup: a typo costs nothing and tells nothing.
+        raise _invalid_client(service_id)
     digest = credentials.keyed_hash(runtime.secrets.pepper, secret)
     now = utcnow()
     cache = secret_cache(runtime)
-    epoch = identity_epoch()
+    # A cached entry is a secret that was found and checked: the lookup below runs only on
+    # a miss.
+    cached = _cached_secret(cache, digest, service_id, now)
+    if cached is not None:
+        return cached
+    in_flight = _secret_lookups(runtime)
+    leader = in_flight.get(digest)
+    if leader is not None:
+        # Another request is looking up this secret right now: wait for it rather than
+        # send the same query again (every caller's cache entry expires at once under load).
+        await asyncio.wait([leader])
+        cached = _cached_secret(cache, digest, service_id, utcnow())
+        if cached is not None:
+            return cached
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    in_flight[digest] = done
+    try:
+        return await _lookup_secret(runtime, service_id, secret, digest, now)
+    finally:
+        if in_flight.get(digest) is done:
+            del in_flight[digest]
+        done.set_result(None)
+
+
+def _cached_secret(
+    cache: TTLCache[str, tuple[ServiceIdentity, datetime, int]],
+    digest: str,
+    service_id: str,
+    now: datetime,
+) -> ServiceIdentity | None:
     cached = cache.get(digest)
     if (
         cached is not None
         and cached[0].service_id == service_id
         and now < cached[1]
-        and cached[2] == epoch
+        and cached[2] == identity_epoch()
     ):
         return cached[0]
+    return None
+
+
+def _secret_lookups(runtime: Runtime) -> dict[str, asyncio.Future[None]]:
+    lookups = runtime.extras.get("secret_lookups")
+    if lookups is None:
+        lookups = runtime.extras["secret_lookups"] = {}
+    return lookups  # type: ignore[no-any-return]
+
+
+async def _lookup_secret(
+    runtime: Runtime, service_id: str, secret: str, digest: str, now: datetime
+) -> ServiceIdentity:
+    refused = _invalid_client(service_id)
+    epoch = identity_epoch()
     async with runtime.transaction() as session:
         row = (
             await session.exec(select(ServiceSecret).where(ServiceSecret.secret_hash == digest))
@@ -188,7 +239,7 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
     valid_until = secret_refused_after(row.created_at, runtime.settings)
     if row.expires_at is not None:
         valid_until = min(valid_until, row.expires_at)
-    cache.put(digest, (identity, valid_until, epoch))
+    secret_cache(runtime).put(digest, (identity, valid_until, epoch))
     return identity
 
 

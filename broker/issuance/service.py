@@ -9,6 +9,7 @@ caused them fails.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,8 +20,7 @@ from broker.audit import AuditAction, record
 from broker.errors import Forbidden, RateLimited
 from broker.identity.authenticate import ServiceIdentity
 from broker.issuance.minting import mint
-from broker.issuance.recorder import issuance_recorder
-from broker.models import IssuedKey
+from broker.issuance.recorder import IssuedKeyRow, issuance_recorder
 from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, decide
 from broker.policy.service import approved_grants, policy_epoch
 from broker.rules import hooks as rules
@@ -103,7 +103,8 @@ async def _grants(
 
     Entries last ``grants_cache_ttl`` seconds and end at once on a policy change made in
     this process; ``decide`` still checks each grant's conditions (validity, hours, CIDRs)
-    against the request time.
+    against the request time. When an entry expires under load, one request reads the
+    grants again and the others arriving meanwhile wait for its answer.
     """
     cache = runtime.extras.get("grants_cache")
     if cache is None:
@@ -111,11 +112,27 @@ async def _grants(
         runtime.extras["grants_cache"] = cache
     key = (service_id, audience, policy_epoch())
     grants: list[PolicyGrant] | None = cache.get(key)
-    if grants is None:
+    if grants is not None:
+        return grants
+    in_flight: dict[tuple[str, str, int], asyncio.Future[None]]
+    in_flight = runtime.extras.setdefault("grants_lookups", {})
+    leader = in_flight.get(key)
+    if leader is not None:
+        await asyncio.wait([leader])
+        grants = cache.get(key)
+        if grants is not None:
+            return grants
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    in_flight[key] = done
+    try:
         async with runtime.transaction() as session:
             grants = await approved_grants(session, service_id, audience, now)
         cache.put(key, grants)
-    return grants
+        return grants
+    finally:
+        if in_flight.get(key) is done:
+            del in_flight[key]
+        done.set_result(None)
 
 
 async def issue_key(
@@ -195,20 +212,20 @@ async def issue_key(
     token, kid = await mint(runtime.custody, claims)
 
     expires_at = datetime.fromtimestamp(exp, UTC)
-    row = IssuedKey(
-        jti=jti,
-        service_id=identity.service_id,
-        audience=order.audience,
-        purpose=order.purpose,
-        fields=list(fields),
-        policy_id=grant.policy_id,
-        policy_version=grant.version,
-        kid=kid,
-        issued_at=now,
-        expires_at=expires_at,
-        max_uses=max_uses,
-        cnf_jkt=order.jkt,
-    )
+    row: IssuedKeyRow = {
+        "jti": jti,
+        "service_id": identity.service_id,
+        "audience": order.audience,
+        "purpose": order.purpose,
+        "fields": list(fields),
+        "policy_id": grant.policy_id,
+        "policy_version": grant.version,
+        "kid": kid,
+        "issued_at": now,
+        "expires_at": expires_at,
+        "max_uses": max_uses,
+        "cnf_jkt": order.jkt,
+    }
     details = {
         "jti": jti,
         "kid": kid,

@@ -1,0 +1,122 @@
+"""Group-committed issuance: every key returned is in the database and the audit chain,
+concurrent requests share commits without breaking the chain or the rate limit, and no key
+is returned when its record cannot be written."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import jwt
+import pytest
+from sqlmodel import select
+
+from tests.conftest import Operators
+from tests.support.databases import _pg_exec
+from tests.support.world import World, build_world
+
+KEY = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
+
+
+async def _keys(client: httpx.AsyncClient, world: World, n: int) -> list[httpx.Response]:
+    return list(
+        await asyncio.gather(
+            *(client.post("/v1/keys", headers=world.billing, json=KEY) for _ in range(n))
+        )
+    )
+
+
+async def _recorded(runtime: Any) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    from broker.models import AuditEvent, IssuedKey
+
+    async with runtime.transaction() as session:
+        jtis = set((await session.exec(select(IssuedKey.jti))).all())
+        events = (
+            await session.exec(select(AuditEvent).where(AuditEvent.action == "service:key:issued"))
+        ).all()
+    return jtis, {e.subject.removeprefix("key:"): e.details for e in events}
+
+
+async def test_concurrent_keys_are_all_recorded_and_chained(
+    client: httpx.AsyncClient, operators: Operators, runtime: Any
+) -> None:
+    world = await build_world(client, operators.admin, operators.approver)
+    responses = await _keys(client, world, 48)
+    assert [r.status_code for r in responses] == [201] * 48, responses[0].text
+    returned = {r.json()["jti"] for r in responses}
+    assert len(returned) == 48
+    jtis, events = await _recorded(runtime)
+    assert returned <= jtis
+    assert returned <= set(events)
+    for response in responses:
+        body = response.json()
+        claims = jwt.decode(body["key"], options={"verify_signature": False})
+        details = events[body["jti"]]
+        assert details["kid"] == body["kid"]
+        assert details["fields"] == ["customer.email"]
+        assert details["policy"] == claims["authorization_details"][0]["policy"]
+        assert details["auth"] == "secret"
+    verified = await client.get(
+        "/v1/admin/audit/verify", headers=operators.header(operators.auditor)
+    )
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["ok"] is True
+    assert verified.json()["complete"] is True
+
+
+async def test_rate_limit_holds_across_a_shared_commit(
+    client: httpx.AsyncClient, operators: Operators, runtime: Any
+) -> None:
+    world = await build_world(client, operators.admin, operators.approver, rate_per_minute=5)
+    responses = await _keys(client, world, 12)
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] * 5 + [429] * 7
+    for refused in (r for r in responses if r.status_code == 429):
+        assert 1 <= int(refused.headers["retry-after"]) <= 61
+    jtis, _ = await _recorded(runtime)
+    assert {r.json()["jti"] for r in responses if r.status_code == 201} == jtis
+
+
+async def test_no_key_without_its_record(
+    client: httpx.AsyncClient,
+    operators: Operators,
+    runtime: Any,
+    backend: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = await build_world(client, operators.admin, operators.approver)
+    assert (await client.post("/v1/keys", headers=world.billing, json=KEY)).status_code == 201
+    before, _ = await _recorded(runtime)
+    if backend == "sqlite":
+        from broker.issuance import sqlite_writer
+
+        monkeypatch.setattr(sqlite_writer, "LOCK_TIMEOUT", 0.3)
+        holder = sqlite3.connect(urlparse(database_url).path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            refused = await client.post("/v1/keys", headers=world.billing, json=KEY)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    else:
+        name = urlparse(database_url).path.lstrip("/")
+        await _pg_exec(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
+        try:
+            refused = await client.post("/v1/keys", headers=world.billing, json=KEY)
+        finally:
+            await _pg_exec(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "key" not in refused.json()
+    # Back to normal at once, and nothing was recorded for the refused request.
+    again = await client.post("/v1/keys", headers=world.billing, json=KEY)
+    assert again.status_code == 201, again.text
+    after, _ = await _recorded(runtime)
+    assert after - before == {again.json()["jti"]}
