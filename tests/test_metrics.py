@@ -43,6 +43,9 @@ async def test_metrics_count_what_operators_watch(
     issued = await client.post("/v1/keys", headers=world.billing, json=KEY_BODY)
     assert issued.status_code == 201
     key = issued.json()
+    forged = key["key"][:-6] + "AAAAAA"
+    inactive = await client.post("/v1/introspect", headers=world.customers, data={"token": forged})
+    assert inactive.json() == {"active": False}
     denied = await client.post(
         "/v1/keys", headers=world.billing, json={**KEY_BODY, "fields": ["customer.ssn"]}
     )
@@ -105,11 +108,23 @@ async def test_metrics_count_what_operators_watch(
     )
     assert delta("broker_verification_failures_total", reason="dpop-invalid", where="reported") == 1
     assert delta("broker_verification_failures_total", reason="other", where="reported") == 1
+    assert (
+        delta("broker_verification_failures_total", reason="bad-signature", where="introspection")
+        == 1
+    )
     assert delta("broker_incidents_total", event="opened", rule="manual", severity="low") == 1
     assert delta("broker_incidents_total", event="resolved", rule="manual", severity="low") == 1
     assert delta("broker_signing_key_rotations_total", trigger="compromised") == 1
     assert delta("broker_job_runs_total", job="metrics_probe", outcome="ok") == 1
     assert delta("broker_revocations_total", source="operator") >= 1
+    # Every request is timed under its route template, never its concrete path.
+    assert delta("broker_request_duration_seconds_count", method="POST", route="/v1/keys") == 2
+    resolve_route = "/v1/admin/incidents/{incident_id}/resolve"
+    assert delta("broker_request_duration_seconds_count", method="POST", route=resolve_route) == 1
+    assert not any(
+        n.startswith("broker_request_duration") and opened.json()["id"] in str(lbl)
+        for (n, lbl) in after
+    )
 
     # Nothing that identifies a key or proves an identity ever reaches the exposition.
     for secret in (

@@ -280,6 +280,20 @@ async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
     assert refused.status_code == 403
     assert refused.json()["type"].endswith("/source-blocked")
     assert "pkbs_" not in refused.text
+    # The RFC 8693 exchange is refused the same way, before its subject token is looked at.
+    exchanged = await anomaly.client.post(
+        "/v1/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": anomaly.world.workload.token(),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": "customers-db",
+            "authorization_details": '[{"type": "pii_access", "fields": ["customer.email"], '
+            '"purpose": "billing"}]',
+        },
+    )
+    assert exchanged.status_code == 403
+    assert exchanged.json()["type"].endswith("/source-blocked")
     blocks = ok(await anomaly.client.get("/v1/admin/blocked-sources", headers=anomaly.auditor), 200)
     assert [(b["source"], b["lifted_at"]) for b in blocks] == [("127.0.0.1", None)]
     [incident] = await anomaly.incidents(rule="exchange_spray")
@@ -338,6 +352,37 @@ async def test_an_operator_blocks_an_address_by_hand(anomaly: Anomaly) -> None:
     assert block["source"] == "::1"  # one spelling per address
     # Another address is not affected.
     assert (await anomaly.key())["jti"]
+
+
+async def test_forgery_probe_counts_per_presenting_address(anomaly: Anomaly) -> None:
+    key = await anomaly.key()
+    head, payload, signature = key["key"].split(".")
+    forged = f"{head}.{payload}.{signature[:-6]}AAAAAA"
+
+    async def present(source: str) -> None:
+        resp = await anomaly.client.post(
+            "/v1/introspect",
+            headers=anomaly.world.customers,
+            data={"token": forged, "source": source},
+        )
+        assert resp.json() == {"active": False}
+
+    for n in range(9):
+        await present("198.51.100.7")
+        await present(f"203.0.113.{n}")  # many addresses, one bad token each
+    await settle(anomaly.runtime)
+    assert await anomaly.incidents(rule="forgery_probe") == []
+    await present("198.51.100.7")
+    incident = _only(await anomaly.incidents(rule="forgery_probe"))
+    assert incident["subject"] == "source:198.51.100.7"
+    assert incident["evidence"]["presented_from"] == "198.51.100.7"
+    assert incident["evidence"]["presented_to"] == "customers-db"
+    bad = await anomaly.client.post(
+        "/v1/introspect",
+        headers=anomaly.world.customers,
+        data={"token": forged, "source": "not-an-address"},
+    )
+    assert bad.status_code == 422
 
 
 async def test_forgery_probe_counts_bad_tokens_at_introspection(anomaly: Anomaly) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker import metrics
 from broker.logs import get_logger
 
 log = get_logger("broker.access")
@@ -41,13 +42,21 @@ def access_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - started
+            # The route template (``/v1/admin/services/{service_id:str}``), never the path
+            # itself: a label set must stay closed and carry no ids.
+            template = scope.get("path_template")
+            metrics.REQUEST_LATENCY.labels(
+                method=scope.get("method", ""),
+                route=template if isinstance(template, str) else "unmatched",
+            ).observe(elapsed)
             if _enabled(logging.INFO):
                 log.info(
                     "request",
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status["code"],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                     request_id=request_id,
                 )
 

@@ -20,7 +20,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from sqlmodel import select
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import col, select
 
 from broker import credentials
 from broker.audit import AuditAction, record
@@ -31,11 +33,14 @@ from broker.identity.jwks_cache import JwksCache
 from broker.identity.schemas import SERVICE_ID_PATTERN
 from broker.identity.service import JWT, identity_epoch
 from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
+from broker.logs import get_logger
 from broker.models import Service, ServiceBinding, ServiceSecret
 from broker.rules import hooks as rules
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.ttl_cache import TTLCache
+
+log = get_logger("broker.identity")
 
 MISSING_CREDENTIALS = "missing-credentials"
 INVALID_CLIENT = "invalid-client"
@@ -232,15 +237,34 @@ async def _lookup_secret(
                 "the client secret is past its maximum age; an operator must issue a new one",
                 service_id=service.id,
             )
-        if _stale(service.last_seen_at, now):
-            service.last_seen_at = now
-            session.add(service)
+        seen_long_ago = _stale(service.last_seen_at, now)
         identity = ServiceIdentity(service.id, "secret", None, quarantined=service.quarantined)
+    if seen_long_ago:
+        await _note_seen(runtime, service_id, now)
     valid_until = secret_refused_after(row.created_at, runtime.settings)
     if row.expires_at is not None:
         valid_until = min(valid_until, row.expires_at)
     secret_cache(runtime).put(digest, (identity, valid_until, epoch))
     return identity
+
+
+async def _note_seen(runtime: Runtime, service_id: str, now: datetime) -> None:
+    """Record a service's last contact (at most once a ``LAST_SEEN_GRANULARITY``), best
+    effort: a database that cannot write must not refuse a service's read-only calls (the
+    revocation feed its verifiers follow, introspection of keys already issued)."""
+    try:
+        async with runtime.transaction() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(Service)
+                .where(
+                    col(Service.id) == service_id,
+                    col(Service.last_seen_at).is_(None)
+                    | (col(Service.last_seen_at) < now - LAST_SEEN_GRANULARITY),
+                )
+                .values(last_seen_at=now)
+            )
+    except (DBAPIError, OSError) as exc:
+        log.warning("service_last_seen_not_recorded", error=type(exc).__name__)
 
 
 def secret_cache(runtime: Runtime) -> TTLCache[str, tuple[ServiceIdentity, datetime, int]]:
@@ -306,11 +330,7 @@ async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:
     service_id = match.candidate.service_id
     now = utcnow()
     if _stale(last_seen.get(service_id), now):
-        async with runtime.transaction() as session:
-            service = await session.get(Service, service_id)
-            if service is not None:
-                service.last_seen_at = now
-                session.add(service)
+        await _note_seen(runtime, service_id, now)
     return ServiceIdentity(
         service_id, "jwt", str(match.claims["sub"]), quarantined=match.candidate.quarantined
     )

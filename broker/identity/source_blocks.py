@@ -159,14 +159,15 @@ async def ensure_source_allowed(runtime: Runtime, source: str | None) -> None:
     """Refuse a blocked address before it may try any credential."""
     if not source:
         return
-    try:
-        address = normalise_source(source)
-    except InvalidInput:
-        return  # Not an IP (a test client's name): nothing can have blocked it.
     cache = _cache(runtime)
-    key = (_EPOCH[0], address)
+    # Keyed by the address as the server gave it: parsing it is paid only on a miss.
+    key = (_EPOCH[0], source)
     cached = cache.get(key)
     if cached is None:
+        try:
+            address = normalise_source(source)
+        except InvalidInput:
+            return  # Not an IP (a test client's name): nothing can have blocked it.
         async with runtime.sessions() as session:
             block = await active_block(session, address, utcnow())
         cached = (block.blocked_until if block is not None else None,)

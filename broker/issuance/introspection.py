@@ -30,6 +30,14 @@ from broker.rules import hooks as rules
 from broker.runtime import Runtime
 
 
+def _count(result: str) -> None:
+    metrics.INTROSPECTIONS.labels(result=result).inc()
+    if result != "active":
+        metrics.VERIFICATION_FAILURES.labels(
+            reason=metrics.refusal_label(result), where="introspection"
+        ).inc()
+
+
 @dataclass(frozen=True)
 class Introspection:
     active: bool
@@ -38,19 +46,27 @@ class Introspection:
     uses: int | None = None
 
 
-async def introspect(runtime: Runtime, caller: ServiceIdentity, token: str) -> Introspection:
+async def introspect(
+    runtime: Runtime, caller: ServiceIdentity, token: str, *, presenter: str | None = None
+) -> Introspection:
+    """Whether ``token`` is active for ``caller``; ``presenter`` is the address that showed
+    the token to the caller, when it says (forged tokens are then counted per address)."""
     try:
         verified = await own_key_verifier(runtime).verify(token, audience=caller.service_id)
     except InvalidKey as exc:
-        metrics.INTROSPECTIONS.labels(result=exc.reason).inc()
+        _count(exc.reason)
         await rules.key_introspected(
-            runtime, caller=caller.service_id, reason=exc.reason, token=token
+            runtime, caller=caller.service_id, presenter=presenter, reason=exc.reason, token=token
         )
         return Introspection(active=False, reason=exc.reason)
     if await revocation_feed(runtime).match(verified.facts) is not None:
-        metrics.INTROSPECTIONS.labels(result="revoked").inc()
+        _count("revoked")
         await rules.key_introspected(
-            runtime, caller=caller.service_id, reason="revoked", claims=verified.claims
+            runtime,
+            caller=caller.service_id,
+            presenter=presenter,
+            reason="revoked",
+            claims=verified.claims,
         )
         return Introspection(active=False, reason="revoked")
     now = datetime.now(UTC)
@@ -75,9 +91,13 @@ async def introspect(runtime: Runtime, caller: ServiceIdentity, token: str) -> I
             )
             uses = result.scalar_one_or_none()
             reason = "active" if uses is not None else "max-uses-exceeded"
-    metrics.INTROSPECTIONS.labels(result=reason).inc()
+    _count(reason)
     await rules.key_introspected(
-        runtime, caller=caller.service_id, reason=reason, claims=verified.claims
+        runtime,
+        caller=caller.service_id,
+        presenter=presenter,
+        reason=reason,
+        claims=verified.claims,
     )
     if reason != "active":
         return Introspection(active=False, reason=reason)

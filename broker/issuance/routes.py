@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.identity.authenticate import ServiceIdentity, authenticate_service
+from broker.identity.source_blocks import ensure_source_allowed, normalise_source
 from broker.issuance.introspection import introspect, revoke_own_key
 from broker.issuance.schemas import IntrospectionOut, IssuedKeyOut, KeyRequest, TokenExchangeOut
 from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
@@ -172,6 +173,7 @@ async def token_exchange(
     fields, purpose = _parse_details(form["authorization_details"])
     ttl = form.get("ttl_seconds") or form.get("expires_in")
     source = _source(request)
+    await ensure_source_allowed(runtime, source)
     identity = await authenticate_service(runtime, f"Bearer {subject_token}", source=source)
     if request.headers.get("authorization"):
         client = await authenticate_service(
@@ -215,7 +217,10 @@ async def introspect_key(
     token = form.get("token", "")
     if not token:
         raise InvalidInput("token is required")
-    result = await introspect(_runtime(request), service, token)
+    presenter = form.get("source") or None
+    if presenter is not None:
+        presenter = normalise_source(presenter)  # 422 unless an IP address
+    result = await introspect(_runtime(request), service, token, presenter=presenter)
     if not result.active or result.claims is None:
         return IntrospectionOut(active=False)
     c = result.claims
