@@ -24,6 +24,7 @@ from broker.identity.routes import ServiceController
 from broker.identity.source_block_routes import SourceBlockController
 from broker.incidents.routes import ROUTES as INCIDENT_ROUTES
 from broker.issuance.routes import ROUTES as ISSUANCE_ROUTES
+from broker.issuance.use_counter import use_counter
 from broker.jobs.routes import list_jobs
 from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
@@ -99,6 +100,7 @@ def create_app(
         try:
             async with change_listener(rt), scheduler_running(rt), signal_worker(rt):
                 yield
+            await use_counter(rt).close()
         finally:
             if owned:
                 await rt.close()

@@ -244,3 +244,34 @@ async def test_expired_key_is_inactive(
         assert (await _introspect(client, world, body["key"]))["active"] is False
     finally:
         runtime.settings = runtime.settings.model_copy(update={"clock_leeway": leeway})
+
+
+async def test_introspection_counts_uses_of_unlimited_keys_in_the_background(
+    client: httpx.AsyncClient, world: World, runtime: Any
+) -> None:
+    from broker.issuance.use_counter import use_counter
+    from broker.models import IssuedKey
+
+    key = (await _key(client, world.billing)).json()
+    for _ in range(3):
+        answer = await _introspect(client, world, key["key"])
+        assert answer["active"] is True
+        assert "uses" not in answer  # no limit: the count is bookkeeping, not the answer
+    await use_counter(runtime).flush()
+    async with runtime.transaction() as session:
+        row = await session.get(IssuedKey, key["jti"])
+        assert row is not None
+        assert row.uses == 3
+
+
+async def test_a_requested_name_no_catalog_could_hold_is_malformed_not_echoed(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    for body in (
+        {"audience": "customers-db", "fields": ["jane.doe@example.com"], "purpose": "billing"},
+        {"audience": "customers-db", "fields": ["customer.email"], "purpose": "078-05-1120"},
+    ):
+        resp = await client.post("/v1/keys", headers=world.billing, json=body)
+        assert resp.status_code in (400, 422), resp.text
+        assert "jane.doe@example.com" not in resp.text
+        assert "078-05-1120" not in resp.text

@@ -3,12 +3,15 @@
 Introspection answers only for keys addressed to the calling resource service: a key for
 another audience is reported inactive, so one resource service cannot probe another's keys.
 Each active answer counts one use; a ``max_uses`` key is inactive once its uses are spent
-(the counter is bumped with a guarded UPDATE, so replicas cannot over-spend it).
+(the counter is bumped with a guarded UPDATE, so replicas cannot over-spend it). A key
+without a limit needs no query at all: its count is added up in memory and written once a
+second (``use_counter``).
 
 A key matching a kept revocation entry is inactive (``revoked``). The entries are checked in
 this process's in-memory index (``revocation_feed``), refreshed by cursor at most every
-200 ms and at once after a revocation committed here, so the check costs no query of its
-own; the row's ``revoked_at`` still carries holder revocation (RFC 7009).
+200 ms, at once after a revocation committed here and, on PostgreSQL, on another replica's
+NOTIFY. A holder's revocation (RFC 7009) is such an entry too, besides the row's
+``revoked_at``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from sqlmodel import col, select
 from broker import metrics
 from broker.audit import AuditAction, record
 from broker.identity.authenticate import ServiceIdentity
+from broker.issuance.use_counter import use_counter
 from broker.issuance.verification import InvalidKey, own_key_verifier
 from broker.models import IssuedKey
 from broker.revocation.feed import revocation_feed
+from broker.revocation.selector import Selector
+from broker.revocation.service import revoke
 from broker.rules import hooks as rules
 from broker.runtime import Runtime
 
@@ -69,6 +75,13 @@ async def introspect(
             claims=verified.claims,
         )
         return Introspection(active=False, reason="revoked")
+    if verified.claims.get("max_uses") is None:
+        # No limit: the signature, expiry (checked by the verifier) and the revocation index
+        # (holder revocations included) decide, so the answer needs no database round trip;
+        # the use is counted in the background.
+        use_counter(runtime).add(verified.jti)
+        _count("active")
+        return Introspection(active=True, reason="active", claims=verified.claims)
     now = datetime.now(UTC)
     async with runtime.transaction() as session:
         row = (await session.exec(select(IssuedKey).where(IssuedKey.jti == verified.jti))).first()
@@ -121,6 +134,15 @@ async def revoke_own_key(runtime: Runtime, caller: ServiceIdentity, token: str) 
         )
         if result.rowcount != 1:
             return False
+        # Also a revocation entry: introspection and every verifier following the feed (on
+        # every replica) then refuse the key without reading its row.
+        await revoke(
+            session,
+            Selector(jti=verified.jti),
+            reason="revoked by its holder (RFC 7009)",
+            actor=f"service:{caller.service_id}",
+            settings=runtime.settings,
+        )
         await record(
             session,
             AuditAction.KEY_REVOKED,

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from broker.catalog.service import FIELD_NAME, PURPOSE_NAME
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.identity.authenticate import ServiceIdentity, authenticate_service
 from broker.identity.source_blocks import ensure_source_allowed, normalise_source
@@ -135,11 +136,12 @@ def _parse_details(raw: str) -> tuple[frozenset[str], str]:
         entry.get("type") != "pii_access"
         or not isinstance(fields, list)
         or not fields
-        or not all(isinstance(f, str) and 0 < len(f) <= 120 for f in fields)
+        or not all(isinstance(f, str) and 0 < len(f) <= 120 and FIELD_NAME.match(f) for f in fields)
         or len(fields) > 64
         or len(set(fields)) != len(fields)
         or not isinstance(purpose, str)
         or not 0 < len(purpose) <= 80
+        or not PURPOSE_NAME.match(purpose)
     ):
         raise OAuthError(
             "invalid_authorization_details",

@@ -5,9 +5,16 @@ from typing import Annotated, Any
 
 import msgspec
 
+from broker.catalog.service import FIELD_NAME, PURPOSE_NAME
+
 Slug = Annotated[str, msgspec.Meta(min_length=2, max_length=63, pattern=r"^[a-z][a-z0-9-]{1,62}$")]
-FieldName = Annotated[str, msgspec.Meta(min_length=3, max_length=120)]
-PurposeName = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+# The catalog's own name patterns: a value that no catalogued name could have (an e-mail
+# address pasted as a field, say) is refused as malformed, before it could be echoed in a
+# denial or kept in the audit trail.
+FieldName = Annotated[str, msgspec.Meta(min_length=3, max_length=120, pattern=FIELD_NAME.pattern)]
+PurposeName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=80, pattern=PURPOSE_NAME.pattern)
+]
 Thumbprint = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{43}$")]
 
 
