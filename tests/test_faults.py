@@ -420,6 +420,8 @@ def test_sqlite_disk_full_or_read_only_refuses_writes_and_corrupts_nothing(
         world = asyncio.run(_world(broker.url, admin))
         issued = [http.post("/v1/keys", headers=world.billing, json=KEY_REQUEST) for _ in range(5)]
         assert all(r.status_code == 201 for r in issued), issued[0].text
+        limited = http.post("/v1/keys", headers=world.billing, json={**KEY_REQUEST, "max_uses": 5})
+        assert limited.status_code == 201, limited.text
         # The resource service was just seen: its next authentications need no bookkeeping
         # write (``last_seen_at`` is kept to the minute), so its reads can be served.
         assert http.get("/v1/revocations", headers=world.customers).status_code == 200
@@ -428,14 +430,20 @@ def test_sqlite_disk_full_or_read_only_refuses_writes_and_corrupts_nothing(
         try:
             refused = [_ask(http, world) for _ in range(10)]
             assert all(a.is_unavailable_problem for a in refused), refused[:2]
-            # Introspection counts a use, a write: refused too, never "inactive".
+            # A max_uses key's introspection must count the use first, a write: refused,
+            # never "inactive". A key without a limit needs no write: still answered.
             _problem_503(
                 http.post(
                     "/v1/introspect",
                     headers=world.customers,
-                    data={"token": issued[0].json()["key"]},
+                    data={"token": limited.json()["key"]},
                 )
             )
+            unlimited = http.post(
+                "/v1/introspect", headers=world.customers, data={"token": issued[0].json()["key"]}
+            )
+            assert unlimited.status_code == 200, unlimited.text
+            assert unlimited.json()["active"] is True
             # What needs no write is still answered: the keys to verify with, the
             # revocations services follow, liveness and readiness (the database answers).
             assert http.get("/.well-known/jwks.json").status_code == 200
