@@ -122,31 +122,27 @@ async def _take(
                 incident_id=incident.id,
             )
             entry.update(source=block.source, until=block.blocked_until.isoformat())
-        elif action is Action.REVOKE_KEY:
-            if jti is None:
-                raise InvalidInput("the firing names no key")
+        elif action in (Action.REVOKE_KEY, Action.REVOKE_SERVICE, Action.QUARANTINE):
+            # One revocation either way: the firing's key, or every key of its service.
+            if action is Action.REVOKE_KEY:
+                if jti is None:
+                    raise InvalidInput("the firing names no key")
+                selector, named = Selector(jti=jti), {"jti": jti}
+            else:
+                if service_id is None:
+                    raise InvalidInput("the firing names no service")
+                selector, named = Selector(service=service_id), {"service": service_id}
             revoked = await revoke(
                 session,
-                Selector(jti=jti),
+                selector,
                 reason=reason,
                 actor=actor,
                 incident_id=incident.id,
                 settings=settings,
             )
-            entry.update(jti=jti, revocation=revoked.cursor)
-        elif action in (Action.REVOKE_SERVICE, Action.QUARANTINE):
-            if service_id is None:
-                raise InvalidInput("the firing names no service")
-            revoked = await revoke(
-                session,
-                Selector(service=service_id),
-                reason=reason,
-                actor=actor,
-                incident_id=incident.id,
-                settings=settings,
-            )
-            entry.update(service=service_id, revocation=revoked.cursor)
+            entry.update(named, revocation=revoked.cursor)
             if action is Action.QUARANTINE:
+                assert service_id is not None  # checked above for every service-wide action
                 entry["quarantined"] = await quarantine_service(
                     session,
                     service_id,
