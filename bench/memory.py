@@ -30,9 +30,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from bench._harness import broker, openbao, table, wrk
+from bench._harness import AUDIENCE, broker, openbao, setup_world, table, wrk
 from bench._report import Row, fresh_database, write_rows
-from bench.revoke import AUDIENCE, setup_world
 
 WARM_UP = 200
 REST = 2.0
@@ -109,7 +108,7 @@ def pid_listening_on(port: int, name: str) -> int:
 
 def bench_broker(seconds: int, database_url: str | None) -> Footprint:
     with broker(database_url) as b, httpx.Client(base_url=b.url, timeout=30) as http:
-        billing_secret, customers_secret = setup_world(http, b.admin_token)
+        billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
         billing = base64.b64encode(f"billing-api:{billing_secret}".encode()).decode()
         customers = base64.b64encode(f"{AUDIENCE}:{customers_secret}".encode()).decode()
         http.get("/.well-known/jwks.json").raise_for_status()

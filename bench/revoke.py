@@ -44,12 +44,11 @@ from pathlib import Path
 
 import httpx
 
-from bench._harness import Broker, broker, free_port, openbao, table
+from bench._harness import AUDIENCE, Broker, broker, free_port, openbao, setup_world, table
 from bench._report import Row, fresh_database, write_rows
 from broker.client import InvalidKey, KeyVerifier, Reason
 
 CONCURRENCY = 16
-AUDIENCE = "customers-db"
 
 
 @dataclass
@@ -84,60 +83,6 @@ async def bounded_gather(
 
 
 # --- the broker ----------------------------------------------------------------------------
-
-
-def setup_world(http: httpx.Client, admin: str) -> tuple[str, str]:
-    """Catalog, two services and an approved policy; returns both services' secrets."""
-    h = {"Authorization": f"Bearer {admin}"}
-    approver = http.post(
-        "/v1/admin/operators", headers=h, json={"name": "bench-approver", "role": "approver"}
-    ).json()["token"]
-    http.post(
-        "/v1/admin/fields",
-        headers=h,
-        json={"name": "customer.email", "classification": "contact", "description": ""},
-    ).raise_for_status()
-    http.post(
-        "/v1/admin/purposes",
-        headers=h,
-        json={"name": "billing", "description": "", "legal_basis": "contract"},
-    ).raise_for_status()
-    secrets = []
-    for service_id in ("billing-api", AUDIENCE):
-        created = http.post(
-            "/v1/admin/services",
-            headers=h,
-            json={"id": service_id, "name": service_id, "bindings": [{"kind": "secret"}]},
-        )
-        created.raise_for_status()
-        secrets.append(created.json()["client_secret"])
-    policy = http.post(
-        "/v1/admin/policies",
-        headers=h,
-        json={
-            "service": "billing-api",
-            "audience": AUDIENCE,
-            "fields": ["customer.email"],
-            "purposes": ["billing"],
-            "max_ttl_seconds": 3600,
-            "rate_per_minute": None,
-            "comment": "bench",
-        },
-    )
-    policy.raise_for_status()
-    http.post(
-        f"/v1/admin/policies/{policy.json()['id']}/approve",
-        headers={"Authorization": f"Bearer {approver}"},
-        json={"comment": "bench"},
-    ).raise_for_status()
-    # Thousands of keys in seconds is exactly an issuance spike; this run measures revocation
-    # propagation, so that rule is switched off (its own revocation would come first).
-    rules = http.put(
-        "/v1/admin/rules", headers=h, json={"rules": [{"name": "issuance_spike", "enabled": False}]}
-    )
-    if rules.status_code != 200:
-        print(f"  note: could not switch off issuance_spike ({rules.status_code})")
-    return secrets[0], secrets[1]
 
 
 async def issue_keys(url: str, billing_secret: str, count: int, seconds: float) -> list[str]:
@@ -237,7 +182,7 @@ async def bench_broker(
 
 async def _measure(b: Broker, http: httpx.Client, follow: str, count: int, limit: float) -> Result:
     """Issue ``count`` keys on ``b``, follow the feed of ``follow``, revoke on ``b``."""
-    billing_secret, customers_secret = setup_world(http, b.admin_token)
+    billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
     started = time.perf_counter()
     tokens = await issue_keys(b.url, billing_secret, count, limit)
     issue_seconds = time.perf_counter() - started

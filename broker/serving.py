@@ -16,9 +16,6 @@ forwarding headers itself: ``broker.http.proxy_headers`` does, from trusted prox
 
 from __future__ import annotations
 
-import gc
-from typing import Any, cast
-
 from litestar.types import ASGIApp
 
 from broker.settings import Settings, get_settings
@@ -32,39 +29,11 @@ def served_app() -> ASGIApp:
     from broker.http.proxy_headers import TrustedProxies, proxy_headers_middleware
 
     settings = get_settings()
-    app: ASGIApp = create_app(settings)
+    app: ASGIApp = create_app(settings, freeze_gc_after_start=True)
     trusted = TrustedProxies.parse(settings.forwarded_allow_ips)
     if trusted:
         app = proxy_headers_middleware(app, trusted)
-    return _freeze_after_startup(app)
-
-
-def _freeze_after_startup(app: ASGIApp) -> ASGIApp:
-    """Move everything alive once the app has started into the collector's permanent
-    generation (``gc.freeze``).
-
-    A worker holds a few hundred thousand long-lived objects (modules, the ORM's mappers,
-    Litestar's routes, the runtime); without this, each full collection walks all of them,
-    about 100 ms with the event loop stopped, which set the issuance p99 in bench/issue.py.
-    Frozen, a full collection takes a few milliseconds.
-    """
-
-    inner: Any = app  # lifespan scopes are outside Litestar's ASGIApp type
-
-    async def wrapper(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await inner(scope, receive, send)
-            return
-
-        async def sending(message: dict[str, Any]) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                gc.collect()
-                gc.freeze()
-            await send(message)
-
-        await inner(scope, receive, sending)
-
-    return cast(ASGIApp, wrapper)
+    return app
 
 
 def run(settings: Settings) -> None:

@@ -73,6 +73,26 @@ def driver(tmp_path: Path) -> Iterator[Any]:
         browser.quit()
 
 
+def _left_the_page(element: Any) -> bool:
+    """Whether ``element`` belongs to a page the browser has navigated away from.
+
+    Selenium's ``staleness_of`` knows only the standard stale-element error; mid-navigation
+    chromedriver may instead answer "Node with given id does not belong to the document",
+    which says the same.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
+
+
 class Console:
     """A few verbs over the WebDriver, named after what the operator does."""
 
@@ -107,11 +127,10 @@ class Console:
 
     def submit(self, button: Any, then: str) -> None:
         """Click a form's button and wait for the page the redirect lands on."""
-        from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
 
         button.click()
-        WebDriverWait(self.driver, WAIT).until(ec.staleness_of(button))
+        WebDriverWait(self.driver, WAIT).until(lambda _driver: _left_the_page(button))
         self.wait_for(then)
 
     def text(self) -> str:

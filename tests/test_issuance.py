@@ -133,6 +133,75 @@ async def test_bad_key_requests_are_problems(client: httpx.AsyncClient, world: W
     assert no_auth.status_code == 401
 
 
+async def test_key_and_introspection_answers_are_not_cacheable_and_errors_are_problems(
+    client: httpx.AsyncClient, world: World, settings: Any
+) -> None:
+    issued = await _key(client, world.billing)
+    assert issued.status_code == 201, issued.text
+    assert issued.headers["cache-control"] == "no-store"  # RFC 6749 §5.1
+    assert int(issued.headers["content-length"]) == len(issued.content)
+    token = issued.json()["key"]
+    checked = await client.post("/v1/introspect", headers=world.customers, data={"token": token})
+    assert checked.headers["cache-control"] == "no-store"
+    assert checked.json()["active"] is True
+    # The same parameters as JSON are read the same way.
+    as_json = await client.post("/v1/introspect", headers=world.customers, json={"token": token})
+    assert as_json.json()["active"] is True
+
+    def problem(resp: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+        assert resp.status_code == status, resp.text
+        assert resp.headers["content-type"].startswith(PROBLEM)
+        body: dict[str, Any] = resp.json()
+        assert body["type"].endswith("/" + slug), body
+        assert token not in resp.text
+        return body
+
+    # RFC 6749 §3.1: a parameter given twice is refused, not silently picked.
+    twice = await client.post(
+        "/v1/introspect",
+        headers={**world.customers, "content-type": "application/x-www-form-urlencoded"},
+        content=f"token=abc&token={token}".encode(),
+    )
+    assert "more than once" in problem(twice, 422, "invalid-input")["detail"]
+    multipart = await client.post(
+        "/v1/introspect", headers=world.customers, files={"token": (None, token)}
+    )
+    problem(multipart, 415, "unsupported-media-type")
+    bad_utf8 = await client.post(
+        "/v1/introspect",
+        headers={**world.customers, "content-type": "application/x-www-form-urlencoded"},
+        content=b"token=%FF%FE",
+    )
+    problem(bad_utf8, 422, "invalid-input")
+    # The parameters are held to the struct the OpenAPI document publishes for them.
+    schema = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
+    assert schema["IntrospectionForm"]["required"] == ["token"]
+    empty = await client.post("/v1/introspect", headers=world.customers, data={"token": ""})
+    assert problem(empty, 400, "invalid-request")["errors"][0]["key"] == "token"
+    missing = await client.post("/v1/introspect", headers=world.customers, data={"source": "::1"})
+    assert "token" in problem(missing, 400, "invalid-request")["detail"]
+    problem(
+        await client.post("/v1/keys", headers=world.billing, content=b""), 400, "malformed-body"
+    )
+    problem(
+        await client.post("/v1/keys", headers=world.billing, content=b"{nope"),
+        400,
+        "malformed-body",
+    )
+    wrong = await _key(client, world.billing, audience=5)
+    assert problem(wrong, 400, "invalid-request")["errors"][0]["key"] == "audience"
+    oversized = b'{"audience": "' + b"x" * (settings.max_body_bytes + 1) + b'"}'
+    problem(
+        await client.post("/v1/keys", headers=world.billing, content=oversized),
+        413,
+        "payload-too-large",
+    )
+    for path in ("/v1/keys", "/v1/introspect"):
+        resp = await client.get(path, headers=world.billing)
+        problem(resp, 405, "method-not-allowed")
+        assert resp.headers["allow"] == "POST"
+
+
 async def test_introspection(client: httpx.AsyncClient, world: World) -> None:
     token = (await _key(client, world.billing)).json()["key"]
     active = await _introspect(client, world, token)
@@ -218,6 +287,7 @@ async def test_token_exchange_rfc8693(client: httpx.AsyncClient, world: World) -
     }
     resp = await client.post("/v1/token", data=form)
     assert resp.status_code == 200, resp.text
+    assert resp.headers["cache-control"] == "no-store"
     body = resp.json()
     assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
     assert body["token_type"] == "Bearer"
@@ -237,6 +307,9 @@ async def test_expired_key_is_inactive(
     world = await build_world(client, operators.admin, operators.approver)
     body = (await _key(client, world.billing, ttl_seconds=1)).json()
     assert body["ttl_seconds"] == 1
+    # Checked once while valid: the verifier now remembers the key's signature as good,
+    # and must still refuse it once it expires.
+    assert (await _introspect(client, world, body["key"]))["active"] is True
     leeway = runtime.settings.clock_leeway
     runtime.settings = runtime.settings.model_copy(update={"clock_leeway": 0})
     try:

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import jwt
 import pytest
-from sqlmodel import select
+from sqlalchemy import create_engine, insert
+from sqlmodel import SQLModel, select
 
+from broker.audit import AuditAction
+from broker.issuance.recorder import IssuedKeyRow, _Event, _SqliteStatements
+from broker.models import AuditEvent, IssuedKey
 from tests.conftest import Operators
 from tests.support.databases import _pg_exec
 from tests.support.world import World, build_world
@@ -120,3 +125,52 @@ async def test_no_key_without_its_record(
     assert again.status_code == 201, again.text
     after, _ = await _recorded(runtime)
     assert after - before == {again.json()["jti"]}
+
+
+def test_the_sqlite_writer_stores_every_value_exactly_as_sqlalchemy_does() -> None:
+    """Rows written straight through the DBAPI cursor must be byte-identical to what the
+    ORM would have written: SQLite compares datetimes as text, so a timestamp stored as
+    '18:14:09' where the ORM writes '18:14:09.000000' sorts before the second it is in."""
+    engine = create_engine("sqlite+pysqlite://")
+    keys, events = IssuedKey.__table__, AuditEvent.__table__  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(engine, tables=[keys, events])
+    statements = _SqliteStatements.for_dialect(engine.dialect)
+    at = datetime(2026, 11, 23, 18, 14, 9, tzinfo=UTC)  # no microseconds: the telling case
+    row: IssuedKeyRow = {
+        "jti": "orm",
+        "service_id": "billing-api",
+        "audience": "customers-db",
+        "purpose": "billing",
+        "fields": ["customer.email", "customer.phone"],
+        "policy_id": "p" * 36,
+        "policy_version": 3,
+        "kid": "k" * 43,
+        "issued_at": at,
+        "expires_at": at + timedelta(minutes=5),
+        "max_uses": None,
+        "cnf_jkt": None,
+    }
+    event = _Event.for_key(row, {"jti": "orm", "fields": ["customer.email"], "max_uses": None})
+    event.at = at
+    audit = {
+        "at": at,
+        "actor": event.actor,
+        "action": str(AuditAction.KEY_ISSUED),
+        "subject": event.subject,
+        "details": event.details,
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(keys), [row])
+        conn.execute(insert(events), [audit])
+        cursor = conn.connection.cursor()
+        cursor.execute(statements.keys.sql, statements.keys.params({**row, "jti": "raw"}))
+        cursor.execute(statements.events.sql, (*statements.event_values(event), "0" * 64, "2" * 64))
+        stored_keys = conn.exec_driver_sql("SELECT * FROM issued_keys ORDER BY jti").fetchall()
+        stored_events = conn.exec_driver_sql("SELECT * FROM audit_events ORDER BY seq").fetchall()
+    orm_key, raw_key = stored_keys
+    assert orm_key[1:] == raw_key[1:]
+    assert str(orm_key[8]).endswith(".000000")
+    orm_event, raw_event = stored_events
+    assert orm_event[1:-1] == raw_event[1:-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,14 @@ _AUDIT_LOCK = 0x5049_4B42_0001  # "PIKB" + 1
 def _digest(
     prev_hash: str, at: datetime, actor: str, action: str, subject: str, details: dict[str, Any]
 ) -> str:
-    body = json.dumps(
+    body = _digest_body(prev_hash, at, actor, action, subject, details)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _digest_body(
+    prev_hash: str, at: datetime, actor: str, action: str, subject: str, details: dict[str, Any]
+) -> str:
+    return json.dumps(
         {
             "prev": prev_hash,
             "at": at.isoformat(),
@@ -43,7 +51,6 @@ def _digest(
         separators=(",", ":"),
         default=str,
     )
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 async def serialise_writers(session: AsyncSession) -> None:
@@ -132,6 +139,22 @@ def verify_chain(events: Sequence[AuditEvent], start_hash: str = GENESIS) -> Cha
             return ChainBreak(event.seq, "content does not match its hash (edited event)")
         prev = event.hash
     return None
+
+
+def digest_around_prev(
+    at: datetime, actor: str, action: str, subject: str, details: dict[str, Any]
+) -> tuple[str, str]:
+    """The text ``chain_digest`` hashes, in two parts: before and after the previous hash.
+
+    ``chain_digest(prev, ...)`` is the SHA-256 of ``head + prev + tail``. A batch writer
+    prepares the expensive part (the canonical JSON) before it knows its place in the
+    chain, and only hashes once it has read the tail.
+    """
+    while True:
+        marker = secrets.token_hex(32)  # same length and alphabet as a real hash
+        parts = _digest_body(marker, at, actor, action, subject, details).split(marker)
+        if len(parts) == 2:  # the marker is random, so it is elsewhere only by accident
+            return parts[0], parts[1]
 
 
 def chain_digest(

@@ -50,6 +50,7 @@ _WHY = {
     "404": "No such resource",
     "409": "Conflicts with the resource's current state",
     "413": "Body too large",
+    "415": "Body in a media type the route does not read",
     "422": "Invalid input",
     "429": "Over a limit; see Retry-After",
     "500": "Internal error (never with details)",

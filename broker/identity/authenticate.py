@@ -9,7 +9,6 @@ though the request fails. Refusals name the reason in the problem type but never
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -38,7 +37,7 @@ from broker.models import Service, ServiceBinding, ServiceSecret
 from broker.rules import hooks as rules
 from broker.runtime import Runtime
 from broker.settings import Settings
-from broker.ttl_cache import TTLCache
+from broker.ttl_cache import SingleFlight, TTLCache
 
 log = get_logger("broker.identity")
 
@@ -163,27 +162,24 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
     now = utcnow()
     cache = secret_cache(runtime)
     # A cached entry is a secret that was found and checked: the lookup below runs only on
-    # a miss.
+    # a miss (or, in the background, to renew a hot entry).
     cached = _cached_secret(cache, digest, service_id, now)
     if cached is not None:
         return cached
-    in_flight = _secret_lookups(runtime)
-    leader = in_flight.get(digest)
-    if leader is not None:
-        # Another request is looking up this secret right now: wait for it rather than
-        # send the same query again (every caller's cache entry expires at once under load).
-        await asyncio.wait([leader])
-        cached = _cached_secret(cache, digest, service_id, utcnow())
-        if cached is not None:
-            return cached
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    in_flight[digest] = done
-    try:
-        return await _lookup_secret(runtime, service_id, secret, digest, now)
-    finally:
-        if in_flight.get(digest) is done:
-            del in_flight[digest]
-        done.set_result(None)
+    reads: SingleFlight[tuple[str, str], ServiceIdentity]
+    reads = runtime.extras.setdefault("secret_reads", SingleFlight())
+    key = (digest, service_id)
+
+    async def read() -> ServiceIdentity:
+        return await _lookup_secret(runtime, service_id, digest, utcnow())
+
+    if cached is None:
+        # One query per (secret, claimed service) at a time: under load every caller's
+        # entry expires at once, and they all wait for the same answer.
+        return await reads.get(key, read)
+    if cache.due(digest):
+        reads.start(key, read)  # renewed before it expires; a refusal drops it
+    return cached
 
 
 def _cached_secret(
@@ -203,18 +199,25 @@ def _cached_secret(
     return None
 
 
-def _secret_lookups(runtime: Runtime) -> dict[str, asyncio.Future[None]]:
-    lookups = runtime.extras.get("secret_lookups")
-    if lookups is None:
-        lookups = runtime.extras["secret_lookups"] = {}
-    return lookups  # type: ignore[no-any-return]
-
-
 async def _lookup_secret(
-    runtime: Runtime, service_id: str, secret: str, digest: str, now: datetime
+    runtime: Runtime, service_id: str, digest: str, now: datetime
 ) -> ServiceIdentity:
+    cache = secret_cache(runtime)
+    epoch, generation = identity_epoch(), cache.generation
+    try:
+        identity, valid_until = await _find_secret(runtime, service_id, digest, now)
+    except _Refused:
+        cache.discard(digest)  # a secret refused now is no longer vouched for
+        raise
+    cache.put(digest, (identity, valid_until, epoch), generation=generation)
+    return identity
+
+
+async def _find_secret(
+    runtime: Runtime, service_id: str, digest: str, now: datetime
+) -> tuple[ServiceIdentity, datetime]:
+    """The service a secret proves, and until when; ``_Refused`` if it proves nothing."""
     refused = _invalid_client(service_id)
-    epoch = identity_epoch()
     async with runtime.transaction() as session:
         row = (
             await session.exec(select(ServiceSecret).where(ServiceSecret.secret_hash == digest))
@@ -244,8 +247,7 @@ async def _lookup_secret(
     valid_until = secret_refused_after(row.created_at, runtime.settings)
     if row.expires_at is not None:
         valid_until = min(valid_until, row.expires_at)
-    secret_cache(runtime).put(digest, (identity, valid_until, epoch))
-    return identity
+    return identity, valid_until
 
 
 async def _note_seen(runtime: Runtime, service_id: str, now: datetime) -> None:

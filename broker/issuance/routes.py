@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.types import Receive, Scope, Send
 
 from broker.catalog.service import FIELD_NAME, PURPOSE_NAME
 from broker.errors import BrokerError, Forbidden, InvalidInput
+from broker.http.asgi_io import (
+    RawRequest,
+    decode_json,
+    parse_form,
+    read_body,
+    send_json,
+    shape_form,
+)
 from broker.identity.authenticate import ServiceIdentity, authenticate_service
+from broker.identity.deps import identify_service
 from broker.identity.source_blocks import ensure_source_allowed, normalise_source
-from broker.issuance.introspection import introspect, revoke_own_key
-from broker.issuance.schemas import IntrospectionOut, IssuedKeyOut, KeyRequest, TokenExchangeOut
+from broker.issuance.introspection import Introspection, introspect, revoke_own_key
+from broker.issuance.schemas import (
+    IntrospectionForm,
+    IntrospectionOut,
+    IssuedKeyOut,
+    KeyRequest,
+    TokenExchangeOut,
+)
 from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
 from broker.runtime import Runtime
 
@@ -41,6 +55,11 @@ def _runtime(request: Request[Any, Any, Any]) -> Runtime:
     return runtime
 
 
+def _app_runtime(scope: Scope) -> Runtime:
+    runtime: Runtime = scope["app"].state.runtime
+    return runtime
+
+
 def _key_out(result: IssuedKeyResult) -> IssuedKeyOut:
     return IssuedKeyOut(
         key=result.token,
@@ -59,17 +78,15 @@ def _key_out(result: IssuedKeyResult) -> IssuedKeyOut:
     )
 
 
-@post(
-    "/v1/keys",
-    tags=["keys"],
-    summary="Exchange the service's identity for a scoped key",
-    status_code=HTTP_201_CREATED,
-)
-async def request_key(
-    data: JSONBody[KeyRequest],
-    request: Request[Any, Any, Any],
-    service: NamedDependency[ServiceIdentity],
-) -> IssuedKeyOut:
+async def request_key(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/keys``: a bare ASGI handler because every key goes through it (served by
+    ``broker.http.hot_routes``, documented by ``broker.http.openapi_raw_routes``)."""
+    request = RawRequest(scope)
+    request.require_post()
+    runtime = _app_runtime(scope)
+    service = await identify_service(runtime, request.authorization, request.client)
+    body = await read_body(receive, runtime.settings.max_body_bytes)
+    data: KeyRequest = decode_json(body, KeyRequest)
     if len(set(data.fields)) != len(data.fields):
         raise InvalidInput("fields must not repeat")
     order = KeyOrder(
@@ -80,8 +97,8 @@ async def request_key(
         max_uses=data.max_uses,
         jkt=data.jkt,
     )
-    result = await issue_key(_runtime(request), service, order, source=_source(request))
-    return _key_out(result)
+    result = await issue_key(runtime, service, order, source=request.client)
+    await send_json(send, HTTP_201_CREATED, _key_out(result))
 
 
 class OAuthError(BrokerError):
@@ -98,24 +115,8 @@ class OAuthError(BrokerError):
 
 
 async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "")
-    items: Iterable[tuple[Any, Any]]
-    if content_type.startswith("application/json"):
-        try:
-            body = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError:
-            raise InvalidInput("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        items = body.items()
-    else:
-        items = (await request.form()).items()
-    form: dict[str, str] = {}
-    for key, value in items:
-        if not isinstance(value, str):
-            raise InvalidInput(f"parameter {str(key)[:40]!r} must be a string")
-        form[str(key)] = value
-    return form
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return parse_form(content_type, await request.body())
 
 
 def _parse_details(raw: str) -> tuple[frozenset[str], str]:
@@ -155,6 +156,7 @@ def _parse_details(raw: str) -> tuple[frozenset[str], str]:
     tags=["keys"],
     summary="RFC 8693 token exchange for a scoped key",
     status_code=HTTP_200_OK,
+    cache_control=CacheControlHeader(no_store=True),  # RFC 6749 §5.1
 )
 async def token_exchange(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
@@ -205,24 +207,24 @@ async def token_exchange(
     )
 
 
-@post(
-    "/v1/introspect",
-    tags=["keys"],
-    summary="RFC 7662 introspection for resource services",
-    status_code=HTTP_200_OK,
-)
-async def introspect_key(
-    request: Request[Any, Any, Any],
-    service: NamedDependency[ServiceIdentity],
-) -> IntrospectionOut:
-    form = await _form(request)
-    token = form.get("token", "")
-    if not token:
-        raise InvalidInput("token is required")
-    presenter = form.get("source") or None
+async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /v1/introspect``: a bare ASGI handler because every check of a key goes
+    through it (served by ``broker.http.hot_routes``, documented by
+    ``broker.http.openapi_raw_routes``)."""
+    request = RawRequest(scope)
+    request.require_post()
+    runtime = _app_runtime(scope)
+    service = await identify_service(runtime, request.authorization, request.client)
+    body = await read_body(receive, runtime.settings.max_body_bytes)
+    form = shape_form(parse_form(request.content_type, body), IntrospectionForm)
+    presenter = form.source or None
     if presenter is not None:
         presenter = normalise_source(presenter)  # 422 unless an IP address
-    result = await introspect(_runtime(request), service, token, presenter=presenter)
+    result = await introspect(runtime, service, form.token, presenter=presenter)
+    await send_json(send, HTTP_200_OK, _introspection_out(result))
+
+
+def _introspection_out(result: Introspection) -> IntrospectionOut:
     if not result.active or result.claims is None:
         return IntrospectionOut(active=False)
     c = result.claims
@@ -266,4 +268,6 @@ async def revoke_key(
     return Response(None, status_code=HTTP_200_OK)
 
 
-ROUTES = [request_key, token_exchange, introspect_key, revoke_key]
+ROUTES = [token_exchange, revoke_key]
+# Served ahead of the router (``broker.http.hot_routes``).
+HOT_ROUTES = {"/v1/keys": request_key, "/v1/introspect": introspect_key}

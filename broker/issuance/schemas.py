@@ -69,3 +69,19 @@ class IntrospectionOut(msgspec.Struct, omit_defaults=True):
     cnf: dict[str, str] | None = None
     max_uses: int | None = None
     uses: int | None = None
+
+
+class IntrospectionForm(msgspec.Struct):
+    """The RFC 7662 request, as form fields or a JSON object: the handler reads the
+    parameters itself (``broker.http.asgi_io.parse_form``) and holds them to this struct,
+    which is also what the OpenAPI document publishes, so its limits are the enforced ones."""
+
+    # No upper bound but the body's: RFC 7662 §2.2 answers any string that is not one of
+    # our keys, however long, with ``{"active": false}``, so a resource service can pass on
+    # whatever its client presented without a second kind of refusal to handle.
+    token: Annotated[str, msgspec.Meta(min_length=1)]
+    token_type_hint: str | None = None
+    source: Annotated[
+        str | None,
+        msgspec.Meta(description="The address that presented the key to the caller, if known."),
+    ] = None

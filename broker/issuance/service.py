@@ -9,7 +9,6 @@ caused them fails.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, deci
 from broker.policy.service import approved_grants, policy_epoch
 from broker.rules import hooks as rules
 from broker.runtime import Runtime
-from broker.ttl_cache import TTLCache
+from broker.ttl_cache import SingleFlight, TTLCache
 
 PII_ACCESS = "pii_access"
 
@@ -96,6 +95,9 @@ async def _deny(
         )
 
 
+GrantsKey = tuple[str, str, int]
+
+
 async def _grants(
     runtime: Runtime, service_id: str, audience: str, now: datetime
 ) -> list[PolicyGrant]:
@@ -103,36 +105,31 @@ async def _grants(
 
     Entries last ``grants_cache_ttl`` seconds and end at once on a policy change made in
     this process; ``decide`` still checks each grant's conditions (validity, hours, CIDRs)
-    against the request time. When an entry expires under load, one request reads the
-    grants again and the others arriving meanwhile wait for its answer.
+    against the request time. One read per (service, audience) at a time; past half its
+    life an entry is read again in the background, so requests under load do not wait for
+    it when it expires.
     """
     cache = runtime.extras.get("grants_cache")
     if cache is None:
-        cache = TTLCache[tuple[str, str, int], list[PolicyGrant]](runtime.settings.grants_cache_ttl)
+        cache = TTLCache[GrantsKey, list[PolicyGrant]](runtime.settings.grants_cache_ttl)
         runtime.extras["grants_cache"] = cache
+    reads: SingleFlight[GrantsKey, list[PolicyGrant]]
+    reads = runtime.extras.setdefault("grants_reads", SingleFlight())
     key = (service_id, audience, policy_epoch())
-    grants: list[PolicyGrant] | None = cache.get(key)
-    if grants is not None:
-        return grants
-    in_flight: dict[tuple[str, str, int], asyncio.Future[None]]
-    in_flight = runtime.extras.setdefault("grants_lookups", {})
-    leader = in_flight.get(key)
-    if leader is not None:
-        await asyncio.wait([leader])
-        grants = cache.get(key)
-        if grants is not None:
-            return grants
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    in_flight[key] = done
-    try:
+
+    async def read() -> list[PolicyGrant]:
+        generation = cache.generation
         async with runtime.transaction() as session:
             grants = await approved_grants(session, service_id, audience, now)
-        cache.put(key, grants)
+        cache.put(key, grants, generation=generation)
         return grants
-    finally:
-        if in_flight.get(key) is done:
-            del in_flight[key]
-        done.set_result(None)
+
+    grants: list[PolicyGrant] | None = cache.get(key)
+    if grants is None:
+        return await reads.get(key, read)
+    if cache.due(key):
+        reads.start(key, read)
+    return grants
 
 
 async def issue_key(

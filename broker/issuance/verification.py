@@ -4,12 +4,22 @@ Only our published keys are candidates (looked up by ``kid`` among them, never f
 header URL); the algorithm allowlist, ``typ``, ``iss``, ``exp``/``nbf`` with the configured
 leeway, and the presence of every claim we rely on are all checked before the key's row is
 consulted.
+
+A key that passed is remembered by the SHA-256 of its exact text (never the text itself):
+the same bytes always carry the same signature, so a resource service checking the key it
+was shown a hundred times pays for one Ed25519 verification, not a hundred. What can change
+between two checks is checked again on every one: that the ``kid`` is still among our
+published keys (the same refresh as an uncached check), ``exp``/``nbf`` with the leeway, and
+the audience asked about. Failures are not remembered, so forged tokens cannot fill the
+cache; it holds at most ``VERIFIED_CACHE_SIZE`` keys, the oldest dropped first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import jwt
@@ -21,6 +31,7 @@ ALLOWED_ALGS = ("EdDSA", "ES256")
 MAX_TOKEN_BYTES = 8192
 _REQUIRED = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "authorization_details"]
 _FORBIDDEN_HEADERS = {"jku", "x5u", "x5c", "jwk", "crit"}
+VERIFIED_CACHE_SIZE = 8192
 
 
 class InvalidKey(Exception):
@@ -46,7 +57,7 @@ class VerifiedClaims:
         first: dict[str, Any] = details[0]
         return first
 
-    @property
+    @cached_property
     def facts(self) -> KeyFacts:
         """What revocation selectors are matched against."""
         return KeyFacts.from_claims(self.claims, self.kid)
@@ -60,16 +71,19 @@ class OwnKeyVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._refreshed = 0.0
         self._refresh_interval = refresh_interval
+        self._verified: dict[bytes, VerifiedClaims] = {}
 
     async def _refresh(self) -> None:
         jwks = await self._runtime.custody.public_jwks()
         self._keys = {jwk["kid"]: jwt.PyJWK(jwk) for jwk in jwks if "kid" in jwk}
         self._refreshed = time.monotonic()
 
+    def _stale(self) -> bool:
+        return time.monotonic() - self._refreshed > self._runtime.settings.jwks_max_age
+
     async def _key(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
-        stale = time.monotonic() - self._refreshed > self._runtime.settings.jwks_max_age
-        if key is None or stale:
+        if key is None or self._stale():
             if key is None and time.monotonic() - self._refreshed < self._refresh_interval:
                 raise InvalidKey("unknown-kid")
             await self._refresh()
@@ -81,6 +95,35 @@ class OwnKeyVerifier:
     async def verify(self, token: str, *, audience: str | None) -> VerifiedClaims:
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
             raise InvalidKey("malformed")
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            return await self._recheck(known, audience)
+        verified = await self._verify(token, audience)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[digest] = verified
+        return verified
+
+    async def _recheck(self, known: VerifiedClaims, audience: str | None) -> VerifiedClaims:
+        """What an earlier full check of the same bytes cannot vouch for now (PyJWT's own
+        comparisons, so a remembered key expires exactly when an unremembered one would)."""
+        if known.kid not in self._keys or self._stale():
+            await self._key(known.kid)  # refreshes the key set, or refuses a kid now gone
+        claims = known.claims
+        leeway = self._runtime.settings.clock_leeway
+        now = time.time()
+        if int(claims["nbf"]) > now + leeway:
+            raise InvalidKey("not-yet-valid")
+        if int(claims["exp"]) <= now - leeway:
+            raise InvalidKey("expired")
+        if audience is not None:
+            aud = claims["aud"]
+            if audience not in (aud if isinstance(aud, list) else [aud]):
+                raise InvalidKey("wrong-audience")
+        return known
+
+    async def _verify(self, token: str, audience: str | None) -> VerifiedClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
