@@ -165,12 +165,19 @@ def test_the_sqlite_writer_stores_every_value_exactly_as_sqlalchemy_does() -> No
         conn.execute(insert(keys), [row])
         conn.execute(insert(events), [audit])
         cursor = conn.connection.cursor()
-        cursor.execute(statements.keys.sql, statements.keys.params({**row, "jti": "raw"}))
-        cursor.execute(statements.events.sql, (*statements.event_values(event), "0" * 64, "2" * 64))
+        # Two rows in one statement, as the writer sends a batch.
+        key_values = [statements.keys.params({**row, "jti": f"raw-{n}"}) for n in (1, 2)]
+        cursor.execute(statements.keys.sql_for(2), [v for values in key_values for v in values])
+        links = [("0" * 64, "2" * 64), ("2" * 64, "3" * 64)]
+        event_values = [(*statements.event_values(event), *link) for link in links]
+        cursor.execute(statements.events.sql_for(2), [v for row_ in event_values for v in row_])
         stored_keys = conn.exec_driver_sql("SELECT * FROM issued_keys ORDER BY jti").fetchall()
         stored_events = conn.exec_driver_sql("SELECT * FROM audit_events ORDER BY seq").fetchall()
-    orm_key, raw_key = stored_keys
-    assert orm_key[1:] == raw_key[1:]
+    orm_key, *raw_keys = stored_keys
+    assert [k[0] for k in raw_keys] == ["raw-1", "raw-2"]
+    assert all(orm_key[1:] == raw_key[1:] for raw_key in raw_keys)
     assert str(orm_key[8]).endswith(".000000")
-    orm_event, raw_event = stored_events
-    assert orm_event[1:-1] == raw_event[1:-1]
+    orm_event, *raw_events = stored_events
+    assert all(orm_event[1:-2] == raw_event[1:-2] for raw_event in raw_events)
+    # ``seq`` follows the rows' order in the statement: the chain's order.
+    assert [e[-2:] for e in raw_events] == links

@@ -129,6 +129,7 @@ class _ManyRows:
     def __init__(self, table: Table, dialect: Dialect, keys: list[str]) -> None:
         compiled = insert(table).compile(dialect=dialect, column_keys=keys)
         self.sql = compiled.string
+        self._many: dict[int, str] = {}
         self._plan: list[tuple[str, Any, Any]] = []
         self.names = tuple(compiled.positiontup or ())
         for name in self.names:
@@ -141,6 +142,16 @@ class _ManyRows:
             # The dialect's own type (``DATETIME`` as text on SQLite), as compiled statements use.
             process = column.type.dialect_impl(dialect).bind_processor(dialect)
             self._plan.append((name, process, default))
+
+    def sql_for(self, rows: int) -> str:
+        """The same INSERT with ``rows`` rows of placeholders: one statement step for the
+        batch, where ``executemany`` steps (and hands the GIL back and forth) once a row."""
+        statement = self._many.get(rows)
+        if statement is None:
+            head, _, one = self.sql.partition(" VALUES ")
+            statement = f"{head} VALUES {', '.join([one] * rows)}"
+            self._many[rows] = statement
+        return statement
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         values = []
@@ -345,14 +356,19 @@ def _write_sync(engine: Engine, sql: _SqliteStatements, batch: list[_Item]) -> O
             # The connection's own DBAPI cursor, inside the transaction ``begin`` opened.
             cursor = conn.connection.cursor()
             try:
-                cursor.executemany(sql.keys.sql, [item.key_values for item in accepted])
+                rows = len(accepted)
+                cursor.execute(
+                    sql.keys.sql_for(rows), [v for item in accepted for v in item.key_values]
+                )
                 cursor.execute(sql.tail)
                 found_tail = cursor.fetchone()
                 links = _chain(accepted, found_tail[0] if found_tail else None)
                 events = [
-                    (*item.event_values, *link) for item, link in zip(accepted, links, strict=True)
+                    v
+                    for item, link in zip(accepted, links, strict=True)
+                    for v in (*item.event_values, *link)
                 ]
-                cursor.executemany(sql.events.sql, events)
+                cursor.execute(sql.events.sql_for(rows), events)
             finally:
                 cursor.close()
     return outcome
