@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -39,6 +40,27 @@ async def _introspect(
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     return body
+
+
+async def test_key_ids_are_uuidv7_in_issuance_order(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Time-ordered ids keep the jti index append-only; they must also stay unique and say
+    when the key was issued."""
+    jtis = []
+    for _ in range(5):
+        resp = await _key(client, world.billing)
+        assert resp.status_code == 201, resp.text
+        jtis.append(resp.json()["jti"])
+    ids = [uuid.UUID(hex=jti) for jti in jtis]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    assert [u.hex for u in ids] == jtis  # 32 lowercase hex digits, no dashes
+    assert jtis == sorted(jtis)
+    assert len(set(jtis)) == 5
+    token = (await _key(client, world.billing)).json()["key"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    issued_ms = uuid.UUID(hex=claims["jti"]).int >> 80
+    assert claims["iat"] * 1000 <= issued_ms < (claims["iat"] + 2) * 1000  # signed just after
 
 
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated:UserWarning")
