@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import jwt
 import pytest
+import uuid_utils
 from sqlalchemy import create_engine, insert
 from sqlmodel import SQLModel, select
 
@@ -181,3 +183,50 @@ def test_the_sqlite_writer_stores_every_value_exactly_as_sqlalchemy_does() -> No
     assert all(orm_event[1:-2] == raw_event[1:-2] for raw_event in raw_events)
     # ``seq`` follows the rows' order in the statement: the chain's order.
     assert [e[-2:] for e in raw_events] == links
+
+
+@pytest.mark.sqlite_only
+async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
+    runtime: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PASSIVE checkpoint on another thread never lets the log restart while the writer
+    appends without a pause, so the WAL grew by about 60 MB/s under load; the writer's own
+    checkpoint, once the log is past the limit, has to bring it back every time."""
+    from broker.issuance import sqlite_writer
+    from broker.issuance.recorder import issuance_recorder
+
+    limit = 1024 * 1024
+    monkeypatch.setattr(sqlite_writer, "WAL_LIMIT", limit)
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 0.02)
+    recorder = issuance_recorder(runtime)
+    wal = Path(urlparse(database_url).path + "-wal")
+    at = datetime.now(UTC)
+    largest = 0
+
+    async def keep_issuing(count: int) -> None:
+        nonlocal largest
+        for _ in range(count):
+            jti = uuid_utils.uuid7().hex
+            row: IssuedKeyRow = {
+                "jti": jti,
+                "service_id": "billing-api",
+                "audience": "customers-db",
+                "purpose": "billing",
+                "fields": ["customer.email", "customer.phone"],
+                "policy_id": "p" * 36,
+                "policy_version": 1,
+                "kid": "k" * 43,
+                "issued_at": at,
+                "expires_at": at + timedelta(minutes=5),
+                "max_uses": None,
+                "cnf_jkt": None,
+            }
+            details = {"jti": jti, "fields": ["customer.email"], "max_uses": None}
+            await recorder.record(row, details, rate_limit=None, policy_ref="p@1")
+            largest = max(largest, wal.stat().st_size)
+
+    await asyncio.gather(*(keep_issuing(250) for _ in range(16)))
+    jtis, events = await _recorded(runtime)
+    assert len(jtis) == len(events) == 16 * 250
+    # Without the writer's checkpoint the log reached 40 MB and more here.
+    assert largest < 8 * limit, f"the WAL reached {largest / limit:.1f} MiB"

@@ -238,7 +238,9 @@ class IssuanceRecorder:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 if self._sync_engine is not None and self._statements is not None:
-                    write = partial(_write_sync, self._sync_engine, self._statements, batch)
+                    write = partial(
+                        _write_sync, self._sync_engine, self._statements, batch, self._checkpointer
+                    )
                     outcome = await self._writer.run(write)
                     if self._checkpointer is not None:
                         self._checkpointer.poke()
@@ -343,8 +345,16 @@ def _audit_rows(items: list[_Item], tail: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_sync(engine: Engine, sql: _SqliteStatements, batch: list[_Item]) -> Outcome:
-    """SQLite: the whole batch in one transaction that holds the write lock from its start."""
+def _write_sync(
+    engine: Engine,
+    sql: _SqliteStatements,
+    batch: list[_Item],
+    checkpointer: sqlite_writer.Checkpointer | None = None,
+) -> Outcome:
+    """SQLite: the whole batch in one transaction that holds the write lock from its start,
+    after the writer's own checkpoint when the WAL is too long (``Checkpointer.catch_up``)."""
+    if checkpointer is not None:
+        checkpointer.catch_up(engine)
     with engine.begin() as conn:
         counts: Counts = {}
         for service_id, policy_id in _rate_limited_pairs(batch):
