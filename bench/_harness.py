@@ -276,10 +276,18 @@ def openbao(storage: str = "dev") -> Iterator[OpenBao]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _init_and_unseal(url: str, timeout: float = 30) -> str:
-    """One unseal key, unsealed at once; returns the root token once the node is active."""
+def _init_and_unseal(url: str, timeout: float = 60) -> str:
+    """One unseal key, unsealed at once; returns the root token once the node is active.
+
+    Initialising writes the keyring and root token through raft with fsyncs: on a disk still
+    flushing the previous run it took over 10 s once, so it gets the whole ``timeout``.
+    """
     with httpx.Client(base_url=url, timeout=10) as http:
-        init = http.put("/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1})
+        init = http.put(
+            "/v1/sys/init",
+            json={"secret_shares": 1, "secret_threshold": 1},
+            timeout=timeout,
+        )
         init.raise_for_status()
         keys = init.json()
         http.put("/v1/sys/unseal", json={"key": keys["keys"][0]}).raise_for_status()
