@@ -8,7 +8,7 @@ import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import httpx
@@ -230,3 +230,38 @@ async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
     assert len(jtis) == len(events) == 16 * 250
     # Without the writer's checkpoint the log reached 40 MB and more here.
     assert largest < 8 * limit, f"the WAL reached {largest / limit:.1f} MiB"
+
+
+def test_a_catch_up_checkpoint_that_fails_does_not_fail_the_batch() -> None:
+    """The checkpoint before a batch is housekeeping: a disk error there must leave the
+    batch's own commit to decide, and ask again before the next batch."""
+    from sqlalchemy import Engine
+
+    from broker.issuance import sqlite_writer
+
+    class _Cursor:
+        def execute(self, _sql: str) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    class _Connection:
+        closed = False
+
+        def cursor(self) -> _Cursor:
+            return _Cursor()
+
+        def close(self) -> None:
+            self.closed = True
+
+    connection = _Connection()
+
+    class _Engine:
+        def raw_connection(self) -> _Connection:
+            return connection
+
+    engine = cast(Engine, _Engine())
+    assert sqlite_writer.catch_up(engine) is False
+    assert connection.closed  # handed back to the pool
+    checkpointer = sqlite_writer.Checkpointer("unused.db")
+    checkpointer.behind = True
+    checkpointer.catch_up(engine)
+    assert checkpointer.behind  # the next batch tries again

@@ -184,13 +184,20 @@ class Checkpointer:
 def catch_up(engine: Engine) -> bool:
     """The writer's own PASSIVE checkpoint, outside any transaction (see the module's
     docstring); False when it could not copy every frame (a reader still on old frames, or
-    the background checkpoint mid-run), so that the next batch tries again."""
+    the background checkpoint mid-run), so that the next batch tries again.
+
+    It never fails the batch it runs before: a checkpoint that cannot be written (a full
+    disk) loses nothing, and the batch's own commit decides whether its keys are issued.
+    """
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
         row = cursor.fetchone()
         cursor.close()
+    except sqlite3.Error as exc:
+        log.warning("wal_checkpoint_failed", error=type(exc).__name__)
+        return False
     finally:
         raw.close()
     return row is not None and not row[0] and row[1] == row[2]
