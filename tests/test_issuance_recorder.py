@@ -129,6 +129,24 @@ async def test_no_key_without_its_record(
     assert after - before == {again.json()["jti"]}
 
 
+def _key_row(jti: str, at: datetime, *, policy_version: int) -> IssuedKeyRow:
+    """An issued key's row written straight to the recorder, bypassing the HTTP layer."""
+    return {
+        "jti": jti,
+        "service_id": "billing-api",
+        "audience": "customers-db",
+        "purpose": "billing",
+        "fields": ["customer.email", "customer.phone"],
+        "policy_id": "p" * 36,
+        "policy_version": policy_version,
+        "kid": "k" * 43,
+        "issued_at": at,
+        "expires_at": at + timedelta(minutes=5),
+        "max_uses": None,
+        "cnf_jkt": None,
+    }
+
+
 def test_the_sqlite_writer_stores_every_value_exactly_as_sqlalchemy_does() -> None:
     """Rows written straight through the DBAPI cursor must be byte-identical to what the
     ORM would have written: SQLite compares datetimes as text, so a timestamp stored as
@@ -138,20 +156,7 @@ def test_the_sqlite_writer_stores_every_value_exactly_as_sqlalchemy_does() -> No
     SQLModel.metadata.create_all(engine, tables=[keys, events])
     statements = _SqliteStatements.for_dialect(engine.dialect)
     at = datetime(2026, 11, 23, 18, 14, 9, tzinfo=UTC)  # no microseconds: the telling case
-    row: IssuedKeyRow = {
-        "jti": "orm",
-        "service_id": "billing-api",
-        "audience": "customers-db",
-        "purpose": "billing",
-        "fields": ["customer.email", "customer.phone"],
-        "policy_id": "p" * 36,
-        "policy_version": 3,
-        "kid": "k" * 43,
-        "issued_at": at,
-        "expires_at": at + timedelta(minutes=5),
-        "max_uses": None,
-        "cnf_jkt": None,
-    }
+    row = _key_row("orm", at, policy_version=3)
     event = _Event.for_key(row, {"jti": "orm", "fields": ["customer.email"], "max_uses": None})
     event.at = at
     audit = {
@@ -207,22 +212,10 @@ async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
         nonlocal largest
         for _ in range(count):
             jti = uuid_utils.uuid7().hex
-            row: IssuedKeyRow = {
-                "jti": jti,
-                "service_id": "billing-api",
-                "audience": "customers-db",
-                "purpose": "billing",
-                "fields": ["customer.email", "customer.phone"],
-                "policy_id": "p" * 36,
-                "policy_version": 1,
-                "kid": "k" * 43,
-                "issued_at": at,
-                "expires_at": at + timedelta(minutes=5),
-                "max_uses": None,
-                "cnf_jkt": None,
-            }
             details = {"jti": jti, "fields": ["customer.email"], "max_uses": None}
-            await recorder.record(row, details, rate_limit=None, policy_ref="p@1")
+            await recorder.record(
+                _key_row(jti, at, policy_version=1), details, rate_limit=None, policy_ref="p@1"
+            )
             largest = max(largest, wal.stat().st_size)
 
     await asyncio.gather(*(keep_issuing(250) for _ in range(16)))
