@@ -522,14 +522,16 @@ async def test_concurrent_advance_on_two_replicas_rotates_once(
 async def test_cached_key_follows_a_rotation_made_by_another_replica(
     custody_backend: CustodyBackend, runtime: Runtime, second_runtime: Runtime
 ) -> None:
-    a = custody_backend.build(runtime, refresh_interval=0.3)
+    # The interval has to outlast B's rotation: on a loaded machine a Vault rotation took
+    # over 0.3 s, and A had already (rightly) moved on before the first check.
+    a = custody_backend.build(runtime, refresh_interval=1.0)
     b = custody_backend.build(second_runtime)
     first = (await a.sign(b"x")).kid
     result = await b.rotate(actor="t")
     assert result.previous_kid == first
     # Within the refresh interval replica A may still use its cached key ...
     assert (await a.sign(b"x")).kid == first
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.05)
     # ... and after it, never again.
     assert (await a.sign(b"x")).kid == result.active_kid
     # On demand, too: another rotation is picked up by an explicit refresh at once.
