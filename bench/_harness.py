@@ -30,18 +30,21 @@ AUDIENCE = "customers-db"
 
 
 def setup_world(
-    http: httpx.Client, admin: str, *, max_ttl_seconds: int = 3600, spike_rule: bool = True
+    http: httpx.Client,
+    admin: str,
+    approver: str,
+    *,
+    max_ttl_seconds: int = 3600,
+    spike_rule: bool = True,
 ) -> tuple[str, str]:
     """Catalog, two services (billing-api asks, ``AUDIENCE`` answers) and an approved policy,
-    through the admin API; returns both services' client secrets.
+    through the admin API; returns both services' client secrets. ``approver`` must be
+    independent of ``admin`` (``Broker.approver_token``, made on the host).
 
     ``spike_rule=False`` switches the issuance-spike rule off, for runs that issue thousands
     of keys in seconds to measure something else (its own revocation would come first).
     """
     h = {"Authorization": f"Bearer {admin}"}
-    approver = http.post(
-        "/v1/admin/operators", headers=h, json={"name": "bench-approver", "role": "approver"}
-    ).json()["token"]
     http.post(
         "/v1/admin/fields",
         headers=h,
@@ -75,10 +78,16 @@ def setup_world(
         },
     )
     policy.raise_for_status()
+    # The approval names the version and terms digest it approves (here: as proposed).
+    pending = policy.json()["versions"][-1]
     http.post(
         f"/v1/admin/policies/{policy.json()['id']}/approve",
         headers={"Authorization": f"Bearer {approver}"},
-        json={"comment": "bench"},
+        json={
+            "comment": "bench",
+            "version": pending["version"],
+            "terms_digest": pending["terms_digest"],
+        },
     ).raise_for_status()
     if not spike_rule:
         rules = http.put(
@@ -116,6 +125,23 @@ class Broker:
     admin_token: str
     database_url: str
     proc: subprocess.Popen[str]
+    # An approver made on the host: one the bootstrap admin made would count as that admin.
+    approver_token: str
+
+
+def host_operator(env: dict[str, str], name: str, role: str) -> str:
+    """``broker operator create NAME --role ROLE --local`` on the broker's own database."""
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "operator", "create", name, "--role", role, "--local"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"could not create operator {name}: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 @contextmanager
@@ -168,7 +194,7 @@ def broker(
         # Keep reading its output, or a chatty broker blocks on a full pipe mid-run.
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         _wait(url + "/healthz")
-        yield Broker(url, token, db, proc)
+        yield Broker(url, token, db, proc, host_operator(env, "bench-approver", "approver"))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

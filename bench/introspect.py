@@ -32,7 +32,9 @@ def bench_broker(seconds: int, database_url: str | None, workers: int) -> WrkRes
         broker(database_url, workers=workers) as b,
         httpx.Client(base_url=b.url, timeout=30) as http,
     ):
-        billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
+        billing_secret, customers_secret = setup_world(
+            http, b.admin_token, b.approver_token, spike_rule=False
+        )
         billing = base64.b64encode(f"billing-api:{billing_secret}".encode()).decode()
         key = http.post(
             "/v1/keys",

@@ -59,11 +59,11 @@ KEY_BODY = json.dumps(
 )
 
 
-def billing_credentials(url: str, admin: str) -> str:
+def billing_credentials(url: str, admin: str, approver: str) -> str:
     """The world ``setup_world`` builds, checked with one key; returns the requesting
     service's Basic credentials."""
     with httpx.Client(base_url=url, timeout=30) as http:
-        secret, _ = setup_world(http, admin, max_ttl_seconds=300)
+        secret, _ = setup_world(http, admin, approver, max_ttl_seconds=300)
         raw = base64.b64encode(f"billing-api:{secret}".encode()).decode()
         http.post(
             "/v1/keys", headers={"Authorization": f"Basic {raw}"}, content=KEY_BODY
@@ -121,7 +121,7 @@ def bench_broker(seconds: int, database_url: str | None, workers: int, server: s
         fresh_database(database_url) as fresh,
         broker(fresh, workers=workers, server=server) as b,
     ):
-        basic = billing_credentials(b.url, b.admin_token)
+        basic = billing_credentials(b.url, b.admin_token, b.approver_token)
         headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/json"}
         url = f"{b.url}/v1/keys"
         wrk(url, method="POST", body=KEY_BODY, headers=headers, seconds=WARMUP_SECONDS)

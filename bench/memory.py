@@ -108,7 +108,9 @@ def pid_listening_on(port: int, name: str) -> int:
 
 def bench_broker(seconds: int, database_url: str | None) -> Footprint:
     with broker(database_url) as b, httpx.Client(base_url=b.url, timeout=30) as http:
-        billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
+        billing_secret, customers_secret = setup_world(
+            http, b.admin_token, b.approver_token, spike_rule=False
+        )
         billing = base64.b64encode(f"billing-api:{billing_secret}".encode()).decode()
         customers = base64.b64encode(f"{AUDIENCE}:{customers_secret}".encode()).decode()
         http.get("/.well-known/jwks.json").raise_for_status()

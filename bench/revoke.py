@@ -182,7 +182,9 @@ async def bench_broker(
 
 async def _measure(b: Broker, http: httpx.Client, follow: str, count: int, limit: float) -> Result:
     """Issue ``count`` keys on ``b``, follow the feed of ``follow``, revoke on ``b``."""
-    billing_secret, customers_secret = setup_world(http, b.admin_token, spike_rule=False)
+    billing_secret, customers_secret = setup_world(
+        http, b.admin_token, b.approver_token, spike_rule=False
+    )
     started = time.perf_counter()
     tokens = await issue_keys(b.url, billing_secret, count, limit)
     issue_seconds = time.perf_counter() - started

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench._harness import _wait, free_port
+from bench._harness import _wait, free_port, host_operator
 
 TTL = 5
 PURGE_EVERY = 10
@@ -113,9 +113,12 @@ def _worker(
 
 
 @contextmanager
-def _broker(database_url: str | None) -> Iterator[tuple[str, str, str, subprocess.Popen[bytes]]]:
+def _broker(
+    database_url: str | None,
+) -> Iterator[tuple[str, str, str, str, subprocess.Popen[bytes]]]:
     """``broker serve`` with its scheduler on, purging every PURGE_EVERY s; yields its URL,
-    the bootstrap admin token, the database URL and the process."""
+    the bootstrap admin token, an approver's token (made on the host: one the admin made
+    would count as the admin), the database URL and the process."""
     home = Path(tempfile.mkdtemp(prefix="soak-broker-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -149,7 +152,7 @@ def _broker(database_url: str | None) -> Iterator[tuple[str, str, str, subproces
             if token is None:
                 raise RuntimeError("no bootstrap token (is the database empty?)")
             _wait(url + "/healthz")
-            yield url, token, db, proc
+            yield url, token, host_operator(env, "soak-approver", "approver"), db, proc
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -159,7 +162,7 @@ def _broker(database_url: str | None) -> Iterator[tuple[str, str, str, subproces
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _setup(url: str, admin: str) -> tuple[str, str]:
+def _setup(url: str, admin: str, approver: str) -> tuple[str, str]:
     """Catalog, two services and an approved policy with TTL-second keys; returns the
     Authorization values of the requesting service and of the resource service."""
     h = {"Authorization": f"Bearer {admin}"}
@@ -170,7 +173,6 @@ def _setup(url: str, admin: str) -> tuple[str, str]:
             resp.raise_for_status()
             return resp.json()
 
-        approver = post("/v1/admin/operators", {"name": "soak-approver", "role": "approver"})
         post(
             "/v1/admin/fields",
             {"name": "customer.email", "classification": "contact", "description": ""},
@@ -195,10 +197,15 @@ def _setup(url: str, admin: str) -> tuple[str, str]:
                 "comment": "soak",
             },
         )
+        pending = policy["versions"][-1]
         post(
             f"/v1/admin/policies/{policy['id']}/approve",
-            {"comment": "soak"},
-            {"Authorization": f"Bearer {approver['token']}"},
+            {
+                "comment": "soak",
+                "version": pending["version"],
+                "terms_digest": pending["terms_digest"],
+            },
+            {"Authorization": f"Bearer {approver}"},
         )
     billing, customers = (
         "Basic " + base64.b64encode(f"{sid}:{secret}".encode()).decode()
@@ -214,8 +221,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    with _broker(args.database_url) as (url, admin, database_url, proc):
-        billing, customers = _setup(url, admin)
+    with _broker(args.database_url) as (url, admin, approver, database_url, proc):
+        billing, customers = _setup(url, admin, approver)
         stop = threading.Event()
         interval = Interval()
         threads = [

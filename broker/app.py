@@ -39,7 +39,7 @@ from broker.revocation.routes import ROUTES as REVOCATION_ROUTES
 from broker.rules.routes import RuleController
 from broker.runtime import Runtime, build_runtime
 from broker.settings import Settings, get_settings
-from broker.system.metrics_route import metrics
+from broker.system.metrics_route import ROUTES as METRICS_ROUTES
 from broker.system.routes import ROUTES as SYSTEM_ROUTES
 from broker.system.wellknown import ROUTES as WELLKNOWN_ROUTES
 from broker.usage.routes import ROUTES as USAGE_ROUTES
@@ -65,7 +65,7 @@ def route_handlers() -> Sequence[Any]:
         *INCIDENT_ROUTES,
         SourceBlockController,
         list_jobs,
-        metrics,
+        *METRICS_ROUTES,
         console_router(),
     ]
 

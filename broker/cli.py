@@ -253,7 +253,7 @@ def keys() -> None:
 def keys_rotate(compromised: bool) -> None:
     """Rotate the active signing key now (same rules as POST /v1/admin/signing-keys/rotate)."""
     from broker.custody import RotationResult
-    from broker.revocation.service import revoke_signing_key
+    from broker.revocation.service import rotate_signing_keys
     from broker.runtime import build_runtime
 
     settings = _settings()
@@ -261,13 +261,9 @@ def keys_rotate(compromised: bool) -> None:
     async def go() -> RotationResult:
         runtime = build_runtime(settings)
         try:
-            result = await runtime.custody.rotate(actor="cli:local", compromised=compromised)
-            if result.compromised_kid:
-                async with runtime.transaction() as session:
-                    await revoke_signing_key(
-                        session, result.compromised_kid, actor="cli:local", settings=settings
-                    )
-            return result
+            return await rotate_signing_keys(
+                runtime.custody, actor="cli:local", compromised=compromised, settings=settings
+            )
         finally:
             await runtime.close()
 

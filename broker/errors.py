@@ -68,9 +68,12 @@ class RateLimited(BrokerError):
     type_name = "rate-limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, retry_after: int, reason: str = "rate-limited", **extra: Any
+    ) -> None:
         super().__init__(detail, **extra)
         self.retry_after = retry_after
+        self.type_name = reason
 
 
 class Unavailable(BrokerError):

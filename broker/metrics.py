@@ -1,8 +1,24 @@
-"""Prometheus metrics. Labels are closed sets (reasons, outcomes), never ids, keys or PII."""
+"""Prometheus metrics. Labels are closed sets (reasons, outcomes), never ids, keys or PII.
+
+Two views of one registry. ``GET /metrics`` answers anyone who reaches the port, so it
+serves only ``PUBLIC_VIEW``: the operational series (issuance and introspection volume,
+latency of the routes services call, usage accounting, queue depth, job health). Everything
+that tells whether the defences noticed something (rules that fired, incidents, alerts, rule
+and operator revocations, address blocks and lockouts, refusals by reason, compromised-key
+rotations, and the operator routes' request counts, which rise when an operator opens an
+incident or blocks an address) is served with the rest only on ``GET /v1/admin/metrics``,
+to an operator token: a prober reading the public page cannot learn whether, or how close
+to a threshold, it was detected. A series is public only if it is listed here (fail closed:
+a new series starts private).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -130,3 +146,47 @@ KNOWN_REFUSALS = frozenset(
 
 def refusal_label(reason: str | None) -> str:
     return reason if reason in KNOWN_REFUSALS else "other"
+
+
+# --- the public view ----------------------------------------------------------------------
+
+PUBLIC_SERIES = (
+    KEYS_ISSUED,
+    KEYS_REVOKED,
+    INTROSPECTIONS,
+    REQUEST_LATENCY,
+    SECRETS_AGING,
+    USAGE_EVENTS,
+    SIGNAL_QUEUE_DEPTH,
+    JOB_RUNS,
+)
+# Routes only operators call: how often they are used says what the operators are doing.
+OPERATOR_ROUTES = ("/v1/admin", "/v1/leaks", "/console")
+
+
+def _family_names() -> frozenset[str]:
+    return frozenset(family.name for series in PUBLIC_SERIES for family in series.describe())
+
+
+class PublicView(Collector):
+    """The registry as an unauthenticated scraper may read it (a ``generate_latest``
+    source): listed families only, and no request counts of operator routes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._names = _family_names()
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name not in self._names:
+                continue
+            public = Metric(family.name, family.documentation, family.type, family.unit)
+            public.samples = [
+                sample
+                for sample in family.samples
+                if not sample.labels.get("route", "").startswith(OPERATOR_ROUTES)
+            ]
+            yield public
+
+
+PUBLIC_VIEW = PublicView(REGISTRY)

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # How often a replica with open revocation streams re-reads the revocations table when
     # no PostgreSQL LISTEN connection tells it of new entries (SQLite, or that link down).
     revocation_poll_interval: float = Field(default=0.25, gt=0, le=300)
+    # Open revocation streams (SSE) per worker process, and per service within that: one
+    # service cannot hold every slot and push the others to polling.
+    stream_max: int = Field(default=256, ge=0, le=100_000)
+    stream_max_per_service: int = Field(default=8, ge=0, le=100_000)
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = Field(default=None, repr=False, validate_default=True)
     alert_webhook_timeout: float = Field(default=2.0, gt=0, le=30)

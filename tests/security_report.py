@@ -17,7 +17,13 @@ from pathlib import Path
 
 SUITES = {
     "fuzz": ["tests/test_api_fuzz.py"],
-    "attacks": ["tests/test_attacks.py", "tests/test_rules_guessing.py"],
+    # Every attack class has its own file (tests/test_attacks_<class>.py), found by pattern so
+    # a new one is counted without being listed here.
+    "attacks": [
+        "tests/test_attacks.py",
+        *sorted(str(p) for p in Path(__file__).resolve().parent.glob("test_attacks_*.py")),
+        "tests/test_rules_guessing.py",
+    ],
     "faults": ["tests/test_faults.py", "tests/test_clock_skew.py"],
 }
 

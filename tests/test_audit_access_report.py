@@ -9,6 +9,7 @@ import httpx
 
 from broker.db import utcnow
 from tests.conftest import Operators
+from tests.support.approvals import approval
 from tests.support.world import build_world
 
 REPORT = "/v1/admin/audit/access"
@@ -71,7 +72,7 @@ async def test_the_report_answers_who_could_read_a_field(
     approved = await client.post(
         f"/v1/admin/policies/{world.policy_id}/approve",
         headers=operators.header(operators.approver),
-        json={"comment": "ok"},
+        json=approval(proposed.json()),
     )
     assert approved.status_code == 200, approved.text
 

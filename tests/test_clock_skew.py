@@ -34,6 +34,7 @@ import pytest
 from broker.client import KeyVerifier
 from broker.client.errors import InvalidKey, Reason
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import World, bearer, build_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql_only]
@@ -89,13 +90,11 @@ def _not_yet_valid_introspections(url: str) -> float:
     return 0.0
 
 
-async def _world(url: str, admin: str) -> World:
+async def _world(url: str, admin: str, env: dict[str, str]) -> World:
+    # The approver is made on the host: one the admin made would count as the admin.
+    approver = cli_operator(env, "a", "approver")
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        made = await client.post(
-            "/v1/admin/operators", headers=bearer(admin), json={"name": "a", "role": "approver"}
-        )
-        assert made.status_code == 201, made.text
-        return await build_world(client, admin, made.json()["token"])
+        return await build_world(client, admin, approver)
 
 
 async def _verify_offline(issuer: str, key: str) -> str:
@@ -133,7 +132,7 @@ def test_replicas_with_skewed_clocks_within_the_leeway_agree_on_keys(
         )
         admin = a.bootstrap_token
         assert admin is not None
-        world = asyncio.run(_world(a.url, admin))
+        world = asyncio.run(_world(a.url, admin, a.env))
 
         # Within the leeway: minted ahead, accepted on the true clock, both ways round.
         key, claims = _mint(ahead.url, world)

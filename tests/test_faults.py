@@ -46,6 +46,7 @@ from sqlmodel import select
 from tests.support.databases import DatabaseTemplates
 from tests.support.private_postgres import PrivatePostgres, unavailable_reason
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import World, bearer, build_world
 
 pytestmark = [pytest.mark.slow]
@@ -55,15 +56,11 @@ UNAVAILABLE = "https://pii-broker.dev/problems/unavailable"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-async def _world(url: str, admin: str) -> World:
+async def _world(url: str, admin: str, env: dict[str, str]) -> World:
+    # The approver is made on the host: one the admin made would count as the admin.
+    approver = cli_operator(env, "fault-approver", "approver")
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        made = await client.post(
-            "/v1/admin/operators",
-            headers=bearer(admin),
-            json={"name": "fault-approver", "role": "approver"},
-        )
-        assert made.status_code == 201, made.text
-        return await build_world(client, admin, made.json()["token"], rate_per_minute=100_000)
+        return await build_world(client, admin, approver, rate_per_minute=100_000)
 
 
 async def _stored(database_url: str) -> tuple[set[str], set[str]]:
@@ -201,7 +198,7 @@ def test_sigkill_mid_load_loses_no_returned_key_and_no_audit_event(
     with broker:
         admin = broker.bootstrap_token
         assert admin is not None
-        world = asyncio.run(_world(broker.url, admin))
+        world = asyncio.run(_world(broker.url, admin, broker.env))
         with IssuanceLoad(broker.url, world, timeout=5) as load:
             load.wait_for(lambda: len(load.keys) >= 50, 20, "50 keys before the kill")
             assert broker.proc is not None
@@ -242,7 +239,7 @@ def test_postgres_stopped_mid_load_answers_503_and_resumes_with_no_half_written_
     with BrokerProcess(env) as broker:
         admin = broker.bootstrap_token
         assert admin is not None
-        world = asyncio.run(_world(broker.url, admin))
+        world = asyncio.run(_world(broker.url, admin, broker.env))
         with IssuanceLoad(broker.url, world) as load:
             load.wait_for(lambda: len(load.keys) >= 30, 20, "30 keys before the stop")
             pg.stop("immediate")
@@ -417,7 +414,7 @@ def test_sqlite_disk_full_or_read_only_refuses_writes_and_corrupts_nothing(
     with BrokerProcess(env) as broker, httpx.Client(base_url=broker.url, timeout=15) as http:
         admin = broker.bootstrap_token
         assert admin is not None
-        world = asyncio.run(_world(broker.url, admin))
+        world = asyncio.run(_world(broker.url, admin, broker.env))
         issued = [http.post("/v1/keys", headers=world.billing, json=KEY_REQUEST) for _ in range(5)]
         assert all(r.status_code == 201 for r in issued), issued[0].text
         limited = http.post("/v1/keys", headers=world.billing, json={**KEY_REQUEST, "max_uses": 5})

@@ -146,8 +146,35 @@ def check_service_monitor(monitor: dict[str, Any], objects: list[dict[str, Any]]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics"
+    # The public page, or every series with an operator token taken from a Secret.
+    if "authorization" in endpoint:
+        assert endpoint["path"] == "/v1/admin/metrics"
+        assert endpoint["authorization"]["type"] == "Bearer"
+        assert set(endpoint["authorization"]["credentials"]) == {"name", "key"}
+    else:
+        assert endpoint["path"] == "/metrics"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+
+
+def test_service_monitor_scrapes_detection_series_only_with_a_token(chart: helm.Chart) -> None:
+    """/metrics is public and holds no detection series; the ServiceMonitor reads the full
+    page only with an auditor token from a Secret, never a token written in the values."""
+    base = merged(POSTGRES, {"metrics": {"serviceMonitor": {"enabled": True}}})
+    (plain,) = only(render(chart, base), "ServiceMonitor")["spec"]["endpoints"]
+    assert plain["path"] == "/metrics"
+    assert "authorization" not in plain
+    with_token = merged(
+        base, {"metrics": {"serviceMonitor": {"bearerTokenSecret": {"name": "m", "key": "t"}}}}
+    )
+    (scrape,) = only(render(chart, with_token), "ServiceMonitor")["spec"]["endpoints"]
+    assert scrape["path"] == "/v1/admin/metrics"
+    assert scrape["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "m", "key": "t"},
+    }
+    inline = merged(base, {"metrics": {"serviceMonitor": {"bearerToken": "pkbo_x"}}})
+    with pytest.raises(Exception, match="bearerToken"):
+        render(chart, inline)
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

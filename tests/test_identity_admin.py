@@ -392,7 +392,9 @@ async def _release_needs_a_quarantine(
         "operator:service:created",
         "system:service:quarantined",
         "operator:service:released",
+        "operator:rule_evidence:cleared",
     ]
     assert events[1].actor == "rule:key_replay"
     assert events[2].details["comment"] == "false positive"
     assert events[2].details["quarantined_at"] is not None
+    assert events[3].details["why"] == "quarantine released"

@@ -16,11 +16,13 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from broker.identity.jwks_cache import JwksCache
 from broker.identity.workload_jwt import (
     BAD_SIGNATURE,
     CLAIMS_MISMATCH,
@@ -353,3 +355,52 @@ async def test_claims_compare_exactly_with_types() -> None:
     assert await _check(_good(signer, extra={"admin": True}), cand) == "ok"
     assert await _check(_good(signer, extra={"admin": 1}), cand) == CLAIMS_MISMATCH
     assert await _check(_good(signer, extra={"admin": "true"}), cand) == CLAIMS_MISMATCH
+
+
+def test_validate_jwks_refuses_nested_members() -> None:
+    """A JWK member is a value or a list of strings; anything nested would be stored and
+    re-serialised deep in the stack."""
+    a = Signer("ed25519", "nested").jwk
+    assert validate_jwks({"keys": [{**a, "key_ops": ["verify"], "x5c": ["MIIB"]}]})
+    for value in ({"a": 1}, [["x"]], [{"a": 1}], ["x", 1]):
+        with pytest.raises(JwksError, match="neither a value nor a list of strings"):
+            validate_jwks({"keys": [{**a, "extra": value}]})
+
+
+DEEP_JWKS = ('{"keys":' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+
+
+def _surprise() -> httpx.Response:
+    raise RuntimeError("surprise")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, content=DEEP_JWKS),
+        lambda: httpx.Response(200, content=b'{"keys": [1e999999]}'),
+        _surprise,
+    ],
+    ids=["nested-too-deep", "not-a-key", "unexpected-error"],
+)
+async def test_jwks_cache_counts_every_failed_fetch_however_it_failed(answer: Any) -> None:
+    """A key set nested deeper than the parser recurses (RecursionError, not a ValueError),
+    or any other surprise, is one failed fetch: refused, and not fetched again within the
+    refetch interval."""
+    hits: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hits.append(1)
+        response: httpx.Response = answer()
+        return response
+
+    now = [1000.0]
+    cache = JwksCache(transport=httpx.MockTransport(handler), clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(JwksError):
+            await cache.keys("https://issuer.test/jwks", "k1")
+    assert len(hits) == 1
+    now[0] += 30
+    with pytest.raises(JwksError):
+        await cache.keys("https://issuer.test/jwks", "k1")
+    assert len(hits) == 2

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import basic, bearer, build_world
 
 KEY_REQUEST = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
@@ -22,7 +23,7 @@ PII = ("jane.doe@example.com", "+1 415 555 0134", "078-05-1120", "4111 1111 1111
 
 
 async def _scenario(
-    http: httpx.AsyncClient, admin: str, answers: list[tuple[int, str]]
+    http: httpx.AsyncClient, admin: str, answers: list[tuple[int, str]], env: dict[str, str]
 ) -> list[str]:
     """Drive the flows; every answer body is kept for the scan. Returns the secrets."""
 
@@ -33,14 +34,8 @@ async def _scenario(
         return resp
 
     now = datetime.now(UTC).isoformat()
-    approver = (
-        await call(
-            "POST",
-            "/v1/admin/operators",
-            headers=bearer(admin),
-            json={"name": "approver-1", "role": "approver"},
-        )
-    ).json()["token"]
+    # Made on the host: an approver the admin made would count as the admin.
+    approver = cli_operator(env, "approver-1", "approver")
     world = await build_world(http, admin, approver)
     secrets = [admin, approver, world.billing_secret, world.customers_secret]
     keys = []
@@ -121,7 +116,7 @@ async def test_nothing_secret_or_personal_leaks_anywhere(database_url: str, tmp_
         admin = broker.bootstrap_token
         assert admin is not None
         async with httpx.AsyncClient(base_url=broker.url, timeout=20) as http:
-            secrets = await _scenario(http, admin, answers)
+            secrets = await _scenario(http, admin, answers, broker.env)
             auditor = (
                 await http.post(
                     "/v1/admin/operators",

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import basic, bearer, build_world
 
 KEY_REQUEST = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
@@ -21,12 +22,8 @@ async def test_full_run_logs_no_secret(database_url: str, tmp_path: Path) -> Non
         admin = broker.bootstrap_token
         assert admin is not None
         async with httpx.AsyncClient(base_url=broker.url, timeout=20) as http:
-            created = await http.post(
-                "/v1/admin/operators",
-                headers=bearer(admin),
-                json={"name": "approver-1", "role": "approver"},
-            )
-            approver = created.json()["token"]
+            # Made on the host: an approver the admin made would count as the admin.
+            approver = cli_operator(env, "approver-1", "approver")
             world = await build_world(http, admin, approver)
             secrets += [admin, approver, world.billing_secret, world.customers_secret]
             workload = world.workload.token()

@@ -1,5 +1,6 @@
-"""/metrics: the operator's view of issuance, denials, verification failures, incidents,
-rotation and jobs, with closed label sets and nothing secret in it."""
+"""Metrics: the operator's view of issuance, denials, verification failures, incidents,
+rotation and jobs (``/v1/admin/metrics``, an operator token), the operational part of it
+that anyone may read (``/metrics``), closed label sets and nothing secret in either."""
 
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ from tests.test_rules_support import settle
 KEY_BODY = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
 
 
-async def _scrape(client: httpx.AsyncClient) -> tuple[str, dict[tuple[str, frozenset[Any]], float]]:
-    resp = await client.get("/metrics")
-    assert resp.status_code == 200
+Samples = dict[tuple[str, frozenset[Any]], float]
+
+
+async def _scrape(
+    client: httpx.AsyncClient, path: str = "/metrics", token: str | None = None
+) -> tuple[str, Samples]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = await client.get(path, headers=headers)
+    assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/plain")
     values: dict[tuple[str, frozenset[Any]], float] = {}
     for family in text_string_to_metric_families(resp.text):
@@ -38,7 +45,7 @@ async def test_metrics_count_what_operators_watch(
     world = await build_world(client, operators.admin, operators.approver)
     admin = operators.header(operators.admin)
     approver = operators.header(operators.approver)
-    _, before = await _scrape(client)
+    _, before = await _scrape(client, "/v1/admin/metrics", operators.auditor)
 
     issued = await client.post("/v1/keys", headers=world.billing, json=KEY_BODY)
     assert issued.status_code == 201
@@ -92,7 +99,8 @@ async def test_metrics_count_what_operators_watch(
     assert await run_once(runtime, Job("metrics_probe", 3600, body)) == "done"
     await settle(runtime)
 
-    text, after = await _scrape(client)
+    text, after = await _scrape(client, "/v1/admin/metrics", operators.auditor)
+    public_text, public = await _scrape(client)
 
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
@@ -137,3 +145,36 @@ async def test_metrics_count_what_operators_watch(
         "10.0.0.9",
     ):
         assert secret not in text
+        assert secret not in public_text
+
+    # The public page: the operational series, none of what the defences noticed.
+    names = {name for (name, _) in public}
+    assert "broker_keys_issued_total" in names
+    assert "broker_introspections_total" in names
+    assert not names & {name for (name, _) in after if name.startswith(PRIVATE_PREFIXES)}
+    assert not [lbl for (_, lbl) in public if dict(lbl).get("route", "").startswith("/v1/admin")]
+    assert _value(public, "broker_keys_issued_total") == _value(after, "broker_keys_issued_total")
+
+
+PRIVATE_PREFIXES = (
+    "broker_keys_denied",
+    "broker_verification_failures",
+    "broker_incidents",
+    "broker_rule_firings",
+    "broker_signing_key_rotations",
+    "broker_revocations",
+)
+
+
+async def test_the_full_page_needs_an_operator_token(
+    client: httpx.AsyncClient, operators: Operators
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer pkbo_not-a-token"}):
+        refused = await client.get("/v1/admin/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert refused.headers["content-type"].startswith("application/problem+json")
+    for token in (operators.auditor, operators.approver, operators.admin):
+        text, _ = await _scrape(client, "/v1/admin/metrics", token)
+        assert "broker_rule_firings_total" in text
+    public_text, _ = await _scrape(client)
+    assert "broker_rule_firings" not in public_text

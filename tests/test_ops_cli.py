@@ -204,16 +204,34 @@ async def test_policy_propose_show_approve_and_change(cli: Cli, tmp_path: Path) 
     policy_id = as_json(await cli("policies", "list", "--json"))[0]["id"]
 
     shown = ok(await cli("policies", "show", policy_id, who="approver"))
-    assert "New policy" in shown.stdout
+    assert "No version in force: everything below is granted new." in shown.stdout
     assert "customer.email, customer.name" in shown.stdout
+    v1 = as_json(await cli("policies", "show", policy_id, "--json", who="approver"))
+    v1_digest = v1["versions"][0]["terms_digest"]
+    assert v1_digest in shown.stdout
 
     own = await cli("policies", "approve", policy_id, "--yes")
     assert own.exit_code == 1
     assert "403" in own.stderr
+    # Flags for scripts: both or neither, and they must name the pending version.
+    half = await cli("policies", "approve", policy_id, "--version", "1", who="approver")
+    assert half.exit_code == 2
+    assert "both --version and --terms-digest" in half.stderr
+    for number, digest in (("2", v1_digest), ("1", "sha256:" + "0" * 64)):
+        flags = ("--version", number, "--terms-digest", digest)
+        stale = await cli("policies", "approve", policy_id, *flags, who="approver")
+        assert stale.exit_code == 1
+        assert "409" in stale.stderr
+        assert "nothing was approved" in stale.stderr
     approved = ok(
         await cli("policies", "approve", policy_id, "--yes", "--comment", "ok", who="approver")
     )
+    # What was shown, and then approved: the change against nothing in force and its digest.
+    assert "everything below is granted new" in approved.stdout
+    assert v1_digest in approved.stdout
     assert f"policy {policy_id} version 1 is now approved" in approved.stdout
+    decided = as_json(await cli("policies", "show", policy_id, "--json", who="auditor"))
+    assert decided["versions"][0]["approvals"][0]["terms_digest"] == v1_digest
 
     # A change: one field more, one less, a longer TTL; shown as a change from version 1.
     change = tmp_path / "change.json"
@@ -231,7 +249,7 @@ async def test_policy_propose_show_approve_and_change(cli: Cli, tmp_path: Path) 
     )
     ok(await cli("policies", "propose", str(change), "--policy", policy_id))
     diff = ok(await cli("policies", "show", policy_id, who="approver2")).stdout
-    assert "Changes from version 1 (in force) to version 2" in diff
+    assert "Changes against version 1 in force:" in diff
     assert "+ field" in diff
     assert "customer.ssn" in diff
     assert "- field" in diff
@@ -362,7 +380,37 @@ async def test_operators_and_signing_keys(cli: Cli, settings: Any) -> None:
     created = ok(await cli("operator", "create", "carol", "--role", "auditor"))
     token = created.stdout.strip()
     assert credentials.well_formed(token, credentials.OPERATOR_TOKEN_PREFIX)
-    assert ok(await cli("operator", "whoami", who=token)).stdout.startswith("carol (auditor)")
+    assert "unconfirmed" in created.stderr
+    whoami = ok(await cli("operator", "whoami", who=token)).stdout
+    assert whoami.startswith("carol (auditor)")
+    assert "standing: unconfirmed" in whoami
+    assert f"token fingerprint: {credentials.fingerprint(token)}" in whoami
+
+    # carol replaces the token her creator was handed; the old one stops at once.
+    replaced = ok(await cli("operator", "rotate-token", who=token))
+    new_token = replaced.stdout.strip()
+    assert credentials.well_formed(new_token, credentials.OPERATOR_TOKEN_PREFIX)
+    assert (await cli("operator", "whoami", who=token)).exit_code == 1
+    fingerprint = credentials.fingerprint(new_token)
+    assert fingerprint in ok(await cli("operator", "whoami", who=new_token)).stdout
+    # Her creator cannot vouch for her; an admin independent of the creator can.
+    own = await cli("operator", "confirm", "carol", "--fingerprint", fingerprint)
+    assert own.exit_code == 1
+    assert "403" in own.stderr
+    local = {"BROKER_DATABASE_URL": settings.database_url, "BROKER_HOME": str(settings.home)}
+    dana = ok(await cli("operator", "create", "dana", "--role", "admin", "--local", env=local))
+    dana_token = dana.stdout.strip().splitlines()[-1]
+    wrong = await cli("operator", "confirm", "carol", "--fingerprint", "0" * 12, who=dana_token)
+    assert wrong.exit_code == 1
+    assert "does not match" in wrong.stderr
+    ok(await cli("operator", "confirm", "carol", "--fingerprint", fingerprint, who=dana_token))
+    listed = {o["name"]: o for o in as_json(await cli("operator", "list", "--json"))}
+    assert (listed["carol"]["standing"], listed["carol"]["created_by"]) == ("confirmed", "admin")
+    assert listed["carol"]["confirmed_by"] == "dana"
+    assert (listed["dana"]["standing"], listed["dana"]["created_by"]) == ("root", None)
+    table = ok(await cli("operator", "list")).stdout
+    assert "CREATED BY" in table
+    assert "CONFIRMED BY" in table
 
     keys = as_json(await cli("keys", "list", "--json", who="auditor"))
     active = next(k["kid"] for k in keys if k["state"] == "active")

@@ -10,7 +10,7 @@ from broker import credentials
 from broker.ops_cli import config
 from broker.ops_cli.common import read_document
 from broker.ops_cli.errors import ConfigError
-from broker.ops_cli.policies import diff_versions
+from broker.ops_cli.policies import diff_lines
 
 TOKEN_A = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
 TOKEN_B = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
@@ -116,24 +116,24 @@ def test_documents_yaml_json_and_their_errors(tmp_path: Path) -> None:
 
 
 def test_policy_diff_lists_each_change() -> None:
-    before = {
-        "fields": ["customer.email", "customer.name"],
-        "purposes": ["billing"],
-        "source_cidrs": [],
-        "max_ttl_seconds": 300,
-        "rate_per_minute": 600,
+    """The CLI reads the broker's diff (against the version in force); it computes none."""
+    diff = {
+        "against": "in-force",
+        "from_version": 1,
+        "to_version": 2,
+        "fields_added": ["customer.ssn"],
+        "fields_removed": ["customer.name"],
+        "purposes_added": [],
+        "purposes_removed": [],
+        "source_cidrs_added": ["10.0.0.0/8"],
+        "source_cidrs_removed": [],
+        "changed": [{"name": "max_ttl_seconds", "before": 300, "after": 600}],
     }
-    after = {
-        "fields": ["customer.email", "customer.ssn"],
-        "purposes": ["billing"],
-        "source_cidrs": ["10.0.0.0/8"],
-        "max_ttl_seconds": 600,
-        "rate_per_minute": 600,
-    }
-    assert diff_versions(before, after) == [
+    assert diff_lines(diff) == [
         ("+", "field", "customer.ssn"),
         ("-", "field", "customer.name"),
         ("+", "source_cidr", "10.0.0.0/8"),
         ("~", "max_ttl_seconds", "300 -> 600"),
     ]
-    assert diff_versions(before, before) == []
+    empty = {k: [] if isinstance(v, list) else v for k, v in diff.items()}
+    assert diff_lines(empty) == []

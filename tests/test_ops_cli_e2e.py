@@ -1,5 +1,6 @@
 """The operator CLI as an operator runs it: a real ``broker serve`` and ``broker`` commands in
-subprocesses, talking HTTP with the bootstrap token and a second operator's."""
+subprocesses, talking HTTP with the bootstrap token and a second operator's (made on the
+host, as a team with one bootstrap admin makes its first independent approver)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,12 @@ def test_operator_workflow_end_to_end(database_url: str, tmp_path: Path) -> None
         base.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), BROKER_ADDR=broker.url)
 
         def run(
-            *args: str, token: str | None = bootstrap, stdin: str | None = None
+            *args: str,
+            token: str | None = bootstrap,
+            stdin: str | None = None,
+            on_host: bool = False,
         ) -> subprocess.CompletedProcess[str]:
-            env = dict(base)
+            env = dict(server_env if on_host else base)
             if token:
                 env["BROKER_TOKEN"] = token
             return subprocess.run(
@@ -77,16 +81,26 @@ def test_operator_workflow_end_to_end(database_url: str, tmp_path: Path) -> None
                 check=False,
             )
 
-        def ok(*args: str, token: str | None = bootstrap, stdin: str | None = None) -> str:
-            done = run(*args, token=token, stdin=stdin)
+        def ok(
+            *args: str, token: str | None = bootstrap, stdin: str | None = None, **kw: bool
+        ) -> str:
+            done = run(*args, token=token, stdin=stdin, **kw)
             assert done.returncode == 0, (args, done.stdout, done.stderr)
             assert "Traceback" not in done.stderr
             return done.stdout
 
-        # A second operator, made over HTTP because BROKER_ADDR is set.
-        bob = ok("operator", "create", "bob", "--role", "approver").strip()
+        # A second operator made on the host (on the database, no address): a root, whose
+        # approvals count on their own.
+        bob = ok(
+            "operator", "create", "bob", "--role", "approver", "--local", token=None, on_host=True
+        )
+        bob = bob.strip()
         assert credentials.well_formed(bob, credentials.OPERATOR_TOKEN_PREFIX)
         assert ok("operator", "whoami", token=bob).startswith("bob (approver)")
+        # One made over HTTP (BROKER_ADDR is set) by the bootstrap admin counts as that
+        # admin until another admin confirms it.
+        carol = ok("operator", "create", "carol", "--role", "approver").strip()
+        assert "standing: unconfirmed" in ok("operator", "whoami", token=carol)
 
         ok("fields", "create", "customer.email", "--classification", "contact")
         ok("fields", "create", "customer.phone", "--classification", "contact")
@@ -102,11 +116,14 @@ def test_operator_workflow_end_to_end(database_url: str, tmp_path: Path) -> None
         policy_id = json.loads(ok("policies", "list", "--json"))[0]["id"]
         refused = run("policies", "approve", policy_id, "--yes")
         assert refused.returncode == 1  # never by its proposer
+        puppet = run("policies", "approve", policy_id, "--yes", token=carol)
+        assert puppet.returncode == 1  # nor by an operator the proposer made
+        assert "carol was created by bootstrap-admin" in puppet.stderr
         assert "now approved" in ok("policies", "approve", policy_id, "--yes", token=bob)
 
         ok("policies", "propose", "-", "--policy", policy_id, stdin=CHANGE)
         shown = ok("policies", "show", policy_id, token=bob)
-        assert "Changes from version 1 (in force) to version 2" in shown
+        assert "Changes against version 1 in force:" in shown
         assert "+ field" in shown
         assert "customer.phone" in shown
         assert "900" in shown
@@ -130,6 +147,6 @@ def test_operator_workflow_end_to_end(database_url: str, tmp_path: Path) -> None
         assert f"audit chain BROKEN at seq {victim}" in broken.stderr
         assert "edited" in broken.stderr
 
-        for secret in (bootstrap, bob):
+        for secret in (bootstrap, bob, carol):
             assert secret not in verified + exported + shown
     assert bootstrap not in broker.output.replace(f"    {bootstrap}", "", 1)

@@ -80,11 +80,20 @@ async def propose(client: Any, operators: Operators, **over: Any) -> dict[str, A
     return body
 
 
-async def act(client: Any, token: str, policy_id: str, verb: str, comment: str = "ok") -> Any:
+async def act(
+    client: Any, token: str, policy_id: str, verb: str, comment: str = "ok", **bound: Any
+) -> Any:
+    """Decide as an operator does: an approval names the pending version and its terms
+    digest as read just before (unless the test names them in ``bound``)."""
+    body: dict[str, Any] = {"comment": comment, **bound}
+    if verb == "approve" and not bound:
+        read = await client.get(f"/v1/admin/policies/{policy_id}", headers=Operators.header(token))
+        pending = [v for v in read.json().get("versions", [])] if read.status_code == 200 else []
+        pending = [v for v in pending if v["status"] == "proposed"]
+        if pending:
+            body |= {"version": pending[0]["version"], "terms_digest": pending[0]["terms_digest"]}
     return await client.post(
-        f"/v1/admin/policies/{policy_id}/{verb}",
-        json={"comment": comment},
-        headers=Operators.header(token),
+        f"/v1/admin/policies/{policy_id}/{verb}", json=body, headers=Operators.header(token)
     )
 
 
@@ -148,7 +157,12 @@ async def test_done_means_register_catalog_propose_approve_decide(
     v1 = proposed["versions"][0]
     assert v1["proposed_by"] == "admin"
     assert v1["approvals_remaining"] == 1
-    assert v1["diff"] is None
+    # Nothing is in force: the diff says so and lists every term as granted new.
+    assert v1["diff"]["against"] == "nothing-in-force"
+    assert v1["diff"]["from_version"] is None
+    assert v1["diff"]["fields_added"] == ["customer.email", "customer.name"]
+    assert v1["diff"]["purposes_added"] == ["billing"]
+    assert v1["terms_digest"].startswith("sha256:")
     assert v1["fields"] == ["customer.email", "customer.name"]
     assert datetime.fromisoformat(v1["proposal_expires_at"]) - datetime.fromisoformat(
         v1["proposed_at"]
@@ -244,6 +258,7 @@ async def test_new_version_shows_diff_and_supersedes_on_approval(
     out = resp.json()
     assert (out["version"], out["status"], out["active_version"]) == (2, "proposed", 1)
     diff = out["versions"][1]["diff"]
+    assert diff["against"] == "in-force"
     assert diff["from_version"] == 1
     assert diff["to_version"] == 2
     assert diff["fields_added"] == ["customer.iban"]
@@ -275,8 +290,11 @@ async def test_new_version_shows_diff_and_supersedes_on_approval(
     out = approved.json()
     assert [v["status"] for v in out["versions"]] == ["superseded", "approved"]
     assert out["active_version"] == 2
-    # Approved versions are immutable: version 1 reads as it did, bar its status.
-    assert {**out["versions"][0], "status": "approved"} == before
+    # Approved versions are immutable: version 1 reads as it did, bar its status and its
+    # diff (always against what is in force now, version 2).
+    assert {**out["versions"][0], "status": "approved", "diff": None} == {**before, "diff": None}
+    assert out["versions"][0]["diff"]["from_version"] == 2
+    assert out["versions"][0]["diff"]["fields_added"] == ["customer.name"]
 
     gone = await decide_now(runtime, {"customer.name"}, "billing")
     assert isinstance(gone, Deny)
@@ -390,7 +408,9 @@ async def test_reject_and_withdraw(client: Any, operators: Operators, runtime: A
         headers=Operators.header(operators.admin),
     )
     assert resp.status_code == 201, resp.text
-    assert resp.json()["versions"][1]["diff"]["fields_removed"] == ["customer.name"]
+    # Version 1 was rejected, so nothing is in force: everything is granted new.
+    diff = resp.json()["versions"][1]["diff"]
+    assert (diff["against"], diff["fields_added"]) == ("nothing-in-force", ["customer.email"])
     for token in (operators.auditor, operators.approver):
         assert_problem(await act(client, token, policy_id, "withdraw"), 403, "insufficient-role")
     async with runtime.transaction() as session:
@@ -571,6 +591,7 @@ async def test_listing_filters_and_not_found(
         "active_version": 1,
         "created_at": summary["created_at"],
         "created_by": "admin",
+        "terms_digest": (await read(client, operators, a))["versions"][0]["terms_digest"],
     }
     assert_problem(
         await client.get("/v1/admin/policies", params={"status": "pending"}, headers=h), 422

@@ -38,7 +38,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import col, func, select
 
+from tests.support.approvals import approval
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import World, basic, bearer, build_world
 from tests.test_revocation_support import SSEReader
 
@@ -108,6 +110,7 @@ class Cluster:
         token = replicas[0].bootstrap_token
         assert token is not None
         self.admin = bearer(token)
+        self.env = replicas[0].env
         self.approver: dict[str, str] = {}
         self.world: World | None = None
 
@@ -126,14 +129,11 @@ class Cluster:
         return self.world.billing
 
     async def setup(self) -> None:
-        approver = ok(
-            await self.a.post(
-                "/v1/admin/operators", headers=self.admin, json={"name": "b", "role": "approver"}
-            )
-        )
-        self.approver = bearer(approver["token"])
+        # Made on the host: an approver the bootstrap admin made would count as that admin.
+        approver = cli_operator(self.env, "b", "approver")
+        self.approver = bearer(approver)
         self.world = await build_world(
-            self.a, self.admin["Authorization"].split()[1], approver["token"], max_ttl=30
+            self.a, self.admin["Authorization"].split()[1], approver, max_ttl=30
         )
 
     async def approved_policy(self, service: str, purpose: str, **terms: Any) -> str:
@@ -152,7 +152,7 @@ class Cluster:
             await self.a.post(
                 f"/v1/admin/policies/{policy['id']}/approve",
                 headers=self.approver,
-                json={"comment": "ok"},
+                json=approval(policy),
             ),
             200,
         )

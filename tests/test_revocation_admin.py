@@ -337,7 +337,9 @@ async def test_feed_pages_by_cursor(
         "expires_after",
         "incident_id",
         "event",
+        "compromised_kid",
     }
+    assert first["compromised_kid"] is None
     middle = ok(
         await client.get(
             "/v1/revocations", headers=world.base.customers, params={"after": cursors[2]}
@@ -376,6 +378,7 @@ async def test_compromised_rotation_revokes_what_the_old_key_signed(
     entries = ok(await client.get("/v1/admin/revocations", headers=bearer(operators.auditor)), 200)
     assert len(entries) == 1
     assert entries[0]["selector"]["kid"] == before.kid
+    assert entries[0]["selector"]["issued_before"] == "9999-12-31T23:59:59Z"
     assert entries[0]["reason"] == "signing key compromised"
     after = await issue(client, world.billing, "customers-db", ["customer.email"], "billing")
     assert after.kid != before.kid

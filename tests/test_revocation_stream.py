@@ -206,3 +206,35 @@ async def test_streams_per_process_are_bounded(
             reader = SSEReader(again)
             await reader.next()
     await wait_for(lambda: feed.streams == 0)
+
+
+async def test_streams_per_service_are_bounded(
+    runtime: Any, world: RevocationWorld, url: str
+) -> None:
+    """A service at its share of this process's streams gets 429 with Retry-After; another
+    service still streams, and the share comes back when a stream ends."""
+    feed = revocation_feed(runtime)
+    feed.max_streams_per_service = 1
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        async with http.stream(
+            "GET", "/v1/revocations/stream", headers=world.base.customers
+        ) as response:
+            reader = SSEReader(response)
+            await reader.next()
+            assert feed.streams_by_service == {"customers-db": 1}
+            refused = await http.get("/v1/revocations/stream", headers=world.base.customers)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "30"
+            assert "poll" in refused.json()["detail"]
+            async with http.stream("GET", "/v1/revocations/stream", headers=world.reports) as other:
+                assert other.status_code == 200
+                await SSEReader(other).next()
+                assert feed.streams == 2
+        await wait_for(lambda: feed.streams == 0)
+        assert feed.streams_by_service == {}
+        async with http.stream(
+            "GET", "/v1/revocations/stream", headers=world.base.customers
+        ) as again:
+            assert again.status_code == 200
+            await SSEReader(again).next()
+    await wait_for(lambda: feed.streams == 0)

@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from tests.conftest import Operators
+from tests.support.approvals import approval
 from tests.support.processes import free_port
 from tests.support.world import World, basic, bearer, build_world
 
@@ -88,7 +89,7 @@ async def _policy(
         await client.post(
             f"/v1/admin/policies/{policy['id']}/approve",
             headers=bearer(ops.approver),
-            json={"comment": "ok"},
+            json=approval(policy),
         ),
         200,
     )

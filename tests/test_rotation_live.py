@@ -17,6 +17,7 @@ from sqlmodel import select
 
 from broker.client import KeyVerifier
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 from tests.support.world import bearer, build_world
 
 FAST_ROTATION = {
@@ -32,20 +33,16 @@ FAST_ROTATION = {
 KEY_REQUEST = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
 
 
-async def _approver(http: httpx.AsyncClient, admin: str) -> str:
-    resp = await http.post(
-        "/v1/admin/operators",
-        headers=bearer(admin),
-        json={"name": "second-approver", "role": "approver"},
-    )
-    assert resp.status_code == 201, resp.text
-    token: str = resp.json()["token"]
-    return token
+def _approver(env: dict[str, str]) -> str:
+    """Made on the host: one the bootstrap admin made would count as that admin."""
+    return cli_operator(env, "second-approver", "approver")
 
 
-async def _verify_across_rotations(url: str, admin: str, seconds: float) -> set[str]:
+async def _verify_across_rotations(
+    url: str, admin: str, seconds: float, env: dict[str, str]
+) -> set[str]:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        world = await build_world(http, admin, await _approver(http, admin), max_ttl=5)
+        world = await build_world(http, admin, _approver(env), max_ttl=5)
         verifier = KeyVerifier(
             url, "customers-db", leeway=1, jwks_max_age_cap=1, min_refetch_interval=0.2
         )
@@ -80,7 +77,7 @@ async def test_verifier_never_rejects_a_valid_key_across_three_rotations(
     env["BROKER_ISSUER"] = port_env.url
     with BrokerProcess(env, port=port_env.port) as broker:
         assert broker.bootstrap_token is not None
-        kids = await _verify_across_rotations(broker.url, broker.bootstrap_token, 15)
+        kids = await _verify_across_rotations(broker.url, broker.bootstrap_token, 15, broker.env)
     assert len(kids) >= 4, f"expected three rotations, saw signing keys {sorted(kids)}"
 
 
@@ -97,7 +94,7 @@ async def test_two_brokers_on_postgres_rotate_once_per_period(
         assert one.bootstrap_token is not None
         env2 = {**env, "BROKER_ISSUER": first.url}
         with BrokerProcess(env2, args=["--no-migrate"]) as two:
-            kids = await _verify_across_rotations(one.url, one.bootstrap_token, 14)
+            kids = await _verify_across_rotations(one.url, one.bootstrap_token, 14, one.env)
             async with httpx.AsyncClient(base_url=two.url) as http:
                 jobs = (
                     await http.get("/v1/admin/jobs", headers=bearer(one.bootstrap_token))

@@ -109,31 +109,118 @@ async def test_key_replay_from_more_sources_than_allowed(anomaly: Anomaly) -> No
     assert incident["evidence"]["sources_in_window"] == 4
 
 
-async def test_revoked_key_use_three_times_quarantines_the_service(anomaly: Anomaly) -> None:
-    key = await anomaly.key()
-    revoked = await anomaly.client.post(
-        "/v1/revoke", headers=anomaly.world.billing, data={"token": key["key"]}
-    )
-    assert revoked.status_code == 200
-    for _ in range(2):
-        assert not (await anomaly.introspect(key["key"]))["active"]
+async def _revoked_keys(anomaly: Anomaly, n: int, **extra: Any) -> list[dict[str, Any]]:
+    """``n`` keys of billing-api, each revoked by its holder."""
+    keys = [await anomaly.key(**extra) for _ in range(n)]
+    for key in keys:
+        revoked = await anomaly.client.post(
+            "/v1/revoke", headers=anomaly.world.billing, data={"token": key["key"]}
+        )
+        assert revoked.status_code == 200
+    return keys
+
+
+async def test_revoked_key_use_counts_distinct_keys_and_only_alerts(anomaly: Anomaly) -> None:
+    """One old key shown again and again proves nothing (anyone who saw it can show it);
+    three distinct keys shown to their own audience open an incident, as an alert only."""
+    first, second, third = await _revoked_keys(anomaly, 3)
+    for _ in range(5):
+        assert not (await anomaly.introspect(first["key"]))["active"]
+    assert not (await anomaly.introspect(second["key"]))["active"]
     assert await anomaly.incidents(rule="revoked_key_use") == []
-    assert not await anomaly.quarantined()
-    assert not (await anomaly.introspect(key["key"]))["active"]
+    assert not (await anomaly.introspect(third["key"]))["active"]
     incident = _only(await anomaly.incidents(rule="revoked_key_use"))
     assert incident["subject"] == "service:billing-api"
-    assert incident["evidence"]["presentations_in_window"] == 3
-    assert [a["action"] for a in incident["actions"]] == ["quarantine"]
-    assert await anomaly.quarantined()
+    assert incident["evidence"]["distinct_keys"] == 3
+    assert incident["evidence"]["presentations_in_window"] == 7
+    assert incident["evidence"]["action_limited_to_alert"] is True
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
+    assert not await anomaly.quarantined()
+    # The holders' own revocations (one jti each), and nothing service-wide.
+    assert all(e["selector"].get("service") is None for e in await anomaly.revocations())
+
+
+async def test_revoked_key_use_ignores_keys_shown_to_another_audience(anomaly: Anomaly) -> None:
+    """A resource service that is not the key's audience introspecting old keys (a third
+    party that saw them) never counts against the key's service."""
+    keys = await _revoked_keys(anomaly, 3)
+    for key in keys:
+        # billing-api is a registered service too; it is not these keys' audience.
+        resp = await anomaly.client.post(
+            "/v1/introspect", headers=anomaly.world.billing, data={"token": key["key"]}
+        )
+        assert resp.status_code == 200
+        assert resp.json()["active"] is False
+    assert await anomaly.incidents(rule="revoked_key_use") == []
 
 
 async def test_revoked_key_use_counts_reported_refusals_too(anomaly: Anomaly) -> None:
-    key = await anomaly.key()
-    expired = event(key["jti"], outcome="refused", reason="expired", records=0)
-    ok(await anomaly.report([expired, expired]), 202)
+    keys = [await anomaly.key() for _ in range(3)]
+    expired = [event(k["jti"], outcome="refused", reason="expired", records=0) for k in keys]
+    ok(await anomaly.report([expired[0], expired[0], expired[1]]), 202)
     assert await anomaly.incidents(rule="revoked_key_use") == []
-    ok(await anomaly.report([expired]), 202)
-    assert _only(await anomaly.incidents(rule="revoked_key_use"))["hits"] == 1
+    ok(await anomaly.report([expired[2]]), 202)
+    incident = _only(await anomaly.incidents(rule="revoked_key_use"))
+    assert incident["hits"] == 1
+    assert [a["action"] for a in incident["actions"]] == ["alert"]
+    assert not await anomaly.quarantined()
+
+
+HOLDER_JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+
+
+def proven_refusals(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The resource service's reports: each key refused as revoked, after its presenter
+    proved it holds the key's holder key (a valid DPoP proof)."""
+    return [
+        event(k["jti"], outcome="refused", reason="revoked", records=0, holder_proven=True)
+        for k in keys
+    ]
+
+
+async def test_revoked_key_use_quarantines_only_when_the_holder_proved_it(
+    anomaly: Anomaly,
+) -> None:
+    """The resource service reports that the presenter of each revoked, DPoP-bound key had a
+    valid proof from its holder key: that is the service itself, and it is quarantined. The
+    same reports without the proof, or for keys not bound to a holder, stay an alert."""
+    bearer_keys = [await anomaly.key() for _ in range(3)]
+    # Not bound to a holder: the claim proves nothing.
+    ok(await anomaly.report(proven_refusals(bearer_keys)), 202)
+    assert [
+        a["action"] for a in _only(await anomaly.incidents(rule="revoked_key_use"))["actions"]
+    ] == ["alert"]
+    assert not await anomaly.quarantined()
+    bound = [await anomaly.key(jkt=HOLDER_JKT) for _ in range(3)]
+    ok(await anomaly.report(proven_refusals(bound)), 202)
+    incident = _only(await anomaly.incidents(rule="revoked_key_use"))
+    assert incident["evidence"]["holder_proven_keys"] == 3
+    assert incident["evidence"]["action_limited_to_alert"] is False
+    assert [a["action"] for a in incident["actions"]][-1] == "quarantine"
+    assert await anomaly.quarantined()
+
+
+async def test_released_service_is_judged_on_fresh_evidence_only(anomaly: Anomaly) -> None:
+    """After an operator releases a quarantine, presenting the old keys once more does not
+    quarantine the service again: the evidence was dealt with and is forgotten."""
+    bound = [await anomaly.key(jkt=HOLDER_JKT) for _ in range(3)]
+    proven = proven_refusals(bound)
+    ok(await anomaly.report(proven), 202)
+    assert await anomaly.quarantined()
+    released = await anomaly.client.post(
+        "/v1/admin/services/billing-api/release",
+        headers=anomaly.admin,
+        json={"comment": "holder fixed its retry loop"},
+    )
+    assert released.status_code == 200, released.text
+    await anomaly.key()  # the service is back in business
+    ok(await anomaly.report([proven[0]]), 202)
+    await settle(anomaly.runtime)
+    assert not await anomaly.quarantined()
+    # Three fresh keys, proven again: that is new evidence.
+    again = [await anomaly.key(jkt=HOLDER_JKT) for _ in range(3)]
+    ok(await anomaly.report(proven_refusals(again)), 202)
+    assert await anomaly.quarantined()
 
 
 async def test_field_overreach_revokes_every_key_of_the_service(anomaly: Anomaly) -> None:
@@ -259,10 +346,10 @@ async def test_exchange_spray_needs_both_failures_and_many_services(anomaly: Ano
     assert incident["subject"] == "source:127.0.0.1"
     assert incident["evidence"]["distinct_services"] == 5
     [action] = incident["actions"]
-    assert (action["action"], action["source"]) == ("block_source", "127.0.0.1")
+    assert (action["action"], action["source"]) == ("throttle_source", "127.0.0.1")
 
 
-async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
+async def test_exchange_spray_throttles_the_source_until_an_operator_lifts_it(
     anomaly: Anomaly,
 ) -> None:
     for n in range(20):
@@ -271,16 +358,17 @@ async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
         )
         assert resp.status_code == 401
     await settle(anomaly.runtime)
-    # Valid credentials from the blocked address are refused before they are checked.
+    # Failing credentials from the throttled address get 429, before or after a lookup...
     refused = await anomaly.client.post(
         "/v1/keys",
-        headers=anomaly.world.billing,
+        headers=basic("billing-api", "pkbs_not-a-secret"),
         json={"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"},
     )
-    assert refused.status_code == 403
-    assert refused.json()["type"].endswith("/source-blocked")
+    assert refused.status_code == 429
+    assert refused.json()["type"].endswith("/source-throttled")
     assert "pkbs_" not in refused.text
-    # The RFC 8693 exchange is refused the same way, before its subject token is looked at.
+    # ...valid ones from the same (shared) address keep working, the RFC 8693 exchange too.
+    assert (await anomaly.key())["jti"]
     exchanged = await anomaly.client.post(
         "/v1/token",
         data={
@@ -292,10 +380,11 @@ async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
             '"purpose": "billing"}]',
         },
     )
-    assert exchanged.status_code == 403
-    assert exchanged.json()["type"].endswith("/source-blocked")
+    assert exchanged.status_code == 200, exchanged.text
     blocks = ok(await anomaly.client.get("/v1/admin/blocked-sources", headers=anomaly.auditor), 200)
-    assert [(b["source"], b["lifted_at"]) for b in blocks] == [("127.0.0.1", None)]
+    assert [(b["source"], b["mode"], b["lifted_at"]) for b in blocks] == [
+        ("127.0.0.1", "throttle", None)
+    ]
     [incident] = await anomaly.incidents(rule="exchange_spray")
     assert blocks[0]["incident_id"] == incident["id"]
     # An auditor may look but not lift.
@@ -326,7 +415,7 @@ async def test_exchange_spray_blocks_the_source_until_an_operator_lifts_it(
             200,
         )["events"]
     ]
-    assert "system:source:blocked" in actions
+    assert "system:source:throttled" in actions
     assert "operator:source:unblocked" in actions
     again = await anomaly.client.post(
         "/v1/admin/blocked-sources/127.0.0.1/lift", headers=anomaly.admin, json={}

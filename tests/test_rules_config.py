@@ -55,10 +55,10 @@ async def test_auditors_read_the_catalog_with_its_defaults(anomaly: Anomaly) -> 
     assert {t["name"]: t["value"] for t in spray["thresholds"]} == {
         "failures": 20,
         "services": 5,
-        "block_minutes": 60,
+        "throttle_minutes": 60,
     }
-    assert spray["action"] == "block_source"
-    assert sorted(spray["allowed_actions"]) == ["alert", "block_source"]
+    assert spray["action"] == "throttle_source"
+    assert sorted(spray["allowed_actions"]) == ["alert", "throttle_source"]
     assert rules["revoked_key_use"]["action"] == "quarantine"
     assert (await anomaly.client.get("/v1/admin/rules")).status_code == 401
 

@@ -15,6 +15,7 @@ import httpx
 from sqlmodel import func, select
 
 from tests.conftest import Operators
+from tests.support.approvals import approval
 from tests.support.world import World, bearer, build_world
 
 ISSUER = "https://broker.test"
@@ -86,7 +87,7 @@ class Anomaly:
             await self.client.post(
                 f"/v1/admin/policies/{policy['id']}/approve",
                 headers=self.approver,
-                json={"comment": "ok"},
+                json=approval(policy),
             ),
             200,
         )

@@ -342,3 +342,60 @@ def test_scanner_counts_bytes_and_files(tmp_path: Path) -> None:
     assert list(scanner.scan_paths([tmp_path])) == []
     assert scanner.stats.files == 2
     assert scanner.stats.bytes == 30
+
+
+# --- text written to be slow -------------------------------------------------------------
+# Correctness on the shapes bench/scan.py times: long runs of what starts a candidate and
+# never finishes one, with one real value in the middle. (No timing here; the attack test
+# in tests/test_attacks_small.py bounds the CLI on such a log, and the bench measures.)
+
+ADVERSARIAL_UNITS = [
+    b"@",
+    b"a@",
+    b"a.@",
+    b"@.",
+    b"eyJ",
+    b"eyJa.",
+    b"pkbo_",
+    b"-----BEGIN ",
+    b"AbCd0123_-xYz",
+    b"0123456789",
+    b"1234 ",
+    b"723 7234 ",
+    b"0 1",
+    b"12-",
+    b"DE89",
+    b"AB12 ",
+]
+
+
+@pytest.mark.parametrize("unit", ADVERSARIAL_UNITS, ids=[u.decode() for u in ADVERSARIAL_UNITS])
+def test_values_amid_adversarial_runs_are_found_and_nothing_else(unit: bytes) -> None:
+    run = unit * (16_000 // len(unit))
+    key = fake_issued_key(random.Random(9))
+    for kind, value in (
+        (Kind.EMAIL, "jane.doe@example.org"),
+        (Kind.CARD, "4111 1111 1111 1111"),
+        (Kind.PHONE, "+44 20 7946 0958"),
+        (Kind.IBAN, "DE89 3704 0044 0532 0130 00"),
+        (Kind.CLIENT_SECRET, CLIENT_SECRET),
+        (Kind.ISSUED_KEY, key),
+    ):
+        text = run + f" x {value} x ".encode() + run + b"\n" + run + b"\n"
+        found = scan_bytes(text)
+        assert [(f.kind, f.line) for f in found] == [(kind, 1)], (unit, kind)
+
+
+def test_a_key_shaped_jws_with_deeply_nested_claims_is_not_a_crash() -> None:
+    """Claims nested deeper than the JSON decoder recurses raise RecursionError, not a
+    ValueError: the scanner takes it for what it is, not one of our keys."""
+    key = fake_issued_key(random.Random(10))
+    head, _, sig = key.split(".")
+    nested = _b64(('{"iss":"https://b.example","x":' + "[" * 5000 + "]" * 5000 + "}").encode())
+    assert scan_bytes(f"token={head}.{nested}.{sig}\n".encode()) == []
+
+
+def test_a_kid_with_a_trailing_newline_is_not_a_thumbprint() -> None:
+    key = fake_issued_key(random.Random(11))
+    head = json.loads(base64.urlsafe_b64decode(key.split(".")[0] + "=="))
+    assert scan_bytes(f"{_reshape(key, {**head, 'kid': head['kid'] + chr(10)})}\n".encode()) == []

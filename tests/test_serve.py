@@ -23,7 +23,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.support.approvals import approval
 from tests.support.processes import BrokerProcess, broker_env
+from tests.support.served import cli_operator
 
 BROKER = [sys.executable, "-m", "broker"]
 KEY = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
@@ -40,12 +42,13 @@ def _ok(resp: httpx.Response, status: int = 201) -> dict[str, Any]:
     return body
 
 
-def _world(http: httpx.Client, admin: str, *, source_cidrs: list[str] | None = None) -> str:
-    """A catalog, two services and an approved policy; returns billing-api's Basic header."""
+def _world(
+    http: httpx.Client, admin: str, env: dict[str, str], *, source_cidrs: list[str] | None = None
+) -> str:
+    """A catalog, two services and an approved policy; returns billing-api's Basic header.
+    The approver is made on the host (``env``): one made by the admin would count as it."""
     h = {"Authorization": f"Bearer {admin}"}
-    approver = _ok(
-        http.post("/v1/admin/operators", headers=h, json={"name": "appr", "role": "approver"})
-    )["token"]
+    approver = cli_operator(env, "appr", "approver")
     _ok(
         http.post(
             "/v1/admin/fields",
@@ -94,7 +97,7 @@ def _world(http: httpx.Client, admin: str, *, source_cidrs: list[str] | None = N
         http.post(
             f"/v1/admin/policies/{policy['id']}/approve",
             headers={"Authorization": f"Bearer {approver}"},
-            json={"comment": "ok"},
+            json=approval(policy),
         ),
         200,
     )
@@ -157,7 +160,7 @@ def test_each_server_serves_the_broker(database_url: str, tmp_path: Path, server
         token = broker.bootstrap_token
         assert token is not None
         with httpx.Client(base_url=broker.url, timeout=10) as http:
-            basic = _world(http, token)
+            basic = _world(http, token, broker.env)
             key = http.post("/v1/keys", headers={"Authorization": basic}, json=KEY)
             assert key.status_code == 201, key.text
             assert key.headers["content-type"].startswith("application/json")
@@ -210,7 +213,7 @@ def test_forwarded_address_only_from_trusted_proxies(
         token = broker.bootstrap_token
         assert token is not None
         with httpx.Client(base_url=broker.url, timeout=10) as http:
-            basic = _world(http, token, source_cidrs=["203.0.113.0/24"])
+            basic = _world(http, token, broker.env, source_cidrs=["203.0.113.0/24"])
             auth = {"Authorization": basic}
             # The policy admits only 203.0.113.0/24; the TCP peer is 127.0.0.1.
             direct = http.post("/v1/keys", headers=auth, json=KEY)
@@ -311,7 +314,7 @@ def test_sigterm_finishes_the_request_in_flight(
         token = broker.bootstrap_token
         assert token is not None
         with httpx.Client(base_url=broker.url, timeout=10) as http:
-            basic = _world(http, token)
+            basic = _world(http, token, broker.env)
             _ok(http.post("/v1/keys", headers={"Authorization": basic}, json=KEY))
         answer: list[httpx.Response] = []
 

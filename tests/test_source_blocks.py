@@ -81,3 +81,35 @@ async def test_purge_keeps_live_and_recent_blocks(runtime: Any) -> None:
     async with runtime.transaction() as session:
         left = {b.id for b in await session.exec(select(SourceBlock))}
     assert left == {live.id, recent.id}
+
+
+async def test_a_throttle_never_refuses_before_credentials_and_a_block_spares_reads(
+    runtime: Any,
+) -> None:
+    """A throttled address passes the pre-credential check on every route; failing
+    credentials from it (or from a blocked address on a read route) are answered 429."""
+    from broker.errors import RateLimited
+
+    async with runtime.transaction() as session:
+        await source_blocks.block_source(
+            session,
+            "192.0.2.44",
+            seconds=600,
+            reason="rule",
+            actor="system:rules",
+            mode=source_blocks.Mode.THROTTLE,
+        )
+    await source_blocks.ensure_source_allowed(runtime, "192.0.2.44")
+    refusal = await source_blocks.refusal_for(runtime, "192.0.2.44")
+    assert isinstance(refusal, RateLimited)
+    assert refusal.type_name == "source-throttled"
+    assert 590 <= refusal.retry_after <= 601
+    assert await source_blocks.refusal_for(runtime, "192.0.2.45") is None
+    # A block by hand on the same address outranks the throttle.
+    await _block(runtime, "192.0.2.44")
+    with pytest.raises(Forbidden):
+        await source_blocks.ensure_source_allowed(runtime, "192.0.2.44")
+    assert await source_blocks.refusal_for(runtime, "192.0.2.44") is not None
+    async with runtime.transaction() as session:
+        rows = list(await session.exec(select(SourceBlock)))
+    assert sorted(r.mode for r in rows) == ["block", "throttle"]

@@ -166,8 +166,8 @@ async def _grants(session: AsyncSession, flt: ReportFilter) -> list[Grant]:
                 policy=ref,
                 service=str(details.get("service", "")),
                 audience=str(details.get("audience", "")),
-                fields=sorted(details.get("fields") or []),
-                purposes=sorted(details.get("purposes") or []),
+                fields=_names(details.get("fields")),
+                purposes=_names(details.get("purposes")),
                 approved_at=event.at,
                 approved_by=event.actor,
             )
@@ -187,6 +187,12 @@ async def _grants(session: AsyncSession, flt: ReportFilter) -> list[Grant]:
     ]
 
 
+def _names(value: Any) -> list[str]:
+    """The names in a list the trail holds; anything else in it is not a name (the trail is
+    read as data: a reader never fails on what an event holds)."""
+    return sorted(v for v in value if isinstance(v, str)) if isinstance(value, list) else []
+
+
 def _key_window(event: AuditEvent) -> KeyWindow | None:
     details = event.details or {}
     jti, kid = details.get("jti"), details.get("kid")
@@ -194,16 +200,22 @@ def _key_window(event: AuditEvent) -> KeyWindow | None:
     if not isinstance(jti, str) or not isinstance(kid, str) or not isinstance(expires, str):
         return None
     policy = details.get("policy")
+    try:
+        expires_at = datetime.fromisoformat(expires)
+    except ValueError:
+        return None
+    if expires_at.tzinfo is None:
+        return None
     return KeyWindow(
         jti=jti,
         kid=kid,
         service=event.actor.removeprefix("service:"),
         audience=str(details.get("audience", "")),
         purpose=str(details.get("purpose", "")),
-        fields=sorted(details.get("fields") or []),
+        fields=_names(details.get("fields")),
         policy=policy if isinstance(policy, str) else None,
         issued_at=event.at,
-        expires_at=datetime.fromisoformat(expires),
+        expires_at=expires_at,
     )
 
 

@@ -10,6 +10,8 @@ class AuditAction(StrEnum):
     OPERATOR_BOOTSTRAPPED = "system:operator:bootstrapped"
     OPERATOR_AUTH_FAILED = "operator:auth:failed"
     OPERATOR_LOCKED_OUT = "system:operator_source:locked_out"
+    OPERATOR_CONFIRMED = "operator:operator:confirmed"
+    OPERATOR_TOKEN_REPLACED = "operator:operator_token:replaced"  # noqa: S105 (an event name)
 
     SERVICE_CREATED = "operator:service:created"
     SERVICE_UPDATED = "operator:service:updated"
@@ -22,6 +24,8 @@ class AuditAction(StrEnum):
     SERVICE_SECRET_AGING = "system:service_secret:aging"  # noqa: S105 (an event name)
     SOURCE_BLOCKED = "system:source:blocked"
     SOURCE_UNBLOCKED = "operator:source:unblocked"
+    SOURCE_THROTTLED = "system:source:throttled"
+    RULE_EVIDENCE_CLEARED = "operator:rule_evidence:cleared"
 
     FIELD_CREATED = "operator:field:created"
     PURPOSE_CREATED = "operator:purpose:created"

@@ -19,6 +19,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.audit import normalise
 from broker.audit.actions import AuditAction
 from broker.db import advisory_xact_lock, utcnow
 from broker.errors import InvalidInput, NotFound
@@ -100,15 +101,18 @@ async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) ->
     events = []
     for item in pending:
         at = utcnow()
-        clean = json.loads(json.dumps(item.details or {}, default=str))
+        # Hashed as stored: printable and bounded, whoever supplied the text (normalise).
+        actor, action, subject, clean = normalise.event_parts(
+            item.actor, item.action, item.subject, item.details
+        )
         event = AuditEvent(
             at=at,
-            actor=item.actor,
-            action=str(item.action),
-            subject=item.subject,
+            actor=actor,
+            action=action,
+            subject=subject,
             details=clean,
             prev_hash=prev_hash,
-            hash=_digest(prev_hash, at, item.actor, str(item.action), item.subject, clean),
+            hash=_digest(prev_hash, at, actor, action, subject, clean),
         )
         events.append(event)
         prev_hash = event.hash

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from broker.client.errors import InvalidKey, Reason
 from broker.client.jwks import check_algorithms, load_jwk
+from broker.client.numbers import finite_number
 
 DPOP_TYP = "dpop+jwt"
 _THUMBPRINT_MEMBERS = {
@@ -170,6 +171,10 @@ class ReplayCache:
         self._lock = threading.Lock()
 
     def add(self, key: str, expires_at: float, now: float) -> None:
+        if not (finite_number(expires_at) and finite_number(now)):
+            # A NaN would sit at the heap's top for ever (nothing is <= NaN), so no entry
+            # would expire again and the cache would fill up and refuse every proof.
+            raise _invalid("proof time is not a finite number")
         with self._lock:
             while self._expiries and self._expiries[0][0] <= now:
                 _, old = heapq.heappop(self._expiries)
@@ -207,6 +212,8 @@ class DPoPChecker:
         """Raise InvalidKey(dpop-invalid) unless `proof` binds this request to `jkt`."""
         if not isinstance(proof, str) or len(proof) > self._max_bytes or not proof.isascii():
             raise _invalid("proof is not a compact JWS of acceptable size")
+        if not (isinstance(jkt, str) and jkt.isascii() and access_token.isascii()):
+            raise _invalid("the key's jkt or the key itself is not ASCII text")
         parts = proof.split(".")
         if len(parts) != 3:
             raise _invalid("proof is not a compact JWS")
@@ -256,13 +263,16 @@ class DPoPChecker:
             same_url = False
         if not same_url:
             raise _invalid("proof htu does not match the request URL")
-        if not isinstance(iat, int | float) or isinstance(iat, bool):
-            raise _invalid("proof iat is missing")
+        if not finite_number(iat):
+            # NaN would pass both window comparisons below and then poison the replay cache.
+            raise _invalid("proof iat is missing or not a finite number")
         now = time.time()
-        if iat < now - self._window or iat > now + self._future:
+        if not now - self._window <= iat <= now + self._future:
             raise _invalid("proof iat is outside the accepted window")
-        if not isinstance(ath, str) or not hmac.compare_digest(
-            ath, access_token_hash(access_token)
+        if (
+            not isinstance(ath, str)
+            or not ath.isascii()  # compare_digest raises on other text
+            or not hmac.compare_digest(ath, access_token_hash(access_token))
         ):
             raise _invalid("proof ath does not match the key")
         # Last: only a proof that passed every other check uses up its jti.

@@ -78,12 +78,18 @@ class Reason(StrEnum):
 
 
 class VerificationError(ClientError):
-    """A key was not accepted. Answer the caller with 401 and never return data."""
+    """A key was not accepted. Answer the caller with 401 and never return data.
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    `holder_proven` is true when the presenter had proved it holds the key's holder key (a
+    valid DPoP proof) before the key was refused: the broker's rules may then act against
+    the key's service, which they never do on what a third party could have presented.
+    """
+
+    def __init__(self, reason: Reason, detail: str, *, holder_proven: bool = False) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.holder_proven = holder_proven
 
 
 class InvalidKey(VerificationError):

@@ -221,6 +221,9 @@ class JWKSCache:
         self._sync_http = sync_http_client
         self._own_sync_http = sync_http_client is None
         self._snapshot: _Snapshot | None = None
+        # Kids the broker declared compromised: never trusted again by this cache, whatever a
+        # JWKS (a stale copy from a proxy, say) still lists.
+        self._denied: set[str] = set()
         self._last_attempt = -float("inf")
         self._last_failed = False
         self._generation = 0
@@ -252,8 +255,29 @@ class JWKSCache:
                     self._fetch_sync()
         return self._after_fetch(kid, generation)
 
+    def deny(self, kid: str) -> None:
+        """Stop trusting `kid` at once and for good: its signing key was compromised.
+
+        Called by the revocation follower (from its own thread) the moment the feed says
+        so, rather than waiting for the cached JWKS to expire.
+        """
+        self._denied.add(kid)
+        snap = self._snapshot
+        if snap is not None and kid in snap.keys:
+            keys = {k: v for k, v in snap.keys.items() if k != kid}
+            self._snapshot = _Snapshot(
+                keys=keys, fetched_at=snap.fetched_at, expires_at=snap.expires_at
+            )
+        log.warning("jwks: kid=%s was declared compromised; no longer trusted", kid)
+
+    @property
+    def denied(self) -> frozenset[str]:
+        return frozenset(self._denied)
+
     def _lookup(self, kid: str) -> tuple[VerificationKey | None, bool]:
         """(key, None) when known and fresh; otherwise whether a fetch may happen now."""
+        if kid in self._denied:
+            raise InvalidKey(Reason.UNKNOWN_KID, "kid belongs to a compromised signing key")
         now = time.monotonic()
         snap = self._snapshot
         if snap is not None and now < snap.expires_at:
@@ -276,7 +300,7 @@ class JWKSCache:
         if snap is None or (time.monotonic() >= snap.expires_at and not just_fetched):
             raise VerifierUnavailable("the broker's JWKS cannot be fetched")
         key = snap.keys.get(kid)
-        if key is None:
+        if key is None or kid in self._denied:
             raise InvalidKey(Reason.UNKNOWN_KID, "kid is not in the broker's JWKS")
         return key
 
@@ -355,6 +379,8 @@ class JWKSCache:
         if response.status_code != 200:
             raise ValueError(f"JWKS answered HTTP {response.status_code}")
         keys = parse_jwks(json.loads(body), self._allowed)
+        for kid in self._denied & keys.keys():
+            del keys[kid]
         lifetime = cache_lifetime(
             response.headers.get("cache-control"),
             default=self._default,

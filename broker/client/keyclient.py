@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -113,9 +114,11 @@ def _unverified_lifetime(token: str) -> float | None:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         lifetime = float(claims["exp"]) - float(claims["iat"])
-    except (IndexError, ValueError, KeyError, TypeError, RecursionError):
+    except (IndexError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
         return None
-    return lifetime if lifetime > 0 else None
+    # NaN or an infinity (from "NaN", "Infinity" or 1e400 in the claims) would time the
+    # refresh at NaN or never.
+    return lifetime if math.isfinite(lifetime) and lifetime > 0 else None
 
 
 def _problem(response: httpx.Response) -> tuple[str, str, str]:

@@ -2,6 +2,9 @@
 
 A revocation is a *selector* (any of `jti`, `service`, `audience`, `field`, `purpose`,
 `policy`, `kid`, always bounded by `issued_before`): one entry revokes every key it matches.
+An entry naming `compromised_kid` condemns a stolen signing key: its `issued_before` lies in
+the year 9999 (every key it signs, whenever), and the follower tells the verifier to drop
+the key from its JWKS copy at once (`on_compromised_kid`).
 `RevocationFollower` keeps every entry the broker still holds in a `RevocationIndex` and
 keeps it current:
 
@@ -147,6 +150,9 @@ class Revocation:
     selector: RevokedSelector
     reason: str
     expires_after: float
+    # A signing key declared compromised: its selector covers every key it signs whatever
+    # the issue time, and the verifier drops the key from its JWKS copy at once.
+    compromised_kid: str | None = None
 
     @classmethod
     def from_wire(cls, data: Any) -> Revocation:
@@ -156,11 +162,20 @@ class Revocation:
         if type(cursor) is not int or cursor < 1:
             raise FeedError("entry cursor is not a positive integer")
         reason = data.get("reason")
+        selector = RevokedSelector.from_wire(data.get("selector"))
+        compromised = data.get("compromised_kid")
+        if compromised is not None and (
+            not isinstance(compromised, str) or compromised != selector.kid
+        ):
+            # Only the entry's own kid can be condemned this way; anything else is not what
+            # the broker sends, and must not let a feed drop keys it did not revoke.
+            raise FeedError("compromised_kid does not name the entry's kid")
         return cls(
             cursor=cursor,
-            selector=RevokedSelector.from_wire(data.get("selector")),
+            selector=selector,
             reason=reason if isinstance(reason, str) else "",
             expires_after=_epoch(data.get("expires_after"), "expires_after"),
+            compromised_kid=compromised,
         )
 
 
@@ -279,6 +294,7 @@ class RevocationFollower:
         stream_retry: float = 30.0,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_compromised_kid: Callable[[str], None] | None = None,
     ) -> None:
         if poll_interval <= 0 or heartbeat < 1:
             raise ValueError("poll_interval must be positive and heartbeat at least 1 s")
@@ -296,6 +312,8 @@ class RevocationFollower:
         self.stream_failures = 0
         self._auth = auth
         self._transport = transport
+        self._on_compromised_kid = on_compromised_kid
+        self.compromised_kids: set[str] = set()
         self._last_heard: float | None = None
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
@@ -449,6 +467,15 @@ class RevocationFollower:
         if fresh:
             self.index.add(fresh)
             self.cursor = max(e.cursor for e in fresh)
+        for entry in fresh:
+            kid = entry.compromised_kid
+            if kid is not None and kid not in self.compromised_kids:
+                self.compromised_kids.add(kid)
+                if self._on_compromised_kid is not None:
+                    try:
+                        self._on_compromised_kid(kid)
+                    except Exception as exc:  # the index entry still refuses the kid's keys
+                        log.error("revocations: dropping kid %s failed: %r", kid, exc)
 
     async def _follow_stream(self, http: httpx.AsyncClient) -> None:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}

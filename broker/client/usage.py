@@ -111,6 +111,7 @@ class UsageReporter:
         outcome: Literal["allowed", "refused"] = "allowed",
         reason: str | None = None,
         at: datetime | None = None,
+        holder_proven: bool = False,
     ) -> bool:
         """Queue one event; False (and counted as `dropped`) when the buffer is full."""
         event: dict[str, Any] = {
@@ -123,6 +124,8 @@ class UsageReporter:
         }
         if reason is not None:
             event["reason"] = reason
+        if holder_proven:
+            event["holder_proven"] = True
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 self._stats["dropped"] += 1
@@ -153,16 +156,26 @@ class UsageReporter:
             reason=reason,
         )
 
-    def record_refusal(self, token: str, reason: str, *, source: str) -> bool:
+    def record_refusal(
+        self, token: str, reason: str, *, source: str, holder_proven: bool = False
+    ) -> bool:
         """A key the verifier refused; sent only for refusals made after the signature was
-        verified (others may be forgeries naming someone else's jti). False when skipped."""
+        verified (others may be forgeries naming someone else's jti). `holder_proven`: the
+        presenter proved it holds the key's holder key (DPoP) before the refusal. False
+        when skipped."""
         if reason not in SIGNED_REFUSALS:
             return False
         jti = _jti_of(token)
         if jti is None:
             return False
         return self.record(
-            jti=jti, fields=(), records=0, source=source, outcome="refused", reason=reason
+            jti=jti,
+            fields=(),
+            records=0,
+            source=source,
+            outcome="refused",
+            reason=reason,
+            holder_proven=holder_proven,
         )
 
     @property

@@ -35,6 +35,7 @@ from broker.client.dpop import DPoPChecker
 from broker.client.errors import InvalidKey, Reason, VerificationError, VerifierUnavailable
 from broker.client.grant import Grant
 from broker.client.jwks import JWKSCache, VerificationKey, check_algorithms
+from broker.client.numbers import finite_number
 from broker.client.revocations import RevocationFollower, service_auth
 from broker.client.usage import UsageReporter
 
@@ -62,7 +63,8 @@ def _malformed(detail: str) -> InvalidKey:
 
 
 def _is_time(value: Any) -> TypeGuard[float]:
-    return type(value) in (int, float) and 0 <= value < _MAX_TIME
+    # Finite first (numbers.finite_number): NaN would slip through any comparison.
+    return finite_number(value) and 0 <= value < _MAX_TIME
 
 
 def _nonempty_str(value: Any) -> TypeGuard[str]:
@@ -152,6 +154,7 @@ class KeyVerifier:
                 heartbeat=max(1, min(10, int(staleness_bound / 3))),
                 poll_interval=revocation_poll_interval,
                 timeout=timeout,
+                on_compromised_kid=self._compromised,
             )
         self.issuer = issuer
         self.audience = audience
@@ -273,7 +276,9 @@ class KeyVerifier:
         out are sent: revoked, expired, DPoP mismatches)."""
         if self.usage is not None:
             text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
-            self.usage.record_refusal(text, error.reason.value, source=source)
+            self.usage.record_refusal(
+                text, error.reason.value, source=source, holder_proven=error.holder_proven
+            )
 
     @property
     def stats(self) -> dict[str, int]:
@@ -315,6 +320,15 @@ class KeyVerifier:
 
     # --- the checks ---------------------------------------------------------------------
 
+    def _compromised(self, kid: str) -> None:
+        """The feed says `kid`'s signing key was stolen: drop it from the JWKS copy now.
+
+        Its revocation entry already refuses every key naming it; dropping the key as well
+        means the thief's keys are refused as unknown before any signature work, and a
+        stale JWKS served later cannot bring it back.
+        """
+        self.jwks.deny(kid)
+
     def _start_window(self, follower: RevocationFollower) -> float:
         """Seconds still worth waiting for the first load of the feed: up to `timeout` after
         following started, then none (an unreachable broker must not slow every request)."""
@@ -331,7 +345,10 @@ class KeyVerifier:
                 + ("was never loaded" if not follower.synced else f"is silent for {silent:.0f} s")
             )
         if follower.match(grant) is not None:
-            raise InvalidKey(Reason.REVOKED, "key has been revoked")
+            # A DPoP-bound key reaches this check only with a valid proof from its holder.
+            raise InvalidKey(
+                Reason.REVOKED, "key has been revoked", holder_proven=grant.cnf_jkt is not None
+            )
 
     def _count(self, outcome: str) -> None:
         with self._stats_lock:

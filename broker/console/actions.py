@@ -4,6 +4,8 @@ then sends the browser back to the page (post/redirect/get)."""
 
 from __future__ import annotations
 
+import re
+
 from litestar import post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
@@ -11,13 +13,24 @@ from litestar.response import Redirect
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.console.auth import ConsoleForm
-from broker.identity import service as identity
 from broker.incidents import service as incidents
 from broker.policy import service as policies
+from broker.policy.service import StaleDecision
+
+_VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
 
 def _back(path: str, done: str) -> Redirect:
     return Redirect(path=path, query_params={"done": done}, status_code=303)
+
+
+def _read_version(form: ConsoleForm) -> tuple[int | None, str | None]:
+    """The version and terms digest the page showed (hidden fields). Anything malformed is
+    passed on as missing, for the service to refuse."""
+    text = form.text("version", 12)
+    digest = form.text("terms_digest", 100) or None
+    # ASCII digits only: ``str.isdigit`` holds for "²", which ``int`` then refuses.
+    return (int(text) if _VERSION.fullmatch(text) else None), digest
 
 
 @post("/approvals/{policy_id:str}/approve", name="console-approve")
@@ -26,9 +39,19 @@ async def approve(
     approver_form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await policies.approve(
-        db, policy_id, approver_form.text("comment"), approver=approver_form.operator
-    )
+    version, digest = _read_version(approver_form)
+    try:
+        await policies.approve(
+            db,
+            policy_id,
+            approver_form.text("comment"),
+            version=version,
+            terms_digest=digest,
+            approver=approver_form.operator,
+        )
+    except StaleDecision:
+        # Nothing was written: show the page again, with what is pending now.
+        return _back("/console/approvals", "stale")
     return _back("/console/approvals", "approved")
 
 
@@ -38,9 +61,18 @@ async def reject(
     approver_form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await policies.reject(
-        db, policy_id, approver_form.text("comment"), approver=approver_form.operator
-    )
+    version, digest = _read_version(approver_form)
+    try:
+        await policies.reject(
+            db,
+            policy_id,
+            approver_form.text("comment"),
+            version=version,
+            terms_digest=digest,
+            approver=approver_form.operator,
+        )
+    except StaleDecision:
+        return _back("/console/approvals", "stale")
     return _back("/console/approvals", "rejected")
 
 
@@ -50,7 +82,7 @@ async def release(
     admin_form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await identity.release_service(
+    await incidents.release_quarantine(
         db, service_id, actor=admin_form.operator.actor, comment=admin_form.text("comment")
     )
     return _back("/console/services", "released")

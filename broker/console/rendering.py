@@ -22,6 +22,10 @@ STATIC = Path(__file__).parent / "static"
 NOTICES = {
     "approved": "Your approval was recorded.",
     "rejected": "The version was rejected.",
+    "stale": (
+        "Nothing was recorded: the proposal changed after you opened the page. "
+        "Review the version shown now before you decide."
+    ),
     "released": "The service was released from quarantine.",
     "acknowledged": "The incident was acknowledged.",
     "resolved": "The incident was resolved.",

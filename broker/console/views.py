@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, list_events
+from broker.audit.normalise import visible, visible_value
 from broker.console.chart import Chart, Window, build_chart
 from broker.custody.base import KeyState, SigningKeyInfo
 from broker.db import utcnow
@@ -45,6 +46,8 @@ class PendingApproval:
     policy: PolicyOut
     pending: PolicyVersionOut
     blocked: str | None  # why this operator may not decide, shown instead of the buttons
+    # Why this operator's approval would not count (rejecting stays possible).
+    approve_blocked: str | None = None
 
 
 def why_not_decide(who: OperatorPrincipal, pending: PolicyVersionOut) -> str | None:
@@ -71,7 +74,11 @@ async def pending_approvals(session: AsyncSession, who: OperatorPrincipal) -> li
         full = await policies.get_policy(session, summary.id)
         pending = next((v for v in full.versions if v.status == PolicyStatus.PROPOSED), None)
         if pending is not None:
-            out.append(PendingApproval(full, pending, why_not_decide(who, pending)))
+            blocked = why_not_decide(who, pending)
+            approve_blocked = (
+                None if blocked else await policies.why_not_approve(session, full.id, who)
+            )
+            out.append(PendingApproval(full, pending, blocked, approve_blocked))
     return out
 
 
@@ -199,8 +206,33 @@ class AuditFilters:
 
 
 @dataclass(frozen=True)
+class AuditRow:
+    """An event as the page shows it: every string with its non-printable characters
+    written as escapes, for events stored before the trail was normalised (a lone surrogate
+    cannot even be sent as UTF-8, and a bidi control would make the row read otherwise)."""
+
+    seq: int | None
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditRow:
+        return cls(
+            seq=event.seq,
+            at=event.at,
+            actor=visible(event.actor),
+            action=visible(event.action),
+            subject=visible(event.subject),
+            details=visible_value(event.details or {}),
+        )
+
+
+@dataclass(frozen=True)
 class AuditPageView:
-    events: list[AuditEvent]
+    events: list[AuditRow]
     older: int | None  # the ``before`` cursor of the next (older) page
     filters: AuditFilters
 
@@ -265,7 +297,7 @@ async def audit_page(
         newest_first=True,
     )
     older = events[limit - 1].seq if len(events) > limit else None
-    return AuditPageView(events[:limit], older, filters)
+    return AuditPageView([AuditRow.of(e) for e in events[:limit]], older, filters)
 
 
 # -- the activity chart ----------------------------------------------------------------------

@@ -7,15 +7,24 @@ Transit (``vault``) is decided once, by ``BROKER_KEY_BACKEND``, in ``factory.py`
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 # JOSE algorithms a custody backend may sign with. EdDSA is Ed25519; ES256 is P-256, whose
 # signatures are the raw 64-byte r||s form of RFC 7518 section 3.4, never DER.
 SUPPORTED_ALGS = ("EdDSA", "ES256")
 SIGNATURE_LENGTH = {"EdDSA": 64, "ES256": 64}
+
+
+# Called with the transaction that declares a signing key compromised, and its kid: whatever
+# must happen with the compromise, atomically (revoking everything the key signs). Custody
+# does not know what that is; the caller does.
+CompromiseHook = Callable[[AsyncSession, str], Awaitable[object]]
 
 
 class KeyState(StrEnum):
@@ -122,8 +131,15 @@ class SigningCustody(Protocol):
         """RFC 7517 JWKs (with ``kid``, ``alg``, ``use: sig``) of next, active and retiring keys."""
         ...
 
-    async def rotate(self, *, actor: str, compromised: bool = False) -> RotationResult:
-        """Replace the active key now; audited. ``compromised`` also unpublishes the old key."""
+    async def rotate(
+        self,
+        *,
+        actor: str,
+        compromised: bool = False,
+        on_compromise: CompromiseHook | None = None,
+    ) -> RotationResult:
+        """Replace the active key now; audited. ``compromised`` also unpublishes the old key,
+        and runs ``on_compromise`` with its kid in the same transaction."""
         ...
 
     async def describe(self) -> list[SigningKeyInfo]:

@@ -38,6 +38,7 @@ from broker import metrics
 from broker.audit import AuditAction, record
 from broker.custody.base import (
     PUBLISHED_STATES,
+    CompromiseHook,
     KeyState,
     RotationResult,
     Signature,
@@ -360,7 +361,12 @@ class LifecycleCustody(ABC):
         return changes
 
     async def rotate(
-        self, *, actor: str, compromised: bool = False, now: datetime | None = None
+        self,
+        *,
+        actor: str,
+        compromised: bool = False,
+        now: datetime | None = None,
+        on_compromise: CompromiseHook | None = None,
     ) -> RotationResult:
         """Rotate the key that is active as this call starts.
 
@@ -368,7 +374,9 @@ class LifecycleCustody(ABC):
         asking at the same moment make one rotation, and the second learns it happened.
         A planned rotation needs the next key to have been published long enough (see the
         module docstring) and otherwise is refused with ``Conflict``; a compromised one
-        never waits.
+        never waits. ``on_compromise`` runs in the same transaction as a compromise (the
+        revocation of everything the key signs): the key is never unpublished without it,
+        and no verifier can see one without the other.
         """
         expected = await self._active_kid()
         if expected is None:
@@ -381,6 +389,8 @@ class LifecycleCustody(ABC):
             await lock_signing_keys(session)
             if compromised:
                 result = await self._compromise(session, expected, now, actor=actor)
+                if on_compromise is not None and result.compromised_kid is not None:
+                    await on_compromise(session, result.compromised_kid)
             else:
                 result = await self._planned_rotation(session, expected, now, actor=actor)
         self.invalidate()

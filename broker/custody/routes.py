@@ -1,4 +1,4 @@
-"""Operator routes for signing keys; ``broker keys rotate`` calls the same custody method."""
+"""Operator routes for signing keys; ``broker keys rotate`` calls the same rotation function."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.custody.base import SigningKeyInfo
 from broker.custody.schemas import RotateRequest, RotationOut, SigningKeyOut
+from broker.issuance.verification import own_key_verifier
 from broker.operators.service import OperatorPrincipal
-from broker.revocation.service import revoke_signing_key
+from broker.revocation.service import rotate_signing_keys
 from broker.runtime import Runtime
 
 
@@ -48,26 +48,26 @@ class SigningKeyController(Controller):
             "The body is optional. A planned rotation promotes the published next key, and "
             "is refused (409) until that key has been published for the JWKS max-age. With "
             "`compromised: true` the active key is unpublished at once and replaced without "
-            "waiting, and every key it signed is revoked by one `kid` revocation entry; the "
-            "response names it in `compromised_kid`."
+            "waiting, and, in the same transaction, every key it signs is revoked by one `kid` "
+            "revocation entry that is not bounded by issue time (keys its thief signs later "
+            "are refused too); the response names it in `compromised_kid`."
         ),
         status_code=HTTP_200_OK,
     )
     async def rotate(
         self,
         runtime: NamedDependency[Runtime],
-        db: NamedDependency[AsyncSession],
         admin: NamedDependency[OperatorPrincipal],
         data: JSONBody[RotateRequest | None] = None,
     ) -> RotationOut:
         compromised = data.compromised if data is not None else False
-        result = await runtime.custody.rotate(actor=admin.actor, compromised=compromised)
+        result = await rotate_signing_keys(
+            runtime.custody, actor=admin.actor, compromised=compromised, settings=runtime.settings
+        )
         if result.compromised_kid:
-            # Unpublishing stops verifiers once their JWKS cache expires; the revocation
-            # entry stops every key the compromised key signed within the feed's latency.
-            await revoke_signing_key(
-                db, result.compromised_kid, actor=admin.actor, settings=runtime.settings
-            )
+            # Introspection here stops trusting the kid now, not at its next JWKS refresh;
+            # other replicas refuse its keys through the revocation entry.
+            own_key_verifier(runtime).forget(result.compromised_kid)
         return RotationOut(
             rotated=result.rotated,
             previous_kid=result.previous_kid,

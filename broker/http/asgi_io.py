@@ -15,6 +15,7 @@ Form bodies follow RFC 6749 §3.1: a parameter given twice is refused, not silen
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -112,6 +113,25 @@ def shape_form(form: dict[str, str], type_: type[T]) -> T:
         return msgspec.convert(form, type_)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
+
+
+# ASCII digits only, and few enough that ``int`` never sees a long string.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def whole_number(raw: str, *, low: int, high: int) -> int | None:
+    """A whole number written on the wire (a form parameter, a header), or None.
+
+    The one parser for numbers that arrive as text. ``str.isdigit`` and ``int`` are not a
+    check: ``"²".isdigit()`` holds and ``int("²")`` raises (a 500 where it was trusted), and
+    ``int`` quietly takes Arabic-Indic and full-width digits, ``" 3 "``, ``"+3"`` and
+    ``"1_000"``. Only ``[0-9]{1,18}`` within ``[low, high]`` is a number here; anything else
+    is the caller's 400.
+    """
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
 
 
 def _strings(items: Iterable[tuple[Any, Any]]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from broker.identity import workload_jwt
 from broker.identity.jwks_cache import JwksCache
 from broker.identity.schemas import SERVICE_ID_PATTERN
 from broker.identity.service import JWT, identity_epoch
+from broker.identity.source_blocks import refusal_for
 from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
 from broker.logs import get_logger
 from broker.models import Service, ServiceBinding, ServiceSecret
@@ -124,6 +125,10 @@ async def authenticate_service(
         )
         if refused.reason == workload_jwt.JWKS_UNAVAILABLE:
             raise Unavailable(refused.detail) from None
+        # A restricted address gets 429 for what fails; what passed above was never asked.
+        throttled = await refusal_for(runtime, source)
+        if throttled is not None:
+            raise throttled from None
         raise Unauthenticated(refused.detail, reason=refused.reason) from None
 
 
@@ -293,7 +298,14 @@ async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:
     if head.issuer is None:
         raise _Refused(workload_jwt.UNKNOWN_ISSUER, "the token has no issuer", extra=context)
     context["issuer"] = head.issuer[:500]
-    candidates, last_seen = await _candidates(runtime, head.issuer)
+    # An issuer no binding can hold (a NUL, a lone surrogate, a line separator) is unknown
+    # without asking the database, which would refuse to compare it (a 500 or a 422 rather
+    # than this audited 401 and its rule signal).
+    candidates, last_seen = (
+        await _candidates(runtime, head.issuer)
+        if workload_jwt.bindable_issuer(head.issuer)
+        else ([], {})
+    )
     if not candidates:
         raise _Refused(
             workload_jwt.UNKNOWN_ISSUER, "no service trusts the token's issuer", extra=context

@@ -10,18 +10,28 @@ from broker.identity.authenticate import ServiceIdentity, authenticate_service
 from broker.identity.source_blocks import ensure_source_allowed
 from broker.runtime import Runtime
 
+# Routes that only read what verifiers need to refuse keys safely (introspection, the
+# revocation feed): an address an operator blocked is throttled there instead, so the
+# resource services behind it keep working rather than failing closed.
+READ_ROUTES = ("/v1/introspect", "/v1/revocations")
+
 
 async def identify_service(
-    runtime: Runtime, authorization: str | None, source: str | None
+    runtime: Runtime, authorization: str | None, source: str | None, *, reads: bool = False
 ) -> ServiceIdentity:
-    """A blocked address is refused before any credential it sent is looked at."""
-    await ensure_source_allowed(runtime, source)
+    """A blocked address is refused before any credential it sent is looked at, except on
+    the read routes (``reads``), where its credentials decide as for a throttled one."""
+    if not reads:
+        await ensure_source_allowed(runtime, source)
     return await authenticate_service(runtime, authorization, source=source)
 
 
 async def require_service(request: Request[Any, Any, Any]) -> ServiceIdentity:
     runtime: Runtime = request.app.state.runtime
     source = request.client.host if request.client else None
-    identity = await identify_service(runtime, request.headers.get("authorization"), source)
+    reads = request.url.path.startswith(READ_ROUTES)
+    identity = await identify_service(
+        runtime, request.headers.get("authorization"), source, reads=reads
+    )
     request.state.service = identity
     return identity

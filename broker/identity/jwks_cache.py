@@ -7,6 +7,11 @@ fetched at most once per ``min_refetch_interval`` whatever happens: an unknown `
 (the issuer rotated) may trigger one early refetch, but a stream of forged kids cannot turn
 the broker into a load generator against the issuer. A failed refresh keeps serving the
 last good set.
+
+The attempt is recorded before the fetch starts, so it counts against that interval
+whatever becomes of it: an answer that breaks the parser in a way nobody listed (a JSON
+document nested deeper than the decoder recurses raises ``RecursionError``, which is not a
+``ValueError``) is one failed fetch like any other, never a reason to fetch again at once.
 """
 
 from __future__ import annotations
@@ -89,17 +94,20 @@ class JwksCache:
     async def _refresh(self, url: str, previous: _Entry | None) -> _Entry:
         now = self.clock()
         self.fetches += 1
+        # Counted first: if anything below escapes (even a cancellation), the next request
+        # still finds this attempt and waits out the interval.
+        failed = _Entry(
+            keys=previous.keys if previous else None,
+            expires_at=previous.expires_at if previous else now,
+            last_attempt=now,
+        )
+        self._entries[url] = failed
         try:
             keys, max_age = await self._fetch(url)
-        except (JwksError, httpx.HTTPError, ValueError, TimeoutError) as exc:
+        except Exception as exc:  # whatever went wrong, there is no new key set: fail closed
             log.warning("jwks_fetch_failed", host=urlsplit(url).hostname, error=type(exc).__name__)
-            entry = _Entry(
-                keys=previous.keys if previous else None,
-                expires_at=previous.expires_at if previous else now,
-                last_attempt=now,
-            )
-        else:
-            entry = _Entry(keys=keys, expires_at=now + max_age, last_attempt=now)
+            return failed
+        entry = _Entry(keys=keys, expires_at=now + max_age, last_attempt=now)
         self._entries[url] = entry
         return entry
 
@@ -119,7 +127,11 @@ class JwksCache:
                         if len(body) > MAX_BODY_BYTES:
                             raise JwksError("the key set is larger than the broker accepts")
                     cache_control = resp.headers.get("cache-control", "")
-        keys = validate_jwks(json.loads(bytes(body)))
+        try:
+            document = json.loads(bytes(body))
+        except (ValueError, RecursionError):
+            raise JwksError("the key set is not a JSON document the broker accepts") from None
+        keys = validate_jwks(document)
         return keys, self._max_age(cache_control)
 
     def _max_age(self, cache_control: str) -> float:

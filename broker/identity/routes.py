@@ -22,6 +22,7 @@ from broker.identity.schemas import (
     ServiceUpdate,
 )
 from broker.identity.service import SECRET, ServiceView
+from broker.incidents.service import release_quarantine
 from broker.models import ServiceBinding, ServiceSecret
 from broker.operators.service import OperatorPrincipal
 from broker.runtime import Runtime
@@ -150,5 +151,5 @@ class ServiceController(Controller):
         data: JSONBody[ServiceRelease | None] = None,
     ) -> ServiceOut:
         comment = data.comment if data is not None else ""
-        view = await service.release_service(db, service_id, actor=admin.actor, comment=comment)
+        view = await release_quarantine(db, service_id, actor=admin.actor, comment=comment)
         return _service_out(view)

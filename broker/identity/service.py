@@ -29,6 +29,7 @@ from broker.identity.workload_jwt import (
     ALLOWED_ALGORITHMS,
     RESERVED_CLAIMS,
     JwksError,
+    printable,
     public_key,
     validate_jwks,
 )
@@ -97,6 +98,15 @@ def _jwt_binding(service_id: str, spec: JwtBindingIn, index: int) -> ServiceBind
     algorithms: list[str] = list(spec.algorithms or [])
     if len(set(algorithms)) != len(algorithms):
         raise InvalidInput(f"{where}: algorithms are repeated")
+    texts = {"issuer": spec.issuer, "audience": spec.audience, "subject": spec.subject}
+    for name, value in spec.claims.items():
+        texts[f"claim name {name[:40]!r}"] = name
+        if isinstance(value, str):
+            texts[f"claim {name[:40]!r}"] = value
+    unprintable = [what for what, text in texts.items() if not printable(text)]
+    if unprintable:
+        # No token could match it through the audit-safe lookup (workload_jwt.printable).
+        raise InvalidInput(f"{where}: {unprintable[0]} holds a character that is not printable")
     reserved = sorted(RESERVED_CLAIMS & set(spec.claims))
     if reserved:
         raise InvalidInput(

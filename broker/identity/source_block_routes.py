@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get, post
@@ -18,9 +18,13 @@ from broker.operators.service import OperatorPrincipal
 Comment = Annotated[str, msgspec.Meta(max_length=2000)]
 
 
+Mode = Literal["block", "throttle"]
+
+
 class SourceBlockOut(msgspec.Struct):
     id: str
     source: str
+    mode: Mode
     blocked_until: datetime
     reason: str
     incident_id: str | None
@@ -34,6 +38,16 @@ class SourceBlockCreate(msgspec.Struct, forbid_unknown_fields=True):
     source: Annotated[str, msgspec.Meta(max_length=64)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     minutes: Annotated[int, msgspec.Meta(ge=1, le=10_080)] = 60
+    mode: Annotated[
+        Mode,
+        msgspec.Meta(
+            description=(
+                "block: refused before any credential on the routes that issue or change "
+                "something (introspection and the revocation feed are throttled instead); "
+                "throttle: failing credentials get 429, valid ones keep working"
+            )
+        ),
+    ] = "block"
 
 
 class SourceBlockLift(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,6 +58,7 @@ def _out(block: SourceBlock) -> SourceBlockOut:
     return SourceBlockOut(
         id=block.id,
         source=block.source,
+        mode=source_blocks.Mode(block.mode).value,
         blocked_until=block.blocked_until,
         reason=block.reason,
         incident_id=block.incident_id,
@@ -58,7 +73,7 @@ class SourceBlockController(Controller):
     path = "/v1/admin/blocked-sources"
     tags = ["incidents"]
 
-    @get("/", summary="Client addresses refused on service-facing routes")
+    @get("/", summary="Client addresses blocked or throttled on service-facing routes")
     async def list_blocked_sources(
         self,
         db: NamedDependency[AsyncSession],
@@ -67,7 +82,7 @@ class SourceBlockController(Controller):
     ) -> list[SourceBlockOut]:
         return [_out(b) for b in await source_blocks.list_blocks(db, include_past=include_past)]
 
-    @post("/", summary="Block a client address by hand (incident response)")
+    @post("/", summary="Block or throttle a client address by hand (incident response)")
     async def block_source(
         self,
         data: JSONBody[SourceBlockCreate],
@@ -75,7 +90,12 @@ class SourceBlockController(Controller):
         admin: NamedDependency[OperatorPrincipal],
     ) -> SourceBlockOut:
         block = await source_blocks.block_source(
-            db, data.source, seconds=data.minutes * 60, reason=data.reason, actor=admin.actor
+            db,
+            data.source,
+            seconds=data.minutes * 60,
+            reason=data.reason,
+            actor=admin.actor,
+            mode=source_blocks.Mode(data.mode),
         )
         return _out(block)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -41,6 +43,7 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_RSA_BITS = 2048
 MAX_KEYS = 50
 MAX_TOKEN_LENGTH = 16 * 1024
+MAX_ISSUER = 500  # schemas.Issuer
 RESERVED_CLAIMS = frozenset({"iss", "aud", "sub", "exp", "nbf", "iat", "jti"})
 
 # Failure reasons, weakest first: with several candidate bindings for one issuer, the
@@ -95,6 +98,8 @@ def validate_jwks(doc: Any) -> list[dict[str, Any]]:
             raise JwksError(f"{where} is not an object")
         if _PRIVATE_MEMBERS & set(jwk):
             raise JwksError(f"{where} carries private or symmetric key material")
+        if not all(_flat_member(value) for value in jwk.values()):
+            raise JwksError(f"{where} has a member that is neither a value nor a list of strings")
         kty = jwk.get("kty")
         if kty not in ("RSA", "EC", "OKP"):
             raise JwksError(f"{where} has an unsupported kty (RSA, EC or OKP only)")
@@ -112,6 +117,16 @@ def validate_jwks(doc: Any) -> list[dict[str, Any]]:
             raise JwksError(f"{where} is not a signing key (use must be sig)")
         public_key(jwk, alg or _default_alg(jwk), where)
     return [dict(k) for k in keys]
+
+
+def _flat_member(value: Any) -> bool:
+    """Every public JWK member (RFC 7517, 7518) is a string, a number or boolean, or a list
+    of strings (``key_ops``, ``x5c``). Refusing anything nested keeps a stored key set
+    shallow: a member nested hundreds deep decodes, then breaks whatever serialises it
+    again deeper in the stack (the database's JSON column: a 500 on registration)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _default_alg(jwk: Mapping[str, Any]) -> str:
@@ -172,7 +187,8 @@ def peek(token: str) -> Peek:
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser goes, which pyjwt lets through.
         raise JwtFailure(BAD_SIGNATURE, "the token is not a well-formed signed JWT") from None
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
@@ -187,6 +203,34 @@ def peek(token: str) -> Peek:
         raise JwtFailure(BAD_SIGNATURE, "the token's kid is not a string")
     issuer = claims.get("iss")
     return Peek(alg, kid, issuer if isinstance(issuer, str) else None)
+
+
+def printable(value: str) -> bool:
+    """Text a binding may hold, and so a token must have to match one: printable characters
+    only (no controls, NUL included, no lone surrogates, line separators or bidi controls).
+    Such text can be stored and compared on both databases and written to the audit trail
+    as it is."""
+    return value.isprintable()
+
+
+def bindable_issuer(issuer: str) -> bool:
+    """Whether some binding could hold this ``iss`` (what ``schemas.Issuer`` and
+    ``printable`` allow): anything else is an unknown issuer without a database lookup,
+    which could not even compare a NUL (PostgreSQL) or a lone surrogate (SQLite)."""
+    return 0 < len(issuer) <= MAX_ISSUER and printable(issuer) and " " not in issuer
+
+
+def finite_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number that compares as a number: an int or a finite float, never a bool.
+
+    Python's JSON parser (pyjwt's too) reads ``NaN``, ``Infinity`` and ``1e400`` as floats
+    that compare false with everything (NaN) or beyond any bound; a time claim holding one
+    is refused, never compared. The SDK keeps its own copy (``broker.client.numbers``); a
+    parity test ties the two.
+    """
+    if type(value) is int:
+        return True
+    return type(value) is float and math.isfinite(value)
 
 
 KeyLookup = Callable[[Candidate, str | None], Awaitable[Sequence[Mapping[str, Any]]]]
@@ -252,10 +296,19 @@ async def _verify_one(
             audience=candidate.audience,
             issuer=candidate.issuer,
             leeway=leeway,
-            options={"require": ["exp", "nbf", "iss", "aud", "sub"]},
+            # The times are checked below, as finite numbers first (check_times).
+            options={
+                "require": ["exp", "nbf", "iss", "aud", "sub"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.PyJWTError as exc:
         raise _failure_for(exc) from None
+    except (ValueError, TypeError, RecursionError):
+        raise JwtFailure(BAD_SIGNATURE, "the token is not a well-formed signed JWT") from None
+    check_times(claims, leeway)
     subject = claims.get("sub")
     if not isinstance(subject, str) or not fnmatch.fnmatchcase(subject, candidate.subject):
         raise JwtFailure(CLAIMS_MISMATCH, "the token's subject is not bound to a service")
@@ -263,6 +316,24 @@ async def _verify_one(
         if not _same(claim_value(claims, name), expected):
             raise JwtFailure(CLAIMS_MISMATCH, f"the token's {name!r} claim does not match")
     return claims
+
+
+def check_times(claims: Mapping[str, Any], leeway: float, now: float | None = None) -> None:
+    """``exp`` and ``nbf`` (required) and ``iat`` (if present) within the leeway of now.
+
+    Each must be a finite number before it is compared: NaN passes every ``<`` and ``>``
+    test, so a token with ``"exp": NaN`` would never expire.
+    """
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not finite_number(claims[name]):
+            raise JwtFailure(EXPIRED_TOKEN, f"the token's {name} claim is not a finite number")
+    if "exp" not in claims or "nbf" not in claims:
+        raise JwtFailure(EXPIRED_TOKEN, "the token has no exp or nbf claim")
+    moment = time.time() if now is None else now
+    if claims["exp"] <= moment - leeway:
+        raise JwtFailure(EXPIRED_TOKEN, "the token has expired")
+    if claims["nbf"] > moment + leeway or claims.get("iat", moment) > moment + leeway:
+        raise JwtFailure(EXPIRED_TOKEN, "the token is not valid yet")
 
 
 def select_key(keys: Sequence[Mapping[str, Any]], kid: str | None) -> Mapping[str, Any] | None:

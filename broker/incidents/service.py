@@ -27,12 +27,14 @@ from broker.audit import AuditAction, record
 from broker.audit.service import serialise_writers
 from broker.db import utcnow
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.identity.service import quarantine_service
-from broker.identity.source_blocks import active_block, block_source, normalise_source
-from broker.models import Incident, IssuedKey
+from broker.identity.service import ServiceView, quarantine_service, release_service
+from broker.identity.source_blocks import Mode, active_block, block_source, normalise_source
+from broker.models import Incident, IssuedKey, Service
 from broker.revocation.selector import Selector
 from broker.revocation.service import revoke
+from broker.rules import windows
 from broker.rules.base import Action, Firing, Severity
+from broker.rules.catalog import RULES
 from broker.settings import Settings
 
 SYSTEM_ACTOR = "system:rules"
@@ -110,9 +112,11 @@ async def _take(
     reason = f"incident {incident.id}: {incident.title}"[:500]
     service_id, jti = firing.service_id, firing.jti
     try:
-        if action is Action.BLOCK_SOURCE:
+        if action in (Action.THROTTLE_SOURCE, Action.BLOCK_SOURCE):
+            # A rule only ever throttles: its evidence (failures from an address) is what
+            # anyone sharing the address could produce. Blocking is an operator's decision.
             if firing.source is None or firing.block_seconds <= 0:
-                raise InvalidInput("the firing names no source to block")
+                raise InvalidInput("the firing names no source to throttle")
             block = await block_source(
                 session,
                 firing.source,
@@ -120,6 +124,7 @@ async def _take(
                 reason=reason,
                 actor=actor,
                 incident_id=incident.id,
+                mode=Mode.THROTTLE,
             )
             entry.update(source=block.source, until=block.blocked_until.isoformat())
         elif action in (Action.REVOKE_KEY, Action.REVOKE_SERVICE, Action.QUARANTINE):
@@ -174,16 +179,24 @@ async def _keys_issued_since(session: AsyncSession, service_id: str, since: date
 async def _retake_needed(
     session: AsyncSession, incident: Incident, action: Action, firing: Firing
 ) -> bool:
-    """A service-wide action again, when the service got keys after it was last taken; a
-    block again, when the last one ran out (or was lifted) and the address carries on."""
+    """A service-wide action again, when the service got keys after it was last taken (or,
+    for a quarantine, was released since); a throttle again, when the last one ran out (or
+    was lifted) and the address carries on."""
     service_id = firing.service_id
-    if action is Action.BLOCK_SOURCE and firing.source is not None:
-        return await active_block(session, normalise_source(firing.source), utcnow()) is None
+    if action in (Action.THROTTLE_SOURCE, Action.BLOCK_SOURCE) and firing.source is not None:
+        address = normalise_source(firing.source)
+        return await active_block(session, address, utcnow(), Mode.THROTTLE) is None
     if action not in (Action.REVOKE_SERVICE, Action.QUARANTINE) or service_id is None:
         return False
     last = [a for a in incident.actions if a["action"] == action.value and "error" not in a]
     if not last:
         return True
+    if action is Action.QUARANTINE:
+        # Released since (by an operator, on fresh evidence now): quarantine again even if
+        # no key was issued in between.
+        service = await session.get(Service, service_id)
+        if service is not None and not service.quarantined:
+            return True
     # The last revocation covered every key issued before the next whole second (keys carry
     # whole-second iat): only keys from that second on are new.
     taken = datetime.fromisoformat(last[-1]["at"])
@@ -475,3 +488,26 @@ async def resolve(session: AsyncSession, incident_id: str, *, actor: str, commen
         comment=comment,
         allowed_from=(IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED),
     )
+
+
+async def release_quarantine(
+    session: AsyncSession, service_id: str, *, actor: str, comment: str = ""
+) -> ServiceView:
+    """Lift a service's quarantine, and forget the rule evidence that led there.
+
+    Evidence an operator has looked at and released must not count towards the next
+    firing: otherwise one more old key presented right after the release (or the rest of
+    the window) quarantines the service again. History a rule keeps as a baseline (keys
+    issued) stays. One transaction, audited.
+    """
+    view = await release_service(session, service_id, actor=actor, comment=comment)
+    names = [name for rule in RULES for name in rule.evidence_names()]
+    cleared = await windows.forget_subject(session, names, f"service:{service_id}")
+    await record(
+        session,
+        AuditAction.RULE_EVIDENCE_CLEARED,
+        actor=actor,
+        subject=f"service:{service_id}",
+        details={"hits": cleared, "why": "quarantine released"},
+    )
+    return view

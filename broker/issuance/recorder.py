@@ -36,6 +36,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from broker.audit import AuditAction
+from broker.audit.normalise import event_parts
 from broker.audit.service import GENESIS, digest_around_prev, serialise_writers
 from broker.db import advisory_xact_lock, utcnow
 from broker.errors import RateLimited, Unavailable
@@ -87,8 +88,10 @@ class _Event:
     @classmethod
     def for_key(cls, row: IssuedKeyRow, details: dict[str, Any]) -> _Event:
         at = utcnow()
-        actor = f"service:{row['service_id']}"
-        subject = f"key:{row['jti']}"
+        # The same normalisation as every other event (audit.normalise), hashed as stored.
+        actor, _, subject, details = event_parts(
+            f"service:{row['service_id']}", _ISSUED, f"key:{row['jti']}", details
+        )
         head, tail = digest_around_prev(at, actor, _ISSUED, subject, details)
         return cls(at, actor, subject, details, head, tail)
 

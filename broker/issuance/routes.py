@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
@@ -20,12 +21,15 @@ from broker.http.asgi_io import (
     read_body,
     send_json,
     shape_form,
+    whole_number,
 )
 from broker.identity.authenticate import ServiceIdentity, authenticate_service
 from broker.identity.deps import identify_service
 from broker.identity.source_blocks import ensure_source_allowed, normalise_source
 from broker.issuance.introspection import Introspection, introspect, revoke_own_key
 from broker.issuance.schemas import (
+    MAX_TTL_SECONDS,
+    MAX_USES,
     IntrospectionForm,
     IntrospectionOut,
     IssuedKeyOut,
@@ -89,7 +93,12 @@ async def request_key(scope: Scope, receive: Receive, send: Send) -> None:
     data: KeyRequest = decode_json(body, KeyRequest)
     if len(set(data.fields)) != len(data.fields):
         raise InvalidInput("fields must not repeat")
-    order = KeyOrder(
+    result = await issue_key(runtime, service, _order(data), source=request.client)
+    await send_json(send, HTTP_201_CREATED, _key_out(result))
+
+
+def _order(data: KeyRequest) -> KeyOrder:
+    return KeyOrder(
         audience=data.audience,
         fields=frozenset(data.fields),
         purpose=data.purpose,
@@ -97,8 +106,6 @@ async def request_key(scope: Scope, receive: Receive, send: Send) -> None:
         max_uses=data.max_uses,
         jkt=data.jkt,
     )
-    result = await issue_key(runtime, service, order, source=request.client)
-    await send_json(send, HTTP_201_CREATED, _key_out(result))
 
 
 class OAuthError(BrokerError):
@@ -122,7 +129,7 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
 def _parse_details(raw: str) -> tuple[frozenset[str], str]:
     try:
         details = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder recurses: refused
         raise OAuthError(
             "invalid_authorization_details", "authorization_details is not JSON"
         ) from None
@@ -151,6 +158,55 @@ def _parse_details(raw: str) -> tuple[frozenset[str], str]:
     return frozenset(fields), purpose
 
 
+def _number(form: dict[str, str], name: str, *, high: int) -> int | None:
+    """A numeric form parameter, read with the one strict parser; absent or empty (RFC 6749
+    §3.1: a parameter without a value is omitted) is None."""
+    raw = form.get(name, "")
+    if raw == "":
+        return None
+    value = whole_number(raw, low=1, high=high)
+    if value is None:
+        raise OAuthError("invalid_request", f"{name} must be a whole number from 1 to {high}")
+    return value
+
+
+def _exchange_request(
+    form: dict[str, str], audience: str, fields: frozenset[str], purpose: str
+) -> KeyRequest:
+    """The exchange's parameters held to ``KeyRequest``, the very struct ``POST /v1/keys``
+    decodes its body into: one check of the audience, the TTL and uses bounds and the
+    ``jkt`` thumbprint for both routes, whichever form the request came in."""
+    ttl = _number(form, "ttl_seconds", high=MAX_TTL_SECONDS)
+    if ttl is None:
+        ttl = _number(form, "expires_in", high=MAX_TTL_SECONDS)
+    try:
+        return msgspec.convert(
+            {
+                "audience": audience,
+                "fields": sorted(fields),
+                "purpose": purpose,
+                "ttl_seconds": ttl,
+                "max_uses": _number(form, "max_uses", high=MAX_USES),
+                "jkt": form.get("jkt") or None,
+            },
+            KeyRequest,
+        )
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$")
+        name = path.rstrip("`").lstrip(".").split("[", 1)[0] or "request"
+        error, status = _EXCHANGE_ERRORS.get(name, ("invalid_request", 400))
+        raise OAuthError(error, f"{name}: {message}", status) from None
+
+
+# RFC 8693 §2.2.2: an audience no service could be is a target the broker will not serve;
+# the fields and purpose came from authorization_details (RFC 9396 §5).
+_EXCHANGE_ERRORS = {
+    "audience": ("invalid_target", 403),
+    "fields": ("invalid_authorization_details", 400),
+    "purpose": ("invalid_authorization_details", 400),
+}
+
+
 @post(
     "/v1/token",
     tags=["keys"],
@@ -175,7 +231,7 @@ async def token_exchange(
     if "authorization_details" not in form:
         raise OAuthError("invalid_request", "authorization_details of type pii_access is required")
     fields, purpose = _parse_details(form["authorization_details"])
-    ttl = form.get("ttl_seconds") or form.get("expires_in")
+    data = _exchange_request(form, audience, fields, purpose)
     source = _source(request)
     await ensure_source_allowed(runtime, source)
     identity = await authenticate_service(runtime, f"Bearer {subject_token}", source=source)
@@ -187,15 +243,8 @@ async def token_exchange(
             raise OAuthError(
                 "invalid_client", "client and subject token name different services", 401
             )
-    order = KeyOrder(
-        audience=audience,
-        fields=fields,
-        purpose=purpose,
-        ttl_seconds=int(ttl) if ttl and ttl.isdigit() and 0 < int(ttl) <= 86400 else None,
-        jkt=form.get("jkt") or None,
-    )
     try:
-        result = await issue_key(runtime, identity, order, source=source)
+        result = await issue_key(runtime, identity, _order(data), source=source)
     except Forbidden as exc:
         raise OAuthError("invalid_target", exc.detail, 403) from None
     return TokenExchangeOut(
@@ -214,7 +263,7 @@ async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
     request = RawRequest(scope)
     request.require_post()
     runtime = _app_runtime(scope)
-    service = await identify_service(runtime, request.authorization, request.client)
+    service = await identify_service(runtime, request.authorization, request.client, reads=True)
     body = await read_body(receive, runtime.settings.max_body_bytes)
     form = shape_form(parse_form(request.content_type, body), IntrospectionForm)
     presenter = form.source or None

@@ -15,15 +15,31 @@ FieldName = Annotated[str, msgspec.Meta(min_length=3, max_length=120, pattern=FI
 PurposeName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=80, pattern=PURPOSE_NAME.pattern)
 ]
-Thumbprint = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{43}$")]
+# An RFC 7638 SHA-256 thumbprint (RFC 9449 ``jkt``): 32 bytes in unpadded base64url, which
+# is 43 characters whose last one carries 4 bits and two zero bits (so it is one of 16). The
+# exact length also keeps out the trailing newline that ``$`` would let through.
+Thumbprint = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=43,
+        max_length=43,
+        pattern=r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$",
+        description="RFC 7638 SHA-256 thumbprint of the holder key (base64url, 43 chars)",
+    ),
+]
+MAX_TTL_SECONDS = 86400
+MAX_USES = 1_000_000
 
 
 class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A key request. ``POST /v1/keys`` decodes its JSON body into it and ``POST /v1/token``
+    holds its form parameters to it, so both routes accept exactly the same values."""
+
     audience: Slug
     fields: Annotated[list[FieldName], msgspec.Meta(min_length=1, max_length=64)]
     purpose: PurposeName
-    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] | None = None
-    max_uses: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS)] | None = None
+    max_uses: Annotated[int, msgspec.Meta(ge=1, le=MAX_USES)] | None = None
     jkt: Thumbprint | None = None
 
 

@@ -73,6 +73,12 @@ class OwnKeyVerifier:
         self._refresh_interval = refresh_interval
         self._verified: dict[bytes, VerifiedClaims] = {}
 
+    def forget(self, kid: str) -> None:
+        """Stop trusting ``kid`` now (a compromised signing key), with every key it verified;
+        the next refresh of the key set cannot bring it back, as it is no longer published."""
+        self._keys.pop(kid, None)
+        self._verified = {d: v for d, v in self._verified.items() if v.kid != kid}
+
     async def _refresh(self) -> None:
         jwks = await self._runtime.custody.public_jwks()
         self._keys = {jwk["kid"]: jwt.PyJWK(jwk) for jwk in jwks if "kid" in jwk}

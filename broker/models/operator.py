@@ -8,7 +8,14 @@ from broker.models._base import created_at_field, datetime_field
 
 
 class Operator(SQLModel, table=True):
-    """A person who administers the broker. Only a keyed hash of the token is kept."""
+    """A person who administers the broker. Only a keyed hash of the token is kept.
+
+    ``created_by`` is the operator who made this one through the API and so was handed its
+    first token; ``None`` for a root (the bootstrap admin, ``broker operator create`` on the
+    host, and every operator made before this was recorded). Until another, independent
+    admin confirms it (``confirmed_by``), an operator counts as its creator's for the
+    separation of duties (``broker.operators.independence``).
+    """
 
     __tablename__ = "operators"
 
@@ -19,3 +26,11 @@ class Operator(SQLModel, table=True):
     disabled: bool = Field(default=False)
     created_at: datetime = created_at_field()
     last_used_at: datetime | None = datetime_field()
+    created_by: str | None = Field(default=None, max_length=36)
+    confirmed_by: str | None = Field(default=None, max_length=36)
+    confirmed_at: datetime | None = datetime_field()
+    # A short public handle of the current token (``credentials.fingerprint``), and when the
+    # operator last replaced the token itself: a confirmation names the fingerprint its
+    # holder reads out, and needs a token the creator never saw.
+    token_fingerprint: str | None = Field(default=None, max_length=12)
+    token_replaced_at: datetime | None = datetime_field()

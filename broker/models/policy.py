@@ -67,3 +67,5 @@ class PolicyApproval(SQLModel, table=True):
     decision: str = Field(max_length=16)
     comment: str = Field(default="", max_length=2000)
     at: datetime = created_at_field()
+    # The terms digest of the version as the operator read it (None before it was recorded).
+    terms_digest: str | None = Field(default=None, max_length=71)

@@ -1,11 +1,12 @@
-"""Brute force on operator tokens: an address that keeps failing is refused for a while.
+"""Brute force on operator tokens: an address that keeps failing is throttled for a while.
 
 Operator tokens carry about 250 bits, so guessing one is hopeless; what this stops is the
 attempt itself, which is noisy, fills the audit trail, and may be someone replaying a list
 of leaked tokens. After ``FAILURES`` failed operator authentications from one address within
-``WINDOW`` seconds, that address gets ``429`` with ``Retry-After`` on every operator route
-for ``LOCKOUT`` seconds, whatever token it presents (a good token would otherwise tell it the
-lockout is only for bad ones). The start of each lockout is audited once.
+``WINDOW`` seconds, that address's failing tokens get ``429`` with ``Retry-After`` on every
+operator route for ``LOCKOUT`` seconds. Valid tokens keep working from it: operators share
+addresses (an office NAT, a VPN exit), and a lockout anyone there could start with junk
+would lock them all out. The start of each lockout is audited once.
 
 The counts live in this process (per replica): with N replicas an address gets up to N
 times ``FAILURES`` attempts per window, still a handful against a search space of 2^250.

@@ -5,18 +5,20 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
-from broker.errors import Conflict, InvalidInput, Unauthenticated
-from broker.models import Operator
+from broker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from broker.models import ConsoleSession, Operator
+from broker.operators.independence import Roster, Standing, confirmation_problem
 
 
 class Role(StrEnum):
@@ -69,7 +71,10 @@ async def create_operator(
     *,
     actor: str,
     bootstrap: bool = False,
+    created_by: str | None = None,
 ) -> CreatedOperator:
+    """``created_by``: the operator creating this one through the API, who is handed its
+    token; ``None`` for roots (the bootstrap, and ``broker operator create`` on the host)."""
     name = _validate_name(name)
     try:
         role_value = Role(role)
@@ -84,6 +89,8 @@ async def create_operator(
         name=name,
         role=role_value.value,
         token_hash=credentials.keyed_hash(pepper, token),
+        token_fingerprint=credentials.fingerprint(token),
+        created_by=created_by,
     )
     session.add(operator)
     await session.flush()
@@ -92,7 +99,11 @@ async def create_operator(
         AuditAction.OPERATOR_BOOTSTRAPPED if bootstrap else AuditAction.OPERATOR_CREATED,
         actor=actor,
         subject=f"operator:{name}",
-        details={"role": role_value.value, "token_fingerprint": credentials.fingerprint(token)},
+        details={
+            "role": role_value.value,
+            "token_fingerprint": credentials.fingerprint(token),
+            "standing": "unconfirmed" if created_by else "root",
+        },
     )
     return CreatedOperator(OperatorPrincipal(operator.id, name, role_value), token)
 
@@ -138,3 +149,129 @@ async def touch_operator(session: AsyncSession, operator_id: str) -> None:
 
 async def list_operators(session: AsyncSession) -> list[Operator]:
     return list(await session.exec(select(Operator).order_by(Operator.name)))
+
+
+StandingName = Literal["root", "unconfirmed", "confirmed"]
+
+
+def standing_of(row: Operator) -> StandingName:
+    """``root`` (nobody above it), ``unconfirmed`` (counts as its creator's) or
+    ``confirmed`` (an independent admin vouched for it)."""
+    if row.created_by is None:
+        return "root"
+    return "confirmed" if row.confirmed_at is not None else "unconfirmed"
+
+
+async def load_roster(session: AsyncSession) -> Roster:
+    """Every operator's standing. The table holds people, so it is small: one query."""
+    rows = await session.exec(
+        select(Operator.id, Operator.name, Operator.created_by, Operator.confirmed_at)
+    )
+    return {
+        row[0]: Standing(name=row[1], created_by=row[2], confirmed=row[3] is not None)
+        for row in rows
+    }
+
+
+async def _operator(session: AsyncSession, operator_id: str) -> Operator:
+    row = await session.get(Operator, operator_id) if len(operator_id) <= 36 else None
+    if row is None:
+        raise NotFound("no such operator")
+    return row
+
+
+async def confirm_operator(
+    session: AsyncSession,
+    operator_id: str,
+    token_fingerprint: str,
+    *,
+    admin: OperatorPrincipal,
+    now: datetime | None = None,
+) -> Operator:
+    """An admin independent of ``operator_id``'s creator vouches that it is someone else.
+
+    The confirmation is bound to the token its holder reads out (``token_fingerprint``),
+    and needs a token the operator set itself: the creator was handed the first one and
+    could otherwise go on using it after the confirmation.
+    """
+    now = now or utcnow()
+    row = await _operator(session, operator_id)
+    problem = confirmation_problem(admin.id, row.id, await load_roster(session))
+    if problem is not None:
+        if row.created_by is None or row.confirmed_at is not None:
+            raise Conflict(problem)
+        raise Forbidden(problem, reason="not-independent")
+    if row.token_replaced_at is None:
+        raise Conflict(
+            f"{row.name} still uses the token its creator was handed: {row.name} must "
+            "replace it first (broker operator rotate-token, or POST /v1/admin/operators/me/token) "
+            "and read you the new token's fingerprint"
+        )
+    if not hmac.compare_digest((row.token_fingerprint or "").encode(), token_fingerprint.encode()):
+        raise Conflict(
+            f"the fingerprint does not match {row.name}'s current token: ask {row.name} to "
+            "read it out again (broker operator whoami)"
+        )
+    # Conditional, so a confirmation racing another one, or a token replaced since the
+    # check, writes nothing.
+    result = await session.exec(  # type: ignore[call-overload]
+        update(Operator)
+        .where(
+            col(Operator.id) == row.id,
+            col(Operator.confirmed_at).is_(None),
+            col(Operator.token_fingerprint) == token_fingerprint,
+        )
+        .values(confirmed_by=admin.id, confirmed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"{row.name} changed while being confirmed; read it again")
+    await session.refresh(row)
+    creator = await session.get(Operator, row.created_by) if row.created_by else None
+    await record(
+        session,
+        AuditAction.OPERATOR_CONFIRMED,
+        actor=admin.actor,
+        subject=f"operator:{row.name}",
+        details={
+            "created_by": creator.name if creator else row.created_by,
+            "token_fingerprint": token_fingerprint,
+        },
+    )
+    return row
+
+
+@dataclass(frozen=True)
+class ReplacedToken:
+    token: str
+    sessions_ended: int
+
+
+async def replace_own_token(
+    session: AsyncSession, pepper: bytes, operator: OperatorPrincipal
+) -> ReplacedToken:
+    """A new token for the operator presenting the old one; the old one stops at once, and
+    so do the operator's console sessions (they may have been opened with the old one)."""
+    token = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
+    fingerprint = credentials.fingerprint(token)
+    await session.exec(  # type: ignore[call-overload]
+        update(Operator)
+        .where(col(Operator.id) == operator.id)
+        .values(
+            token_hash=credentials.keyed_hash(pepper, token),
+            token_fingerprint=fingerprint,
+            token_replaced_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    ended = await session.exec(  # type: ignore[call-overload]
+        delete(ConsoleSession).where(col(ConsoleSession.operator_id) == operator.id)
+    )
+    await record(
+        session,
+        AuditAction.OPERATOR_TOKEN_REPLACED,
+        actor=operator.actor,
+        subject=f"operator:{operator.name}",
+        details={"token_fingerprint": fingerprint, "sessions_ended": ended.rowcount},
+    )
+    return ReplacedToken(token, int(ended.rowcount or 0))

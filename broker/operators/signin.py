@@ -1,5 +1,11 @@
 """Checking an operator token presented from an address: the one path the API and the
-console share, so both refuse a locked-out address and audit every failure the same way."""
+console share, so both throttle a locked-out address and audit failures the same way.
+
+The token is always checked first. A valid one works whatever its address has been up to:
+operators share addresses (an office NAT, a VPN exit, a bastion), so twenty junk tokens
+sent by anyone there must not lock every operator behind it out. What a lockout does is
+answer the address's *failing* tokens with ``429`` and ``Retry-After`` (not audited one by
+one: the lockout's start is), which slows and flags the guesser and no one else."""
 
 from __future__ import annotations
 
@@ -19,20 +25,22 @@ log = get_logger("broker.operators")
 async def authenticate_operator(
     runtime: Runtime, token: str, *, source: str | None, where: str
 ) -> OperatorPrincipal:
-    """The operator ``token`` belongs to; ``Unauthenticated`` (audited) or ``RateLimited``
-    while ``source`` is locked out. ``where`` names the route for the audit event."""
+    """The operator ``token`` belongs to; ``Unauthenticated`` (audited), or ``RateLimited``
+    for a failing token while ``source`` is locked out. ``where`` names the route for the
+    audit event."""
     lockout = operator_lockout(runtime.extras)
-    wait = lockout.retry_after(source or "")
-    if wait is not None:
-        metrics.OPERATOR_LOCKOUT_REFUSALS.inc()
-        raise RateLimited(
-            "too many failed operator authentications from this address; retry later",
-            retry_after=wait,
-        )
     try:
         async with runtime.transaction() as session:
             principal = await authenticate(session, runtime.secrets.pepper, token)
     except Unauthenticated:
+        wait = lockout.retry_after(source or "")
+        if wait is not None:
+            metrics.OPERATOR_LOCKOUT_REFUSALS.inc()
+            raise RateLimited(
+                "too many failed operator authentications from this address: failing tokens "
+                "are refused for a while; valid ones keep working",
+                retry_after=wait,
+            ) from None
         started = lockout.failed(source or "")
         async with runtime.transaction() as session:
             await record(

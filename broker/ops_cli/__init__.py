@@ -14,7 +14,7 @@ from broker.ops_cli.blocks import blocks
 from broker.ops_cli.catalog import fields, purposes
 from broker.ops_cli.incidents import incidents
 from broker.ops_cli.keys import list_keys
-from broker.ops_cli.operators import list_operators, whoami
+from broker.ops_cli.operators import confirm, list_operators, rotate_token, whoami
 from broker.ops_cli.policies import policies
 from broker.ops_cli.revocations import revocations
 from broker.ops_cli.rules import rules
@@ -37,3 +37,5 @@ def register(main: click.Group) -> None:
     if isinstance(operator, click.Group):
         operator.add_command(list_operators)
         operator.add_command(whoami)
+        operator.add_command(confirm)
+        operator.add_command(rotate_token)

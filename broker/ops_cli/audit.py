@@ -42,9 +42,19 @@ def _filters(fn: Any) -> Any:
 
 
 def _rows(events: list[dict[str, Any]]) -> Iterator[list[Any]]:
+    # Events stored before the trail was normalised may hold any character: shown escaped.
+    from broker.audit.normalise import visible
+
     for e in events:
         details = json.dumps(e.get("details") or {}, sort_keys=True, separators=(",", ":"))
-        yield [e["seq"], when(e["at"]), e["actor"], e["action"], e["subject"] or "-", details]
+        yield [
+            e["seq"],
+            when(e["at"]),
+            visible(e["actor"]),
+            visible(e["action"]),
+            visible(e["subject"]) or "-",
+            details,
+        ]
 
 
 @click.group()
@@ -80,7 +90,11 @@ def show(
         page = remote.http.get("/v1/admin/audit", after=after, limit=limit, **filters)
         events = page["events"]
     if remote.as_json:
-        return remote.out.json(events)
+        from broker.audit.normalise import json_line
+
+        # Not out.json: the stored values exactly, but never a character stdout cannot take.
+        click.echo(json_line(events, indent=2))
+        return
     remote.out.table(
         ["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT", "DETAILS"],
         _rows(events),
@@ -276,6 +290,8 @@ def export(remote: Remote, after: int, output: Path, progress: bool) -> None:
 def _export(
     remote: Remote, after: int, sink: IO[str], progress: bool
 ) -> tuple[int, int | None, int | None]:
+    from broker.audit.normalise import json_line
+
     count = 0
     first: int | None = None
     last: int | None = None
@@ -285,7 +301,9 @@ def _export(
             page = remote.http.get("/v1/admin/audit", after=cursor, limit=PAGE)
             events = page["events"]
             for event in events:
-                sink.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+                # One event per line for any reader: every character that some reader takes
+                # for a line break (U+2028, U+0085...) is written as a JSON escape.
+                sink.write(json_line(event) + "\n")
             if events:
                 count += len(events)
                 first = events[0]["seq"] if first is None else first

@@ -1,4 +1,4 @@
-"""``broker blocks``: client addresses refused on service-facing routes (exchange_spray)."""
+"""``broker blocks``: client addresses blocked (by hand) or throttled (by the rules)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ def list_blocks(remote: Remote, include_past: bool) -> None:
     if remote.as_json:
         return remote.out.json(rows)
     remote.out.table(
-        ["SOURCE", "UNTIL", "INCIDENT", "BY", "LIFTED"],
+        ["SOURCE", "MODE", "UNTIL", "INCIDENT", "BY", "LIFTED"],
         (
             [
                 b["source"],
+                b.get("mode", "block"),
                 when(b["blocked_until"]),
                 b.get("incident_id") or "",
                 b["created_by"],
@@ -43,13 +44,24 @@ def list_blocks(remote: Remote, include_past: bool) -> None:
 @click.argument("source")
 @click.option("--reason", required=True, help="Why (kept in the audit trail).")
 @click.option("--minutes", default=60, show_default=True, type=click.IntRange(1, 10_080))
+@click.option(
+    "--throttle",
+    is_flag=True,
+    help="Only answer its failing credentials with 429 (valid ones keep working), as the "
+    "rules do, instead of refusing it outright.",
+)
 @remote_options
-def add_block(remote: Remote, source: str, reason: str, minutes: int) -> None:
-    """Refuse SOURCE on every service-facing route for MINUTES."""
+def add_block(remote: Remote, source: str, reason: str, minutes: int, throttle: bool) -> None:
+    """Refuse SOURCE for MINUTES on the routes that issue or change something (keys, token
+    exchange, usage reports, revocation); introspection and the revocation feed only
+    throttle it, so verifiers behind it keep working."""
+    mode = "throttle" if throttle else "block"
     block = remote.http.post(
-        "/v1/admin/blocked-sources", {"source": source, "reason": reason, "minutes": minutes}
+        "/v1/admin/blocked-sources",
+        {"source": source, "reason": reason, "minutes": minutes, "mode": mode},
     )
-    remote.out.result(block, f"{block['source']} blocked until {when(block['blocked_until'])}")
+    what = "throttled" if throttle else "blocked"
+    remote.out.result(block, f"{block['source']} {what} until {when(block['blocked_until'])}")
 
 
 @blocks.command("lift")

@@ -1,7 +1,9 @@
 """``broker policies``: propose from a file, review the change, approve or reject it.
 
 An approver approves a *change*, so ``show`` and ``approve`` put the difference from the
-version in force first: fields and purposes added or removed, limits before and after.
+version in force first (the broker's own ``diff``): fields and purposes added or removed,
+limits before and after. ``approve`` then sends the version number and ``terms_digest`` it
+showed, so the broker refuses (409) if anything else is pending by the time it arrives.
 """
 
 from __future__ import annotations
@@ -13,36 +15,28 @@ from urllib.parse import quote
 import click
 
 from broker.ops_cli.common import Remote, read_document, remote_options
-from broker.ops_cli.errors import CheckFailed, ConfigError
+from broker.ops_cli.errors import CheckFailed, ConfigError, Refused
 from broker.ops_cli.output import Output, clean, when
 
 LIST_TERMS = ("fields", "purposes", "source_cidrs")
-SCALAR_TERMS = (
-    "max_ttl_seconds",
-    "rate_per_minute",
-    "allowed_hours",
-    "max_uses",
-    "max_records",
-    "valid_until",
-    "required_approvals",
-)
 
 
 def _path(policy_id: str, *rest: str) -> str:
     return "/".join(["/v1/admin/policies", quote(policy_id, safe=""), *rest])
 
 
-def diff_versions(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """``(sign, term, text)`` for each change from ``before`` to ``after``."""
+def diff_lines(diff: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(sign, term, text)`` for each change in the broker's ``diff`` of a version (what
+    it changes against the version in force): one reading of the wire form, not a second
+    comparison of our own."""
     changes: list[tuple[str, str, str]] = []
     for term in LIST_TERMS:
-        old, new = set(before.get(term) or []), set(after.get(term) or [])
         singular = term[:-1]
-        changes += [("+", singular, v) for v in sorted(new - old)]
-        changes += [("-", singular, v) for v in sorted(old - new)]
-    for term in SCALAR_TERMS:
-        if before.get(term) != after.get(term):
-            changes.append(("~", term, f"{clean(before.get(term))} -> {clean(after.get(term))}"))
+        changes += [("+", singular, v) for v in diff.get(f"{term}_added") or []]
+        changes += [("-", singular, v) for v in diff.get(f"{term}_removed") or []]
+    for change in diff.get("changed") or []:
+        before, after = clean(change.get("before")), clean(change.get("after"))
+        changes.append(("~", str(change.get("name")), f"{before} -> {after}"))
     return changes
 
 
@@ -50,24 +44,22 @@ def pending_version(policy: dict[str, Any]) -> dict[str, Any] | None:
     return next((v for v in policy["versions"] if v["status"] == "proposed"), None)
 
 
-def active_version(policy: dict[str, Any]) -> dict[str, Any] | None:
-    number = policy.get("active_version")
-    return next((v for v in policy["versions"] if v["version"] == number), None)
-
-
 _STYLE = {"+": "green", "-": "red", "~": "yellow"}
 
 
-def render_diff(out: Output, policy: dict[str, Any], version: dict[str, Any]) -> None:
-    base = active_version(policy)
-    if base is None or base["version"] == version["version"]:
-        if version["version"] == 1 or base is None:
-            out.note("New policy: nothing is in force yet, every term below is being granted.")
+def render_diff(out: Output, version: dict[str, Any]) -> None:
+    diff = version.get("diff") or {}
+    base = diff.get("from_version")
+    if base is None:
+        out.note("No version in force: everything below is granted new.")
         return
-    changes = diff_versions(base, version)
-    out.note(f"Changes from version {base['version']} (in force) to version {version['version']}:")
+    if base == version["version"]:
+        out.note("This is the version in force.")
+        return
+    out.note(f"Changes against version {base} in force:")
+    changes = diff_lines(diff)
     if not changes:
-        out.note("  (no change in terms)")
+        out.note(f"  (same terms as version {base} in force)")
     for sign, term, text in changes:
         out.styled(f"  {sign} {term:<18} {text}", _STYLE[sign])
 
@@ -86,7 +78,7 @@ def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any])
     )
     if version.get("comment"):
         out.note(f"  comment: {version['comment']}")
-    render_diff(out, policy, version)
+    render_diff(out, version)
     out.fields(
         [
             ("fields", version["fields"]),
@@ -102,6 +94,7 @@ def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any])
                 when(version.get("valid_until")) if version.get("valid_until") else "-",
             ),
             ("required approvals", version["required_approvals"]),
+            ("terms digest", version.get("terms_digest") or "-"),
         ],
         title="Terms",
     )
@@ -239,29 +232,64 @@ def propose(remote: Remote, spec: str, policy_id: str | None) -> None:
     )
 
 
-def _decide(remote: Remote, policy_id: str, verb: str, comment: str, yes: bool) -> None:
-    seen: dict[str, Any] | None = None
-    if not yes and sys.stdin.isatty() and not remote.as_json:
-        policy = remote.http.get(_path(policy_id))
-        seen = pending_version(policy)
-        if seen is None:
-            raise CheckFailed(f"policy {policy_id} has no version waiting for a decision")
+def _reviewed(
+    remote: Remote,
+    policy_id: str,
+    verb: str,
+    yes: bool,
+    number: int | None,
+    digest: str | None,
+) -> tuple[int, str]:
+    """The version and terms digest the decision will name: as given by a script (both
+    flags), else the pending version as read and shown now (and confirmed on a terminal)."""
+    if (number is None) != (digest is None):
+        raise ConfigError("give both --version and --terms-digest, or neither")
+    if number is not None and digest is not None:
+        return number, digest
+    policy = remote.http.get(_path(policy_id))
+    seen = pending_version(policy)
+    if seen is None:
+        raise CheckFailed(f"policy {policy_id} has no version waiting for a decision")
+    if not remote.as_json:
         render_version(remote.out, policy, seen)
-        click.confirm(
-            f"\n{verb.capitalize()} version {seen['version']} of policy {policy_id}?",
-            abort=True,
-        )
-    result = remote.http.post(_path(policy_id, verb), {"comment": comment})
+        if not yes and sys.stdin.isatty():
+            click.confirm(
+                f"\n{verb.capitalize()} version {seen['version']} of policy {policy_id} "
+                f"({seen['terms_digest']})?",
+                abort=True,
+            )
+    return int(seen["version"]), str(seen["terms_digest"])
+
+
+def _decide(
+    remote: Remote,
+    policy_id: str,
+    verb: str,
+    comment: str,
+    yes: bool,
+    number: int | None = None,
+    digest: str | None = None,
+) -> None:
+    body: dict[str, Any] = {"comment": comment}
+    if verb in ("approve", "reject"):
+        number, digest = _reviewed(remote, policy_id, verb, yes, number, digest)
+        body |= {"version": number, "terms_digest": digest}
+    try:
+        result = remote.http.post(_path(policy_id, verb), body)
+    except Refused as refused:
+        if refused.status == 409 and (refused.problem_type or "").endswith("/stale-decision"):
+            raise Refused(
+                f"{refused.message}\nnothing was {verb}d; review it with: "
+                f"broker policies show {policy_id}",
+                refused.status,
+                refused.problem_type,
+            ) from None
+        raise
     if remote.as_json:
         return remote.out.json(result)
     newest = result["versions"][-1]
-    if seen is not None and newest["version"] != seen["version"]:
-        remote.out.warn(
-            f"the pending version changed while you reviewed it (now version "
-            f"{newest['version']}); check it with: broker policies show {policy_id}"
-        )
     decided = next(
-        (v for v in reversed(result["versions"]) if v["version"] == (seen or newest)["version"]),
+        (v for v in reversed(result["versions"]) if v["version"] == (number or newest["version"])),
         newest,
     )
     if verb == "approve" and decided["status"] == "proposed":
@@ -278,7 +306,23 @@ _COMMENT = click.option(
     "--comment", default="", help="Why (kept with the decision and in the audit)."
 )
 _YES = click.option(
-    "--yes", "-y", is_flag=True, help="Do not show the change and ask first (scripts)."
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask first (scripts). The change is still printed, and the decision still "
+    "names the version and terms digest read.",
+)
+_VERSION = click.option(
+    "--version",
+    "number",
+    type=click.IntRange(min=1),
+    help="The version you reviewed (with --terms-digest; from policies show --json).",
+)
+_DIGEST = click.option(
+    "--terms-digest",
+    "digest",
+    metavar="DIGEST",
+    help="Its terms_digest: the broker refuses (409) if the pending version is not this one.",
 )
 
 
@@ -286,20 +330,43 @@ _YES = click.option(
 @click.argument("policy_id")
 @_COMMENT
 @_YES
+@_VERSION
+@_DIGEST
 @remote_options
-def approve(remote: Remote, policy_id: str, comment: str, yes: bool) -> None:
-    """Approve the pending version (never your own proposal). Shows the change first."""
-    _decide(remote, policy_id, "approve", comment, yes)
+def approve(
+    remote: Remote,
+    policy_id: str,
+    comment: str,
+    yes: bool,
+    number: int | None,
+    digest: str | None,
+) -> None:
+    """Approve the pending version (never your own proposal).
+
+    Shows the change against the version in force and the terms digest first, and the
+    approval names that version and digest: if the proposal was replaced meanwhile, the
+    broker refuses it and nothing is approved.
+    """
+    _decide(remote, policy_id, "approve", comment, yes, number, digest)
 
 
 @policies.command("reject")
 @click.argument("policy_id")
 @_COMMENT
 @_YES
+@_VERSION
+@_DIGEST
 @remote_options
-def reject(remote: Remote, policy_id: str, comment: str, yes: bool) -> None:
-    """Reject the pending version."""
-    _decide(remote, policy_id, "reject", comment, yes)
+def reject(
+    remote: Remote,
+    policy_id: str,
+    comment: str,
+    yes: bool,
+    number: int | None,
+    digest: str | None,
+) -> None:
+    """Reject the pending version (the one shown, or the one named by the flags)."""
+    _decide(remote, policy_id, "reject", comment, yes, number, digest)
 
 
 @policies.command("withdraw")

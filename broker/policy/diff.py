@@ -1,4 +1,8 @@
-"""What changed between two policy versions, so an approver reviews the change, not a copy.
+"""What a version changes against the version in force, so an approver reviews the change.
+
+The base is always what is in force when the diff is read, never the version numbered just
+before: a widening proposed, withdrawn and proposed again must still show as a widening.
+With nothing in force the base is empty and every term shows as granted anew.
 
 Pure: works on ``PolicyTerms``, which both a stored version and a new proposal reduce to.
 """
@@ -46,7 +50,7 @@ class ScalarChange:
 
 @dataclass(frozen=True)
 class VersionDiff:
-    from_version: int
+    from_version: int | None  # the version in force it compares with; None: nothing in force
     to_version: int
     fields_added: tuple[str, ...]
     fields_removed: tuple[str, ...]
@@ -74,21 +78,34 @@ def _added(before: tuple[str, ...], after: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def diff_terms(
-    before: PolicyTerms, after: PolicyTerms, *, from_version: int, to_version: int
+    before: PolicyTerms | None,
+    after: PolicyTerms,
+    *,
+    from_version: int | None,
+    to_version: int,
 ) -> VersionDiff:
+    """``before`` is the version in force (``None``: nothing is, so everything is added)."""
+
+    def old(name: str) -> Any:
+        return getattr(before, name) if before is not None else None
+
+    def names(name: str) -> tuple[str, ...]:
+        value: tuple[str, ...] = getattr(before, name) if before is not None else ()
+        return value
+
     changed = tuple(
-        ScalarChange(name, getattr(before, name), getattr(after, name))
+        ScalarChange(name, old(name), getattr(after, name))
         for name in SCALAR_TERMS
-        if getattr(before, name) != getattr(after, name)
+        if old(name) != getattr(after, name)
     )
     return VersionDiff(
-        from_version=from_version,
+        from_version=from_version if before is not None else None,
         to_version=to_version,
-        fields_added=_added(before.fields, after.fields),
-        fields_removed=_added(after.fields, before.fields),
-        purposes_added=_added(before.purposes, after.purposes),
-        purposes_removed=_added(after.purposes, before.purposes),
-        source_cidrs_added=_added(before.source_cidrs, after.source_cidrs),
-        source_cidrs_removed=_added(after.source_cidrs, before.source_cidrs),
+        fields_added=_added(names("fields"), after.fields),
+        fields_removed=_added(after.fields, names("fields")),
+        purposes_added=_added(names("purposes"), after.purposes),
+        purposes_removed=_added(after.purposes, names("purposes")),
+        source_cidrs_added=_added(names("source_cidrs"), after.source_cidrs),
+        source_cidrs_removed=_added(after.source_cidrs, names("source_cidrs")),
         changed=changed,
     )

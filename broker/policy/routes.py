@@ -73,7 +73,10 @@ class PolicyController(Controller):
     @post(
         "/{policy_id:str}/approve",
         status_code=HTTP_200_OK,
-        summary="Approve the pending version (never the proposer's own)",
+        summary=(
+            "Approve the pending version named by version and terms_digest (409 if another "
+            "is pending; never the proposer's own, nor by an operator not independent of them)"
+        ),
     )
     async def approve(
         self,
@@ -82,7 +85,14 @@ class PolicyController(Controller):
         db: NamedDependency[AsyncSession],
         approver: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.approve(db, policy_id, data.comment, approver=approver)
+        return await policies.approve(
+            db,
+            policy_id,
+            data.comment,
+            version=data.version,
+            terms_digest=data.terms_digest,
+            approver=approver,
+        )
 
     @post("/{policy_id:str}/reject", status_code=HTTP_200_OK, summary="Reject the pending version")
     async def reject(
@@ -92,7 +102,14 @@ class PolicyController(Controller):
         db: NamedDependency[AsyncSession],
         approver: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.reject(db, policy_id, data.comment, approver=approver)
+        return await policies.reject(
+            db,
+            policy_id,
+            data.comment,
+            version=data.version,
+            terms_digest=data.terms_digest,
+            approver=approver,
+        )
 
     @post(
         "/{policy_id:str}/withdraw",
@@ -106,7 +123,14 @@ class PolicyController(Controller):
         db: NamedDependency[AsyncSession],
         auditor: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.withdraw(db, policy_id, data.comment, operator=auditor)
+        return await policies.withdraw(
+            db,
+            policy_id,
+            data.comment,
+            version=data.version,
+            terms_digest=data.terms_digest,
+            operator=auditor,
+        )
 
 
 ROUTES = [PolicyController]

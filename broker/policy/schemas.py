@@ -4,7 +4,7 @@ that every refusal is one 422 problem listing each problem, and the CLI refuses 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -43,8 +43,38 @@ class PolicyCreate(PolicyVersionCreate, forbid_unknown_fields=True, kw_only=True
     audience: Annotated[str, msgspec.Meta(description="The resource service's id")]
 
 
+_BOUND = (
+    "read both from GET /v1/admin/policies/{id}: the decision lands only on the version you "
+    "read, or the broker answers 409"
+)
+
+
 class PolicyDecision(msgspec.Struct, forbid_unknown_fields=True):
+    """A decision on the pending version. Approving needs ``version`` and ``terms_digest``
+    (missing: 422); rejecting and withdrawing check them when given."""
+
     comment: str = ""
+    version: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=2_147_483_647,
+                description="The pending version's number (required to approve); " + _BOUND,
+            ),
+        ]
+        | None
+    ) = None
+    terms_digest: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=100,
+                description="The pending version's terms_digest (required to approve); " + _BOUND,
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ApprovalOut(msgspec.Struct):
@@ -52,6 +82,7 @@ class ApprovalOut(msgspec.Struct):
     decision: str
     comment: str
     at: datetime
+    terms_digest: str | None  # what the operator read; None for decisions made before 0002
 
 
 class ScalarChangeOut(msgspec.Struct):
@@ -61,9 +92,11 @@ class ScalarChangeOut(msgspec.Struct):
 
 
 class DiffOut(msgspec.Struct):
-    """From the version before (``from_version``) to this one."""
+    """What this version changes against the version in force when read (``from_version``;
+    ``null`` and ``against: "nothing-in-force"`` when none is: everything is added)."""
 
-    from_version: int
+    against: Literal["in-force", "nothing-in-force"]
+    from_version: int | None
     to_version: int
     fields_added: list[str]
     fields_removed: list[str]
@@ -96,7 +129,16 @@ class PolicyVersionOut(msgspec.Struct):
     decided_by: str | None
     decision_comment: str
     approvals: list[ApprovalOut]
-    diff: DiffOut | None
+    diff: DiffOut
+    terms_digest: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "sha256: over the version's terms, policy, service, audience and number; "
+                "an approval sends it back with the version number"
+            )
+        ),
+    ]
 
 
 class PolicySummaryOut(msgspec.Struct):
@@ -110,6 +152,7 @@ class PolicySummaryOut(msgspec.Struct):
     active_version: int | None
     created_at: datetime
     created_by: str
+    terms_digest: str  # the newest version's
 
 
 class PolicyOut(msgspec.Struct):

@@ -8,10 +8,16 @@ after ``valid_until``). Every status change writes an audit event in the same tr
 
 On PostgreSQL the policy row is locked for every workflow step, so two approvers acting at
 once, or two proposals racing for the next version number, are serialised.
+
+An approval names the version and its ``terms_digest`` as the approver read them, checked
+under that lock, so a proposal withdrawn and replaced in between is refused (409), never
+approved; and it counts only from an operator independent of the proposer and of every
+earlier approver (``broker.operators.independence``), else it is refused (403).
 """
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,9 +38,11 @@ from broker.catalog.service import (
 from broker.db import utcnow
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound
 from broker.models import Operator, Policy, PolicyApproval, PolicyVersion, Service
-from broker.operators.service import OperatorPrincipal, Role
+from broker.operators.independence import approval_problem
+from broker.operators.service import OperatorPrincipal, Role, load_roster
 from broker.policy.decision import AllowedHours, PolicyGrant, parse_network
 from broker.policy.diff import PolicyTerms, VersionDiff, diff_terms
+from broker.policy.digest import terms_digest
 from broker.policy.schemas import (
     ApprovalOut,
     DiffOut,
@@ -60,6 +68,13 @@ class PolicyStatus(StrEnum):
 class ApprovalDecision(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
+
+
+class StaleDecision(Conflict):
+    """The decision names a version or digest other than the pending version's."""
+
+    type_name = "stale-decision"
+    title = "Not the pending version"
 
 
 SYSTEM = "system"
@@ -224,6 +239,11 @@ def terms_of(row: PolicyVersion) -> PolicyTerms:
         valid_until=row.valid_until,
         required_approvals=row.required_approvals,
     )
+
+
+def digest_of(policy: Policy, row: PolicyVersion) -> str:
+    """The ``terms_digest`` of one stored version: the one function every reader uses."""
+    return terms_digest(policy.id, policy.service_id, policy.audience, row.version, terms_of(row))
 
 
 def _new_version(
@@ -501,6 +521,61 @@ async def _approvals(session: AsyncSession, version_ids: Iterable[str]) -> list[
     return list(rows)
 
 
+def _check_binding(
+    pending: PolicyVersion,
+    digest: str,
+    version: int | None,
+    given_digest: str | None,
+    *,
+    required: bool,
+) -> None:
+    """The decision must name the pending version as read: number and terms digest.
+
+    Called under the policy's lock, in the transaction that records the decision, so a
+    withdraw-and-propose cannot slip between this check and the write.
+    """
+    if required and (version is None or given_digest is None):
+        missing = [
+            name for name, v in (("version", version), ("terms_digest", given_digest)) if v is None
+        ]
+        raise _refuse(
+            [
+                (
+                    name,
+                    "is required to approve: read the policy first (GET "
+                    "/v1/admin/policies/{id}, broker policies show) and send the pending "
+                    "version's number and terms_digest, so that the approval lands only on "
+                    "the terms you reviewed",
+                )
+                for name in missing
+            ]
+        )
+    if version is not None and version != pending.version:
+        raise StaleDecision(
+            f"you named version {version}, but the pending version is {pending.version}: "
+            "nothing was recorded; read the policy again and review what is pending now",
+            pending_version=pending.version,
+        )
+    if given_digest is not None and not hmac.compare_digest(given_digest.encode(), digest.encode()):
+        raise StaleDecision(
+            f"the terms_digest you sent is not that of version {pending.version}'s terms: "
+            "nothing was recorded; read the policy again and review what is pending now",
+            pending_version=pending.version,
+        )
+
+
+async def _check_independent(
+    session: AsyncSession, pending: PolicyVersion, approver: OperatorPrincipal, earlier: list[str]
+) -> None:
+    """An approval counts only from someone other than the proposer and earlier approvers,
+    and one that would not count is refused, never recorded as if it did."""
+    problem = approval_problem(
+        approver.id, pending.proposed_by, earlier, await load_roster(session)
+    )
+    if problem is not None:
+        raise Forbidden(problem, reason="not-independent")
+
+
 async def _add_decision(
     session: AsyncSession,
     pending: PolicyVersion,
@@ -508,8 +583,15 @@ async def _add_decision(
     decision: ApprovalDecision,
     comment: str,
     now: datetime,
+    digest: str,
+    named: tuple[int | None, str | None],
 ) -> list[PolicyApproval]:
-    """Record one operator's decision; refuses the proposer and a second decision."""
+    """Record one operator's decision; refuses the proposer, a second decision, an approval
+    not independent of the proposer or of an earlier approver, and a decision naming
+    another version or digest than the pending one (``named``; required to approve).
+
+    Who may decide is checked before what was named, so the refusal names the first reason.
+    """
     if len(comment) > COMMENT_MAX:
         raise _refuse([("comment", f"is at most {COMMENT_MAX} characters")])
     if operator.id == pending.proposed_by:
@@ -522,6 +604,10 @@ async def _add_decision(
     existing = await _approvals(session, [pending.id])
     if any(a.operator_id == operator.id for a in existing):
         raise Conflict(f"{operator.name} has already decided on version {pending.version}")
+    if decision == ApprovalDecision.APPROVED:
+        earlier = [a.operator_id for a in existing if a.decision == ApprovalDecision.APPROVED]
+        await _check_independent(session, pending, operator, earlier)
+    _check_binding(pending, digest, *named, required=decision == ApprovalDecision.APPROVED)
     approval = PolicyApproval(
         id=str(uuid.uuid4()),
         policy_version_id=pending.id,
@@ -529,6 +615,7 @@ async def _add_decision(
         decision=decision.value,
         comment=comment,
         at=now,
+        terms_digest=digest,
     )
     session.add(approval)
     await session.flush()
@@ -556,15 +643,27 @@ async def approve(
     policy_id: str,
     comment: str,
     *,
+    version: int | None,
+    terms_digest: str | None,
     approver: OperatorPrincipal,
     now: datetime | None = None,
 ) -> PolicyOut:
+    """Approve the pending version, which must be ``version`` with ``terms_digest`` (both
+    required: what the approver read is what is approved)."""
     now = now or utcnow()
     policy, versions, pending = await _decidable(session, policy_id, now)
     if _lapsed(pending, now):
         raise Conflict(f"version {pending.version}'s valid_until has passed; propose a new version")
+    digest = digest_of(policy, pending)
     approvals = await _add_decision(
-        session, pending, approver, ApprovalDecision.APPROVED, comment, now
+        session,
+        pending,
+        approver,
+        ApprovalDecision.APPROVED,
+        comment,
+        now,
+        digest,
+        (version, terms_digest),
     )
     granted = sum(1 for a in approvals if a.decision == ApprovalDecision.APPROVED)
     subject = _subject(policy.id, pending.version)
@@ -575,6 +674,7 @@ async def approve(
         subject=subject,
         details={
             "version": pending.version,
+            "terms_digest": digest,
             "approvals": granted,
             "required": pending.required_approvals,
         },
@@ -589,6 +689,7 @@ async def approve(
             subject=subject,
             details={
                 "version": pending.version,
+                "terms_digest": digest,
                 "service": policy.service_id,
                 "audience": policy.audience,
                 "fields": pending.fields,
@@ -618,12 +719,27 @@ async def reject(
     comment: str,
     *,
     approver: OperatorPrincipal,
+    version: int | None = None,
+    terms_digest: str | None = None,
     now: datetime | None = None,
 ) -> PolicyOut:
-    """One rejection ends the proposal: approval needs every required approver's consent."""
+    """One rejection ends the proposal: approval needs every required approver's consent.
+
+    Rejecting never widens access, so ``version``/``terms_digest`` are optional; when given
+    they are checked like an approval's."""
     now = now or utcnow()
     policy, _, pending = await _decidable(session, policy_id, now)
-    await _add_decision(session, pending, approver, ApprovalDecision.REJECTED, comment, now)
+    digest = digest_of(policy, pending)
+    await _add_decision(
+        session,
+        pending,
+        approver,
+        ApprovalDecision.REJECTED,
+        comment,
+        now,
+        digest,
+        (version, terms_digest),
+    )
     _close(pending, PolicyStatus.REJECTED, approver.id, comment, now)
     session.add(pending)
     await session.flush()
@@ -632,7 +748,7 @@ async def reject(
         AuditAction.POLICY_REJECTED,
         actor=approver.actor,
         subject=_subject(policy.id, pending.version),
-        details={"version": pending.version},
+        details={"version": pending.version, "terms_digest": digest},
     )
     return await render_policy(session, policy, now)
 
@@ -643,10 +759,14 @@ async def withdraw(
     comment: str,
     *,
     operator: OperatorPrincipal,
+    version: int | None = None,
+    terms_digest: str | None = None,
     now: datetime | None = None,
 ) -> PolicyOut:
+    """``version``/``terms_digest`` are optional; when given they are checked."""
     now = now or utcnow()
     policy, _, pending = await _decidable(session, policy_id, now)
+    _check_binding(pending, digest_of(policy, pending), version, terms_digest, required=False)
     if operator.role != Role.ADMIN and operator.id != pending.proposed_by:
         raise Forbidden(
             "only an admin or the proposer may withdraw a proposal", reason="insufficient-role"
@@ -679,6 +799,7 @@ async def _operator_names(session: AsyncSession, ids: Iterable[str]) -> dict[str
 
 def _diff_out(diff: VersionDiff) -> DiffOut:
     return DiffOut(
+        against="in-force" if diff.from_version is not None else "nothing-in-force",
         from_version=diff.from_version,
         to_version=diff.to_version,
         fields_added=list(diff.fields_added),
@@ -694,9 +815,12 @@ def _diff_out(diff: VersionDiff) -> DiffOut:
 async def render_policy(
     session: AsyncSession, policy: Policy, now: datetime | None = None
 ) -> PolicyOut:
-    """The policy with every version, its approvals, and the diff from the version before."""
+    """The policy with every version, its approvals, its terms digest, and what it changes
+    against the version in force now (never merely the version numbered before it)."""
     now = now or utcnow()
     versions = await _versions(session, policy.id)
+    active = _active(versions, now)
+    base = terms_of(active) if active is not None else None
     approvals = await _approvals(session, (v.id for v in versions))
     names = await _operator_names(
         session,
@@ -711,22 +835,15 @@ async def render_policy(
     for approval in approvals:
         by_version.setdefault(approval.policy_version_id, []).append(approval)
     out: list[PolicyVersionOut] = []
-    previous: PolicyVersion | None = None
     for row in versions:
         status = effective_status(row, now)
         mine = by_version.get(row.id, [])
         granted = sum(1 for a in mine if a.decision == ApprovalDecision.APPROVED)
-        diff = (
-            _diff_out(
-                diff_terms(
-                    terms_of(previous),
-                    terms_of(row),
-                    from_version=previous.version,
-                    to_version=row.version,
-                )
-            )
-            if previous is not None
-            else None
+        diff = diff_terms(
+            base,
+            terms_of(row),
+            from_version=active.version if active is not None else None,
+            to_version=row.version,
         )
         out.append(
             PolicyVersionOut(
@@ -756,16 +873,19 @@ async def render_policy(
                 decision_comment=row.decision_comment,
                 approvals=[
                     ApprovalOut(
-                        names.get(a.operator_id, a.operator_id), a.decision, a.comment, a.at
+                        names.get(a.operator_id, a.operator_id),
+                        a.decision,
+                        a.comment,
+                        a.at,
+                        a.terms_digest,
                     )
                     for a in mine
                 ],
-                diff=diff,
+                diff=_diff_out(diff),
+                terms_digest=digest_of(policy, row),
             )
         )
-        previous = row
     latest = out[-1]
-    active = _active(versions, now)
     return PolicyOut(
         id=policy.id,
         service=policy.service_id,
@@ -777,6 +897,24 @@ async def render_policy(
         created_by=names.get(policy.created_by, policy.created_by),
         versions=out,
     )
+
+
+async def why_not_approve(
+    session: AsyncSession, policy_id: str, operator: OperatorPrincipal
+) -> str | None:
+    """Why ``operator``'s approval of the pending version would be refused for want of
+    independence (display only: ``approve`` checks again under the lock)."""
+    policy = await _load_policy(session, policy_id)
+    pending = _pending(await _versions(session, policy.id))
+    if pending is None or pending.proposed_by == operator.id:
+        return None
+    existing = await _approvals(session, [pending.id])
+    earlier = [
+        a.operator_id
+        for a in existing
+        if a.decision == ApprovalDecision.APPROVED and a.operator_id != operator.id
+    ]
+    return approval_problem(operator.id, pending.proposed_by, earlier, await load_roster(session))
 
 
 async def get_policy(
@@ -836,6 +974,7 @@ async def list_policies(
                 active_version=active.version if active else None,
                 created_at=policy.created_at,
                 created_by=names.get(policy.created_by, policy.created_by),
+                terms_digest=digest_of(policy, versions[-1]),
             )
         )
     return out

@@ -45,7 +45,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.db import utcnow
-from broker.errors import Unavailable
+from broker.errors import RateLimited, Unavailable
 from broker.logs import get_logger
 from broker.models import RevocationEntry
 from broker.revocation.schemas import CAEP_SESSION_REVOKED, RevocationOut, SelectorOut
@@ -58,6 +58,8 @@ FEED_EXTRA = "revocation_feed"
 SIGNAL_EXTRA = "revocation_commits"
 PAGE = 1000
 LISTENING_POLL = 30.0
+# Seconds a service over its stream cap is asked to wait: the SDK's own stream retry.
+STREAM_RETRY_AFTER = 30
 
 
 class Signal:
@@ -159,6 +161,7 @@ def entry_out(row: RevocationEntry) -> RevocationOut:
         expires_after=row.expires_after,
         incident_id=row.incident_id,
         event=CAEP_SESSION_REVOKED,
+        compromised_kid=selector_of(row).compromised_kid,
     )
 
 
@@ -179,15 +182,22 @@ def feed_entry(row: RevocationEntry) -> FeedEntry:
 
 
 class StreamLease:
-    """One open stream's slot; releasing twice is harmless."""
+    """One open stream's slot, counted for this process and for its service; releasing
+    twice is harmless."""
 
-    def __init__(self, feed: RevocationFeed) -> None:
+    def __init__(self, feed: RevocationFeed, service_id: str) -> None:
         self._feed: RevocationFeed | None = feed
+        self._service_id = service_id
 
     def release(self) -> None:
         feed, self._feed = self._feed, None
         if feed is not None:
             feed.streams -= 1
+            left = feed.streams_by_service.get(self._service_id, 0) - 1
+            if left > 0:
+                feed.streams_by_service[self._service_id] = left
+            else:
+                feed.streams_by_service.pop(self._service_id, None)
 
 
 class RevocationFeed:
@@ -199,14 +209,17 @@ class RevocationFeed:
         refresh_interval: float = 0.2,
         poll_interval: float = 0.25,
         max_streams: int = 256,
+        max_streams_per_service: int = 8,
     ) -> None:
         self._sessions = sessions
         self.commits = commits
         self.refresh_interval = refresh_interval
         self.poll_interval = poll_interval
         self.max_streams = max_streams
+        self.max_streams_per_service = max_streams_per_service
         self.changed = Signal()
         self.streams = 0
+        self.streams_by_service: dict[str, int] = {}
         self.latest = 0
         self._entries: dict[int, FeedEntry] = {}
         self._order: list[int] = []
@@ -312,16 +325,32 @@ class RevocationFeed:
 
     # --- streams ---------------------------------------------------------------------------
 
-    def open_stream(self) -> StreamLease:
+    def open_stream(self, service_id: str) -> StreamLease:
+        """A slot for one stream of ``service_id``, or a refusal.
+
+        The per-service cap comes first: without it one authenticated service (or one
+        stolen client secret) could hold every slot of the process and leave every other
+        resource service to polling. A service over its cap is told to retry later (429);
+        a process that is full for everyone answers 503, as before.
+        """
+        held = self.streams_by_service.get(service_id, 0)
+        if held >= self.max_streams_per_service:
+            raise RateLimited(
+                f"this service already holds {self.max_streams_per_service} revocation "
+                "streams on this replica; poll GET /v1/revocations?after=CURSOR or retry "
+                "the stream later",
+                retry_after=STREAM_RETRY_AFTER,
+            )
         if self.streams >= self.max_streams:
             raise Unavailable(
                 f"this replica already serves {self.max_streams} revocation streams; "
                 "poll GET /v1/revocations?after=CURSOR or retry the stream later"
             )
         self.streams += 1
+        self.streams_by_service[service_id] = held + 1
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll())
-        return StreamLease(self)
+        return StreamLease(self, service_id)
 
     async def _poll(self) -> None:
         """Read the database while streams are open: when woken (a local commit, another
@@ -375,7 +404,11 @@ def revocation_feed(runtime: Runtime) -> RevocationFeed:
     if feed is None:
         signal = runtime.extras.setdefault(SIGNAL_EXTRA, commit_signal(runtime.engine))
         feed = RevocationFeed(
-            runtime.sessions, signal, poll_interval=runtime.settings.revocation_poll_interval
+            runtime.sessions,
+            signal,
+            poll_interval=runtime.settings.revocation_poll_interval,
+            max_streams=runtime.settings.stream_max,
+            max_streams_per_service=runtime.settings.stream_max_per_service,
         )
         runtime.extras[FEED_EXTRA] = feed
     assert isinstance(feed, RevocationFeed)

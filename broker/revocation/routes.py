@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import InvalidInput
+from broker.http.asgi_io import whole_number
 from broker.identity.authenticate import ServiceIdentity
 from broker.models import RevocationEntry
 from broker.operators.service import OperatorPrincipal
@@ -35,7 +36,8 @@ from broker.runtime import Runtime
 STREAM_MAX_SECONDS = 600.0
 RECONNECT_MS = 1000
 
-Cursor = Annotated[int, QueryParameter(ge=0, le=2**31 - 1, description="last cursor seen; 0: all")]
+MAX_CURSOR = 2**31 - 1
+Cursor = Annotated[int, QueryParameter(ge=0, le=MAX_CURSOR, description="last cursor seen; 0: all")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
 Heartbeat = Annotated[
     int, QueryParameter(ge=1, le=60, description="seconds between keep-alive comments")
@@ -141,10 +143,10 @@ LastEventId = Annotated[
 def _resume_cursor(last_event_id: str | None, after: int) -> int:
     if last_event_id is None or last_event_id.strip() == "":
         return after
-    raw = last_event_id.strip()
-    if not raw.isdigit() or len(raw) > 10:
+    cursor = whole_number(last_event_id.strip(), low=0, high=MAX_CURSOR)
+    if cursor is None:
         raise InvalidInput("Last-Event-ID must be a revocation cursor (a non-negative integer)")
-    return int(raw)
+    return cursor
 
 
 async def _events(
@@ -176,7 +178,9 @@ async def _events(
         "`GET /v1/revocations`), shaped like a CAEP session-revoked event. Resume with "
         "`Last-Event-ID` (or `after`); without either the stream starts from the oldest "
         "kept entry. A keep-alive comment comes every `heartbeat` seconds (default 10). "
-        "503 when this replica already serves its maximum of streams: poll instead."
+        "429 with Retry-After when the calling service already holds its share of this "
+        "replica's streams (`BROKER_STREAM_MAX_PER_SERVICE`), 503 when the replica serves "
+        "its maximum (`BROKER_STREAM_MAX`): poll instead, and retry the stream later."
     ),
     media_type="text/event-stream",
 )
@@ -189,7 +193,7 @@ async def revocation_stream(
 ) -> ServerSentEvent:
     cursor = _resume_cursor(last_event_id, after)
     feed = revocation_feed(runtime)
-    lease = feed.open_stream()
+    lease = feed.open_stream(service.service_id)
     events = _events(feed, lease, cursor, heartbeat)
     # Should the response never start iterating (client gone at once), free the slot anyway.
     weakref.finalize(events, lease.release)

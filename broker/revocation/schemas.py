@@ -67,6 +67,11 @@ class RevocationOut(msgspec.Struct):
     ``selector.issued_before`` is always present (the revocation time unless an earlier
     cut-off was given): keys issued later are not covered. ``expires_after`` is when the
     entry stops mattering; followers may forget it then.
+
+    ``compromised_kid`` names a signing key declared compromised: the entry's selector is
+    that ``kid`` with ``issued_before`` 9999-12-31T23:59:59Z (every key it signs, whatever
+    its issue time), and a verifier should drop the key from its JWKS copy at once rather
+    than wait for the copy to expire. ``null`` on every other entry.
     """
 
     cursor: int
@@ -76,6 +81,7 @@ class RevocationOut(msgspec.Struct):
     expires_after: datetime
     incident_id: str | None
     event: str = CAEP_SESSION_REVOKED
+    compromised_kid: str | None = None
 
 
 class RevocationRecord(msgspec.Struct):

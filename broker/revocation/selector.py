@@ -34,6 +34,11 @@ _LIMITS = {
     "kid": 64,
 }
 _TOKEN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
+# The ``issued_before`` of an entry that covers keys whatever their issue time: a
+# compromised signing key, whose holder can sign keys with any ``iat`` after the fact. It is
+# a real date rather than a missing bound so that every follower, old SDKs included, matches
+# it with the same comparison as any other entry.
+UNBOUNDED = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 _POLICY = re.compile(r"^[A-Za-z0-9._-]+(@[1-9][0-9]{0,8})?$")
 
 T = TypeVar("T")
@@ -152,6 +157,19 @@ class Selector:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["issued_before"] = cutoff
         return Selector(**values)
+
+    @property
+    def compromised_kid(self) -> str | None:
+        """The signing key this selector condemns outright, if it is a compromise entry:
+        a ``kid`` alone, with no bound on issue time."""
+        if (
+            self.kid is not None
+            and self.issued_before is not None
+            and self.issued_before >= UNBOUNDED
+            and self.members().keys() == {"kid"}
+        ):
+            return self.kid
+        return None
 
     @property
     def policy_id(self) -> str | None:

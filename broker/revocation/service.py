@@ -9,6 +9,7 @@ and, on PostgreSQL, every other replica's (``notify.notify_revocation``).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import delete, event, func
 from sqlalchemy.orm import Session
@@ -23,6 +24,7 @@ from broker.audit import AuditAction, record
 # see cursor N+1 before N. One lock, always first, also means no lock-order deadlock with
 # callers that record their own audit events before revoking.
 from broker.audit.service import _AUDIT_LOCK
+from broker.custody.base import RotationResult, SigningCustody
 from broker.db import advisory_xact_lock, utcnow
 from broker.errors import InvalidInput
 from broker.models import (
@@ -37,10 +39,12 @@ from broker.models import (
 )
 from broker.revocation.feed import commit_signal
 from broker.revocation.notify import notify_revocation
-from broker.revocation.selector import Selector
+from broker.revocation.selector import UNBOUNDED, Selector
 from broker.settings import Settings, get_settings
 
 COMPROMISED_KEY_REASON = "signing key compromised"
+# Kept this much longer than the last moment a verifier could hold a compromised kid.
+COMPROMISE_RETENTION = timedelta(days=7)
 
 
 def _whole_second_after(moment: datetime) -> datetime:
@@ -169,17 +173,39 @@ async def revoke(
         cutoff = min(selector.issued_before, cutoff)
     bounded = selector.with_issued_before(cutoff)
     expires_after = await _horizon(session, bounded, cutoff, settings)
+    return await _write_entry(
+        session,
+        bounded,
+        now=now,
+        expires_after=expires_after,
+        reason=reason,
+        actor=actor,
+        incident_id=incident_id,
+    )
 
+
+async def _write_entry(
+    session: AsyncSession,
+    selector: Selector,
+    *,
+    now: datetime,
+    expires_after: datetime,
+    reason: str,
+    actor: str,
+    incident_id: str | None,
+) -> RevocationEntry:
+    """The row, its audit event and the wake-ups on commit; ``selector`` is already bounded."""
+    assert selector.issued_before is not None
     await advisory_xact_lock(session, _AUDIT_LOCK)
     entry = RevocationEntry(
-        jti=bounded.jti,
-        service=bounded.service,
-        audience=bounded.audience,
-        field=bounded.field,
-        purpose=bounded.purpose,
-        policy=bounded.policy,
-        kid=bounded.kid,
-        issued_before=cutoff,
+        jti=selector.jti,
+        service=selector.service,
+        audience=selector.audience,
+        field=selector.field,
+        purpose=selector.purpose,
+        policy=selector.policy,
+        kid=selector.kid,
+        issued_before=selector.issued_before,
         reason=reason,
         actor=actor,
         incident_id=incident_id,
@@ -196,7 +222,7 @@ async def revoke(
         subject=f"revocation:{entry.cursor}",
         details={
             "cursor": entry.cursor,
-            "selector": bounded.to_wire(),
+            "selector": selector.to_wire(),
             "reason": reason,
             "incident_id": incident_id,
             "expires_after": expires_after.isoformat(),
@@ -208,17 +234,38 @@ async def revoke(
     return entry
 
 
+def compromise_horizon(now: datetime, settings: Settings) -> datetime:
+    """How long a compromised signing key's entry is kept.
+
+    Its holder can sign keys with any ``iat`` and ``exp``, so no key lifetime bounds it; what
+    does is how long anyone can still hold the ``kid`` as one of ours: a JWKS fetched before
+    it was unpublished (``jwks_max_age``), a key it signed while it was genuine
+    (``max_ttl_ceiling``), plus the leeway. The entry is kept ``COMPROMISE_RETENTION`` beyond
+    that, for verifiers whose JWKS copy is older than any sane cache.
+    """
+    longest = max(settings.max_ttl_ceiling, settings.jwks_max_age) + settings.clock_leeway
+    return now + timedelta(seconds=longest) + COMPROMISE_RETENTION
+
+
 async def revoke_signing_key(
     session: AsyncSession, kid: str, *, actor: str, settings: Settings | None = None
 ) -> RevocationEntry:
-    """Revoke every key ``kid`` signed; a second call for the same kid returns the first
-    entry (two operators declaring one compromise make one revocation)."""
+    """Revoke every key ``kid`` signs or signed, whatever its issue time.
+
+    A stolen signing key keeps signing after the theft, with any ``iat`` the thief likes, so
+    the entry is not bounded by the revocation time (``issued_before`` is ``UNBOUNDED``):
+    introspection on every replica and every SDK verifier following the feed refuse any key
+    naming ``kid`` from the moment this commits, and new SDKs also drop the key from their
+    JWKS copy. A second call for the same kid returns the first entry (two operators
+    declaring one compromise make one revocation).
+    """
+    settings = settings or get_settings()
     existing = (
         await session.exec(
             select(RevocationEntry)
             .where(
                 RevocationEntry.kid == kid,
-                RevocationEntry.reason == COMPROMISED_KEY_REASON,
+                col(RevocationEntry.issued_before) >= UNBOUNDED,
                 col(RevocationEntry.jti).is_(None),
                 col(RevocationEntry.service).is_(None),
                 col(RevocationEntry.audience).is_(None),
@@ -232,9 +279,30 @@ async def revoke_signing_key(
     ).first()
     if existing is not None:
         return existing
-    return await revoke(
-        session, Selector(kid=kid), reason=COMPROMISED_KEY_REASON, actor=actor, settings=settings
+    selector = Selector(kid=kid, issued_before=UNBOUNDED)
+    problems = await _unknown_references(session, selector)
+    if problems:
+        raise InvalidInput("; ".join(problems), problems=problems)
+    now = utcnow()
+    return await _write_entry(
+        session,
+        selector,
+        now=now,
+        expires_after=compromise_horizon(now, settings),
+        reason=COMPROMISED_KEY_REASON,
+        actor=actor,
+        incident_id=None,
     )
+
+
+async def rotate_signing_keys(
+    custody: SigningCustody, *, actor: str, compromised: bool, settings: Settings
+) -> RotationResult:
+    """Rotate now; a compromise also revokes, in the same transaction, every key the old
+    signing key signs (``revoke_signing_key``). The API route and ``broker keys rotate``
+    both come here, so neither can unpublish a key without revoking what it signs."""
+    hook = partial(revoke_signing_key, actor=actor, settings=settings)
+    return await custody.rotate(actor=actor, compromised=compromised, on_compromise=hook)
 
 
 async def revocations_after(

@@ -24,6 +24,10 @@ class Action(StrEnum):
     """What a firing rule does, weakest first: the order is the escalation order."""
 
     ALERT = "alert"
+    # Failing credentials from the address are answered 429; valid ones keep working.
+    THROTTLE_SOURCE = "throttle_source"
+    # No rule may take it any more (an address is shared, so a third party could make a
+    # rule refuse every service behind it); kept so incidents recorded with it still read.
     BLOCK_SOURCE = "block_source"
     REVOKE_KEY = "revoke_key"
     REVOKE_SERVICE = "revoke_service"
@@ -153,6 +157,18 @@ class Rule(ABC):
     default_window: ClassVar[int]
     default_escalation: ClassVar[Escalation | None] = None
     can_disable: ClassVar[bool] = True
+    # Whether the rule's own hits are history (a baseline) rather than evidence against
+    # their subject: history is kept when an operator clears a service's evidence.
+    hits_are_history: ClassVar[bool] = False
+
+    def window_names(self) -> tuple[str, ...]:
+        """Every name the rule and the engine record hits under (escalation counts, proofs)."""
+        return (self.name, f"{self.name}:fired", f"{self.name}:proven")
+
+    def evidence_names(self) -> tuple[str, ...]:
+        """The hit names that are evidence against a subject (all but history)."""
+        names = self.window_names()
+        return names[1:] if self.hits_are_history else names
 
     def defaults(self) -> RuleConfig:
         return RuleConfig(

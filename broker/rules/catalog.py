@@ -174,46 +174,71 @@ class KeyReplay(Rule):
 
 class RevokedKeyUse(Rule):
     name = "revoked_key_use"
-    description = "Revoked or expired keys of one service still being presented."
+    description = (
+        "Distinct revoked or expired keys of one service still presented to their own "
+        "audience. Anyone who saw an old key can present it, so unless the presenter proved "
+        "it holds the keys (a DPoP proof for each, reported by the resource service) the "
+        "firing is an alert whatever the configured action; the configured action "
+        "(quarantine by default) is taken only on such proof."
+    )
     signals = (Use, Introspected)
     subject_kind = "service"
     actions = SERVICE_ACTIONS
-    thresholds = (Threshold("events", 3, 1, 100_000, "presentations within the window"),)
+    thresholds = (Threshold("keys", 3, 1, 100_000, "distinct keys presented within the window"),)
     default_action = Action.QUARANTINE
     default_severity = Severity.HIGH
     default_window = 600
+    # Presentations made with a valid holder proof, counted apart from the others.
+    PROVEN = f"{name}:proven"
 
     async def evaluate(
         self, ctx: Context, signal: Use | Introspected, config: RuleConfig
     ) -> list[Firing]:
+        service_id: str | None
+        jti: str | None
         reason: str | None
         if isinstance(signal, Introspected):
+            # Only a presentation to the key's own audience means its holder is using it; a
+            # key shown to another service proves nothing about who holds it.
+            if signal.key_audience is None or signal.caller != signal.key_audience:
+                return []
             service_id, jti, reason, at = (
                 signal.key_service,
                 signal.jti,
                 signal.reason,
                 signal.at,
             )
+            proven = False  # introspection carries no holder proof
         else:
-            event = signal.event
+            event, key = signal.event, signal.key
             if event.outcome != "refused":
                 return []
-            service_id, jti, reason, at = signal.key.service_id, event.jti, event.reason, event.at
+            # Usage reports come only from the key's audience (``usage.service``).
+            service_id, jti, reason, at = key.service_id, event.jti, event.reason, event.at
+            proven = event.holder_proven and key.holder_bound
         if reason not in EXPIRED_OR_REVOKED or not service_id or not jti:
             return []
         subject = f"service:{service_id}"
         await windows.add_hit(ctx.session, self.name, subject, at, detail=jti)
+        if proven:
+            await windows.add_hit(ctx.session, self.PROVEN, subject, at, detail=jti)
         since = at - timedelta(seconds=config.window_seconds)
-        count = await windows.count_hits(ctx.session, self.name, subject, since, at)
-        if count < config.threshold("events"):
-            return []
         keys = await windows.distinct_details(ctx.session, self.name, subject, since, at)
+        needed = config.threshold("keys")
+        if keys < needed:
+            return []
+        proven_keys = await windows.distinct_details(ctx.session, self.PROVEN, subject, since, at)
+        holder_proven = proven_keys >= needed
         evidence = {
             "service": service_id,
-            "presentations_in_window": count,
             "distinct_keys": keys,
+            "holder_proven_keys": proven_keys,
+            "presentations_in_window": await windows.count_hits(
+                ctx.session, self.name, subject, since, at
+            ),
             "last_jti": jti,
             "window_seconds": config.window_seconds,
+            "action_limited_to_alert": not holder_proven,
         }
         return [
             Firing(
@@ -223,6 +248,8 @@ class RevokedKeyUse(Rule):
                 evidence,
                 service_id=service_id,
                 unit=service_id,
+                # Evidence a third party could have produced never acts on the service.
+                action=None if holder_proven else Action.ALERT,
             )
         ]
 
@@ -419,6 +446,7 @@ class IssuanceSpike(Rule):
     default_severity = Severity.MEDIUM
     default_window = 60
     default_escalation = Escalation(after=2, window_seconds=600, action=Action.QUARANTINE)
+    hits_are_history = True  # every key issued: the baseline of the usual rate
 
     async def evaluate(self, ctx: Context, signal: Issued, config: RuleConfig) -> list[Firing]:
         subject = f"service:{signal.service_id}"
@@ -464,18 +492,32 @@ class IssuanceSpike(Rule):
         ]
 
 
+# What a rule keyed on an address may do. The address is shared (NAT, node SNAT, proxies,
+# whatever X-Forwarded-For names behind a broadly trusted proxy), so anyone sending junk from
+# it produces the evidence: the action may touch only failing attempts (throttle), never the
+# valid credentials of the services behind it.
+SOURCE_ACTIONS = frozenset({Action.ALERT, Action.THROTTLE_SOURCE})
+THROTTLE_MINUTES = Threshold(
+    "throttle_minutes", 60, 1, 10_080, "how long failing attempts from the address get 429"
+)
+
+
 class ExchangeSpray(Rule):
     name = "exchange_spray"
-    description = "Failed identity exchanges from one source address across many services."
+    description = (
+        "Failed identity exchanges from one source address across many services. The "
+        "address's failing attempts are throttled (429 with Retry-After); valid credentials "
+        "from the same address keep working, since addresses are shared."
+    )
     signals = (AuthFailed,)
     subject_kind = "source"
-    actions = frozenset({Action.ALERT, Action.BLOCK_SOURCE})
+    actions = SOURCE_ACTIONS
     thresholds = (
         Threshold("failures", 20, 1, 1_000_000, "failed exchanges within the window"),
         Threshold("services", 5, 1, 10_000, "distinct services they named"),
-        Threshold("block_minutes", 60, 1, 10_080, "how long a blocked address is refused"),
+        THROTTLE_MINUTES,
     )
-    default_action = Action.BLOCK_SOURCE
+    default_action = Action.THROTTLE_SOURCE
     default_severity = Severity.HIGH
     default_window = 300
 
@@ -508,7 +550,7 @@ class ExchangeSpray(Rule):
                 evidence,
                 unit=signal.source,
                 source=signal.source,
-                block_seconds=config.threshold("block_minutes") * 60,
+                block_seconds=config.threshold("throttle_minutes") * 60,
             )
         ]
 
@@ -526,16 +568,17 @@ class CredentialGuessing(Rule):
     description = (
         "Failed service authentications from one source address, whichever services they "
         "name: a brute force on one service's client secret that exchange_spray, which "
-        "needs many services, does not see."
+        "needs many services, does not see. Throttles the address's failing attempts; "
+        "valid credentials from it keep working."
     )
     signals = (AuthFailed,)
     subject_kind = "source"
-    actions = frozenset({Action.ALERT, Action.BLOCK_SOURCE})
+    actions = SOURCE_ACTIONS
     thresholds = (
         Threshold("failures", 30, 1, 1_000_000, "failed authentications within the window"),
-        Threshold("block_minutes", 60, 1, 10_080, "how long a blocked address is refused"),
+        THROTTLE_MINUTES,
     )
-    default_action = Action.BLOCK_SOURCE
+    default_action = Action.THROTTLE_SOURCE
     default_severity = Severity.HIGH
     default_window = 300
 
@@ -566,7 +609,7 @@ class CredentialGuessing(Rule):
                 evidence,
                 unit=signal.source,
                 source=signal.source,
-                block_seconds=config.threshold("block_minutes") * 60,
+                block_seconds=config.threshold("throttle_minutes") * 60,
             )
         ]
 

@@ -58,25 +58,37 @@ class RuleChange:
     escalation: Mapping[str, Any] | None = None
 
 
-def _escalation_of(raw: Mapping[str, Any] | None) -> Escalation | None:
+# Thresholds renamed since a row may have been written: the old name's value carries over.
+_RENAMED_THRESHOLDS = {"block_minutes": "throttle_minutes"}
+
+
+def _escalation_of(rule: Rule, raw: Mapping[str, Any] | None) -> Escalation | None:
     if not raw:
         return None
-    return Escalation(int(raw["after"]), int(raw["window_seconds"]), Action(raw["action"]))
+    action = Action(raw["action"])
+    if action not in rule.actions:
+        return None  # an action the rule may no longer take (see ``_config_of``)
+    return Escalation(int(raw["after"]), int(raw["window_seconds"]), action)
 
 
 def _config_of(rule: Rule, row: RuleSetting | None) -> RuleConfig:
     defaults = rule.defaults()
     if row is None:
         return defaults
+    stored = {_RENAMED_THRESHOLDS.get(k, k): int(v) for k, v in row.thresholds.items()}
     # Thresholds added to a rule after the row was written keep their defaults.
-    thresholds = {**defaults.thresholds, **{k: int(v) for k, v in row.thresholds.items()}}
+    thresholds = {**defaults.thresholds, **stored}
+    # An action a rule may no longer take (``block_source`` on the address rules, which a
+    # third party sharing the address could turn against real services) falls back to the
+    # rule's default rather than being carried out.
+    action = Action(row.action)
     return RuleConfig(
         enabled=row.enabled or not rule.can_disable,
         severity=Severity(row.severity),
-        action=Action(row.action),
+        action=action if action in rule.actions else defaults.action,
         window_seconds=row.window_seconds,
         thresholds={t.name: thresholds[t.name] for t in rule.thresholds},
-        escalation=_escalation_of(row.escalation),
+        escalation=_escalation_of(rule, row.escalation),
     )
 
 

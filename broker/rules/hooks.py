@@ -149,6 +149,9 @@ async def key_introspected(
         claims = signed_claims(token)
     jti = claims.get("jti") if claims else None
     sub = claims.get("sub") if claims else None
+    aud = claims.get("aud") if claims else None
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
     await dispatch(
         runtime,
         Introspected(
@@ -158,6 +161,7 @@ async def key_introspected(
             key_service=sub if isinstance(sub, str) and 0 < len(sub) <= 63 else None,
             at=utcnow(),
             presenter=presenter,
+            key_audience=aud if isinstance(aud, str) and 0 < len(aud) <= 63 else None,
         ),
     )
 

@@ -90,9 +90,10 @@ def merge_issued(signals: list[Issued]) -> list[Issued]:
 class Introspected:
     """An introspection that did not come back active (active ones need no rule).
 
-    ``key_service`` and ``jti`` are set only when the key's signature checked out, so a
-    forged token can never make the rules count against a real service. ``presenter`` is the
-    address that presented the token to the resource service, when that service says so.
+    ``key_service``, ``key_audience`` and ``jti`` are set only when the key's signature
+    checked out, so a forged token can never make the rules count against a real service.
+    ``presenter`` is the address that presented the token to the resource service, when that
+    service says so.
     """
 
     caller: str
@@ -101,6 +102,7 @@ class Introspected:
     key_service: str | None
     at: datetime
     presenter: str | None = None
+    key_audience: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class ReportedUse:
     source: str
     reason: str | None
     at: datetime
+    # The presenter proved it holds the key's cnf key: evidence no third party can forge.
+    holder_proven: bool = False
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,15 @@ async def detail_counts(
     return {str(detail): int(n) for detail, n in rows}
 
 
+async def forget_subject(session: AsyncSession, rules: Sequence[str], subject: str) -> int:
+    """Drop every hit of ``rules`` about ``subject``: evidence an operator has dealt with
+    (a released quarantine) must not count again towards the next firing."""
+    result = await session.exec(  # type: ignore[call-overload]
+        delete(RuleHit).where(col(RuleHit.rule).in_(rules), col(RuleHit.subject) == subject[:140])
+    )
+    return int(result.rowcount or 0)
+
+
 async def prune_rule_hits(session: AsyncSession, rules: Sequence[str], before: datetime) -> int:
     result = await session.exec(  # type: ignore[call-overload]
         delete(RuleHit).where(col(RuleHit.rule).in_(rules), col(RuleHit.at) < before)

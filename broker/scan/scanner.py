@@ -24,10 +24,8 @@ BLOCK_SIZE = 8 * 1024 * 1024
 # a value we look for), so one enormous line never has to fit in memory whole.
 _SAFE_CUTS = (b"\n", b'"', b",", b";", b"\t", b"<", b">", b"{", b"}", b"[", b"]", b"'")
 _SKIP_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", ".tox"})
-_BASE64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 _CARD_FIRST_DIGITS = frozenset(b"23456")
 _PLUS = ord("+")
-_ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
 @dataclass(frozen=True)
@@ -90,78 +88,109 @@ class Scanner:
         return hits
 
     def _credentials(self, block: bytes, hits: list[_Hit]) -> None:
-        n = len(block)
+        # The prefilter holds both boundaries: a hit is a whole token-shaped word.
         for m in patterns.CREDENTIAL_PREFILTER.finditer(block):
-            start, end = m.span()
-            if (start and block[start - 1] in _ALNUM) or (end < n and block[end] in _ALNUM):
-                continue
             token = m.group().decode("ascii")
             kind = patterns.credential_kind(token)
             if kind is not None and kind in self.kinds:
-                hits.append(_Hit(start, kind, patterns.mask_credential(token), token))
+                hits.append(_Hit(m.start(), kind, patterns.mask_credential(token), token))
 
     def _keys(self, block: bytes, hits: list[_Hit]) -> None:
-        n = len(block)
+        # The prefilter holds both boundaries: a hit is a whole JWS, not part of a longer run.
         for m in patterns.JWS_PREFILTER.finditer(block):
-            start, end = m.span()
-            if (start and block[start - 1] in _BASE64URL) or (end < n and block[end] in _BASE64URL):
-                continue
             claims = patterns.our_key_claims(m.group(), self.issuer)
             if claims is not None:
                 hits.append(
-                    _Hit(start, Kind.ISSUED_KEY, patterns.mask_key(claims), m.group().decode())
+                    _Hit(m.start(), Kind.ISSUED_KEY, patterns.mask_key(claims), m.group().decode())
                 )
 
     def _emails(self, block: bytes, hits: list[_Hit]) -> None:
         done = 0
-        for at in patterns.AT_SIGN.finditer(block):
-            pos = at.start()
-            if pos < done:
-                continue
-            m = patterns.EMAIL.search(block, max(done, pos - 64), pos + 256)
-            if m is None or not m.start() <= pos < m.end():
+        local: bytes | None = None  # the local-part classes, made on the first candidate
+        reach = patterns.EMAIL_LOCAL_MAX
+        for candidate in patterns.EMAIL_PREFILTER.finditer(block):
+            pos = candidate.start()
+            if local is None:
+                local = block.translate(patterns.LOCAL_TABLE)
+            # The local part is the run of local characters before the '@': at most 64.
+            floor = max(0, pos - reach - 1)
+            start = local.rfind(b" ", floor, pos) + 1
+            if start == 0 and floor > 0:
+                continue  # a longer run: no address starts within reach
+            if start < done:
+                continue  # the run began inside the previous address
+            m = patterns.EMAIL.match(block, start, pos + patterns.EMAIL_DOMAIN_REACH)
+            if m is None:
                 continue
             done = m.end()
             if patterns.email_ok(m.group("tld")):
                 hits.append(_Hit(m.start(), Kind.EMAIL, patterns.mask_email(m.group())))
 
     def _numbers_in(self, block: bytes, classes: bytes, hits: list[_Hit]) -> None:
+        """Phone numbers, SSNs and cards: each run of number characters holding an anchor
+        (four or more digits ending eleven number characters, or five digit pairs) is read
+        once, and a number found in it counts only where it ends at such an anchor or
+        holds a pair anchor, as a search from each anchor would have found it."""
         n = len(block)
-        seen: set[int] = set()
-        search = patterns.NUMBER.finditer
         reach = patterns.NUMBER_REACH
-        for anchor in patterns.NUMBER_END.finditer(classes):
-            end = anchor.end()
-            tail = classes[max(0, end - 20) : end]
-            run = len(tail) - len(tail.rstrip(b"0"))
-            if run >= 11:
-                # Unseparated digits: only a card or, after a '+', an E.164 number can be
-                # that long. Epoch times in milliseconds are the usual case, and rejected
-                # here without a regex.
-                first = end - run
-                card = 13 <= run <= 19 and block[first] in _CARD_FIRST_DIGITS
-                e164 = run <= 15 and first > 0 and block[first - 1] == _PLUS
-                if not (card or e164):
-                    continue
-            for m in search(block, max(0, end - reach), min(end + 2, n)):
-                if m.end() == end and m.start() not in seen:
-                    seen.add(m.start())
-                    self._number(m, hits)
-        for anchor in patterns.NUMBER_PAIRS.finditer(classes):
-            start, end = anchor.span()
-            for m in search(block, max(0, start - reach), min(end + reach, n)):
-                if m.start() <= start < m.end() and m.start() not in seen:
-                    seen.add(m.start())
-                    self._number(m, hits)
+        # (start, end, any kind): a run with only pair anchors can hold only national and
+        # E.164 numbers. Regions may overlap by the reach; a number is reported once.
+        regions: list[tuple[int, int, bool]] = [
+            (max(0, run.start() + 4 - reach), run.end(), True)
+            for run in patterns.NUMBER_END_RUN.finditer(classes)
+        ]
+        regions += [
+            (max(0, run.start() - reach), run.end(), False)
+            for run in patterns.NUMBER_PAIRS_RUN.finditer(classes)
+        ]
+        seen: set[int] = set()
+        for start, end, every_kind in sorted(regions):
+            stop = min(end + 2, n)
+            if start == 0:
+                first = patterns.NUMBER.match(block, 0, stop)
+                if first is not None:
+                    self._found_number(block, classes, first, seen, hits)
+                    start = first.end()
+            else:
+                start -= 1  # the patterns below read the character before the number
+            numbers = patterns.NUMBER_AFTER if every_kind else patterns.NUMBER_AFTER_PAIRS
+            for m in numbers.finditer(block, start, stop):
+                self._found_number(block, classes, m, seen, hits)
+
+    def _found_number(
+        self, block: bytes, classes: bytes, m: re.Match[bytes], seen: set[int], hits: list[_Hit]
+    ) -> None:
+        at = m.start("number")
+        if at not in seen and self._anchored(block, classes, m):
+            seen.add(at)
+            self._number(m, hits)
+
+    @staticmethod
+    def _anchored(block: bytes, classes: bytes, m: re.Match[bytes]) -> bool:
+        start, end = m.span("number")
+        if classes.find(b"0-00-00-00-00", start, end + 12) >= 0:
+            return True
+        if end < 4 or patterns.NUMBER_END.match(classes, end - 4) is None:
+            return False
+        tail = classes[max(0, end - 20) : end]
+        run = len(tail) - len(tail.rstrip(b"0"))
+        if run >= 11:
+            # Unseparated digits: only a card or, after a '+', an E.164 number can be that
+            # long. Epoch times in milliseconds are the usual case, and rejected here.
+            first = end - run
+            card = 13 <= run <= 19 and block[first] in _CARD_FIRST_DIGITS
+            e164 = run <= 15 and first > 0 and block[first - 1] == _PLUS
+            return card or e164
+        return True
 
     def _number(self, m: re.Match[bytes], hits: list[_Hit]) -> None:
-        kinds, raw = self.kinds, m.group()
+        kinds, raw, at = self.kinds, m.group("number"), m.start("number")
         if m.group("card") is not None:
             if Kind.CARD in kinds and patterns.card_ok(raw):
-                hits.append(_Hit(m.start(), Kind.CARD, patterns.mask_digits(raw, 4)))
+                hits.append(_Hit(at, Kind.CARD, patterns.mask_digits(raw, 4)))
         elif m.group("ssn") is not None:
             if Kind.SSN in kinds and patterns.ssn_ok(raw):
-                hits.append(_Hit(m.start(), Kind.SSN, patterns.mask_digits(raw, 0)))
+                hits.append(_Hit(at, Kind.SSN, patterns.mask_digits(raw, 0)))
         elif Kind.PHONE in kinds:
             if m.group("e164") is not None:
                 ok = patterns.e164_ok(raw)
@@ -170,7 +199,7 @@ class Scanner:
             else:
                 ok = True  # the NANP expression is itself the whole check
             if ok:
-                hits.append(_Hit(m.start(), Kind.PHONE, patterns.mask_digits(raw, 2)))
+                hits.append(_Hit(at, Kind.PHONE, patterns.mask_digits(raw, 2)))
 
     def _ibans(self, block: bytes, classes: bytes, hits: list[_Hit]) -> None:
         for run in patterns.IBAN_RUN.finditer(classes):

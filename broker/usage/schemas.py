@@ -39,6 +39,16 @@ class UsageEventIn(msgspec.Struct, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    holder_proven: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "the presenter proved possession of the key's holder key (a valid DPoP proof "
+                "for its cnf.jkt) before the key was refused; only such presentations can "
+                "make revoked_key_use act against the key's service"
+            )
+        ),
+    ] = False
 
 
 class UsageReport(msgspec.Struct, forbid_unknown_fields=True):

@@ -130,6 +130,7 @@ async def receive_report(
                     source=event.source,
                     reason=event.reason,
                     at=event.at,
+                    holder_proven=event.holder_proven,
                 )
             )
     if accepted:
@@ -269,7 +270,7 @@ async def prune_windows(runtime: Runtime, now: datetime) -> str:
                 config.escalation.window_seconds if config.escalation else 0,
             )
             hits += await windows.prune_rule_hits(
-                session, (rule.name, f"{rule.name}:fired"), now - timedelta(seconds=horizon)
+                session, rule.window_names(), now - timedelta(seconds=horizon)
             )
         usage = await windows.prune_usage(
             session, now - timedelta(seconds=runtime.settings.usage_retention)

@@ -15,6 +15,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.approvals import approval
+
 WORKLOAD_ISSUER = "https://k8s.test"
 WORKLOAD_AUDIENCE = "pii-broker"
 WORKLOAD_SUBJECT = "system:serviceaccount:billing:api"
@@ -88,7 +90,7 @@ def _ok(resp: httpx.Response, status: int = 201) -> dict[str, Any]:
 async def build_world(
     client: httpx.AsyncClient,
     admin: str,
-    approver: str,
+    approver: str,  # independent of ``admin``: see tests.support.served.cli_operator
     *,
     rate_per_minute: int = 600,
     max_ttl: int = 300,
@@ -168,11 +170,13 @@ async def build_world(
             },
         )
     )
+    # The approval names the version and terms digest the approver read (here: the
+    # proposal as the broker answered it).
     _ok(
         await client.post(
             f"/v1/admin/policies/{policy['id']}/approve",
             headers=bearer(approver),
-            json={"comment": "ok"},
+            json=approval(policy),
         ),
         200,
     )
