@@ -12,10 +12,13 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 import broker
-from broker.audit.routes import ROUTES as AUDIT_ROUTES
-from broker.catalog.routes import ROUTES as CATALOG_ROUTES
-from broker.console import console_router, template_config
-from broker.custody.routes import SigningKeyController
+from broker.assembly import assemble, build_runtime
+from broker.audit import routes as audit_routes
+from broker.catalog import routes as catalog_routes
+from broker.changes import change_listener
+from broker.console import router as console_router
+from broker.console import template_config
+from broker.custody import routes as signing_key_routes
 from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
@@ -23,51 +26,54 @@ from broker.http.hot_routes import serve_hot_routes
 from broker.http.openapi_problems import document_problems
 from broker.http.openapi_raw_routes import document_raw_routes
 from broker.http.problems import EXCEPTION_HANDLERS
-from broker.identity.routes import ServiceController
-from broker.identity.source_block_routes import SourceBlockController
-from broker.incidents.routes import ROUTES as INCIDENT_ROUTES
+from broker.identity import routes as service_routes
+from broker.identity import source_block_routes
+from broker.incidents import routes as incident_routes
+from broker.issuance import routes as issuance_routes
 from broker.issuance.routes import HOT_ROUTES
-from broker.issuance.routes import ROUTES as ISSUANCE_ROUTES
 from broker.issuance.use_counter import use_counter
-from broker.jobs.routes import list_jobs
+from broker.jobs import routes as job_routes
 from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
-from broker.operators.routes import OperatorController
-from broker.policy.routes import ROUTES as POLICY_ROUTES
-from broker.revocation.listener import change_listener
-from broker.revocation.routes import ROUTES as REVOCATION_ROUTES
-from broker.rules.routes import RuleController
-from broker.runtime import Runtime, build_runtime
+from broker.operators import routes as operator_routes
+from broker.policy import routes as policy_routes
+from broker.revocation import routes as revocation_routes
+from broker.rules import routes as rule_routes
+from broker.rules.worker import signal_worker
+from broker.runtime import Runtime
 from broker.settings import Settings, get_settings
-from broker.system.metrics_route import ROUTES as METRICS_ROUTES
-from broker.system.routes import ROUTES as SYSTEM_ROUTES
-from broker.system.wellknown import ROUTES as WELLKNOWN_ROUTES
-from broker.usage.routes import ROUTES as USAGE_ROUTES
-from broker.usage.service import signal_worker
+from broker.system import metrics_route, wellknown
+from broker.system import routes as system_routes
+from broker.usage import routes as usage_routes
 
 log = get_logger("broker.app")
 
 
+# Every route module names its handlers in ``ROUTES``; the app takes them in this order
+# (which is also the OpenAPI document's).
+ROUTE_MODULES: tuple[Any, ...] = (
+    system_routes,
+    operator_routes,
+    service_routes,
+    catalog_routes,
+    policy_routes,
+    wellknown,
+    signing_key_routes,
+    audit_routes,
+    issuance_routes,
+    revocation_routes,
+    usage_routes,
+    rule_routes,
+    incident_routes,
+    source_block_routes,
+    job_routes,
+    metrics_route,
+    console_router,
+)
+
+
 def route_handlers() -> Sequence[Any]:
-    return [
-        *SYSTEM_ROUTES,
-        OperatorController,
-        ServiceController,
-        *CATALOG_ROUTES,
-        *POLICY_ROUTES,
-        *WELLKNOWN_ROUTES,
-        SigningKeyController,
-        *AUDIT_ROUTES,
-        *ISSUANCE_ROUTES,
-        *REVOCATION_ROUTES,
-        *USAGE_ROUTES,
-        RuleController,
-        *INCIDENT_ROUTES,
-        SourceBlockController,
-        list_jobs,
-        *METRICS_ROUTES,
-        console_router(),
-    ]
+    return [handler for module in ROUTE_MODULES for handler in module.ROUTES]
 
 
 def _freeze_what_is_alive() -> None:
@@ -108,7 +114,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        rt = runtime or build_runtime(settings)
+        rt = assemble(runtime) if runtime is not None else build_runtime(settings)
         app.state.runtime = rt
         try:
             await rt.custody.ensure_keys()

@@ -140,7 +140,7 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     from broker.db import make_engine
-    from broker.db.migrate import upgrade
+    from broker.migrate import upgrade
 
     settings = _settings()
 
@@ -160,7 +160,7 @@ def db_upgrade(revision: str) -> None:
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (``base`` removes everything)."""
     from broker.db import make_engine
-    from broker.db.migrate import downgrade
+    from broker.migrate import downgrade
 
     settings = _settings()
 
@@ -179,7 +179,7 @@ def db_downgrade(revision: str) -> None:
 def db_check() -> None:
     """Exit non-zero unless the database is at head and matches the models."""
     from broker.db import make_engine
-    from broker.db.migrate import current_revision, drift, head_revision
+    from broker.migrate import current_revision, drift, head_revision
 
     settings = _settings()
 
@@ -214,8 +214,8 @@ def operator() -> None:
 @over_http_when_configured(create_remote)
 def operator_create(name: str, role: str) -> None:
     """Create an operator and print its token once (only its hash is stored)."""
+    from broker.assembly import build_runtime
     from broker.operators.service import create_operator
-    from broker.runtime import build_runtime
 
     settings = _settings()
 
@@ -252,9 +252,9 @@ def keys() -> None:
 @over_http_when_configured(rotate_remote)
 def keys_rotate(compromised: bool) -> None:
     """Rotate the active signing key now (same rules as POST /v1/admin/signing-keys/rotate)."""
+    from broker.assembly import build_runtime
     from broker.custody import RotationResult
     from broker.revocation.service import rotate_signing_keys
-    from broker.runtime import build_runtime
 
     settings = _settings()
 
@@ -294,9 +294,9 @@ def kek() -> None:
 )
 def kek_rewrap(old_kek_file: Path) -> None:
     """Re-encrypt every stored signing key under the KEK now configured (BROKER_KEK[_FILE])."""
+    from broker.assembly import build_runtime
     from broker.custody.keywrap import read_kek_file
     from broker.custody.local import RewrapResult, rewrap_keys
-    from broker.runtime import build_runtime
 
     settings = _settings()
     if settings.kek is None and settings.kek_file is None:

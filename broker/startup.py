@@ -6,10 +6,10 @@ several workers never race to create the schema or two bootstrap admins.
 
 from __future__ import annotations
 
+from broker.assembly import build_runtime
 from broker.db import advisory_xact_lock
-from broker.db.migrate import upgrade
+from broker.migrate import upgrade
 from broker.operators.service import count_operators, create_operator
-from broker.runtime import build_runtime
 from broker.settings import Settings
 
 BOOTSTRAP_LOCK = 0x706B625F626F6F74  # "pkb_boot"

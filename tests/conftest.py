@@ -29,6 +29,10 @@ from typing import Any
 import httpx
 import pytest
 
+# The shared helpers in tests/support/ assert too: rewrite them as pytest rewrites test files,
+# so a helper's failing assert explains itself as it did when the helpers lived in test files.
+pytest.register_assert_rewrite("tests.support")
+
 from tests.support.asgi import asgi_client
 from tests.support.databases import (
     DatabaseTemplates,
@@ -98,7 +102,7 @@ def settings(database_url: str, broker_home: Path) -> Any:
 
 @pytest.fixture
 async def runtime(settings: Any) -> AsyncIterator[Any]:
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
 
     rt = build_runtime(settings)
     yield rt

@@ -20,8 +20,8 @@ import pytest
 from broker.client import InvalidKey, KeyVerifier, Reason
 from broker.client.usage import UsageReporter
 from tests.conftest import Operators
-from tests.test_revocation_support import served
-from tests.test_rules_support import AUDIENCE, ISSUER, Anomaly, build_anomaly, ok, settle
+from tests.support.anomaly import AUDIENCE, ISSUER, Anomaly, build_anomaly, ok, settle
+from tests.support.streaming import served
 
 BUDGET = 100
 

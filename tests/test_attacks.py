@@ -454,7 +454,7 @@ async def test_oversized_bodies_are_refused_with_a_problem(
 async def test_guessing_one_services_secret_gets_the_address_throttled_and_audited(
     client: httpx.AsyncClient, operators: Operators, world: World, runtime: Any
 ) -> None:
-    from tests.test_rules_support import settle
+    from tests.support.anomaly import settle
 
     statuses = []
     for i in range(35):

@@ -32,9 +32,9 @@ import pytest
 from broker import credentials
 from tests.conftest import Operators
 from tests.support.approvals import approval, pending_of
+from tests.support.problems import assert_problem
 from tests.support.served import Served, cli_operator, served_broker
 from tests.support.world import World, bearer, build_world
-from tests.test_foundation_http import assert_problem
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

@@ -24,11 +24,11 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from broker.assembly import build_runtime
 from broker.client import KeyVerifier, VerificationError
 from broker.custody.base import KeyState, Signer
 from broker.models import RevocationEntry, SigningKey
 from broker.revocation.selector import UNBOUNDED
-from broker.runtime import build_runtime
 from broker.settings import Settings
 from tests.support.served import Served, served_broker
 from tests.support.world import World, bearer, build_world

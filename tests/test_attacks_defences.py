@@ -340,7 +340,7 @@ async def test_a_locked_out_address_still_signs_valid_operators_in_to_the_consol
     from broker.app import create_app
     from broker.operators.lockout import FAILURES
     from tests.support.asgi import lifespan
-    from tests.test_console import browser, sign_in
+    from tests.support.console import browser, sign_in
 
     app = create_app(runtime=runtime, configure_logs=False)
     async with lifespan(app):

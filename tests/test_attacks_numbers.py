@@ -33,6 +33,7 @@ from broker.client.keyclient import _unverified_lifetime
 from broker.client.numbers import finite_number as sdk_finite_number
 from broker.identity import workload_jwt
 from broker.identity.workload_jwt import Candidate, JwtFailure
+from tests.support.fake_broker import AUDIENCE, FakeBroker, running_broker
 from tests.support.processes import BrokerProcess, broker_env
 from tests.support.world import (
     WORKLOAD_AUDIENCE,
@@ -42,7 +43,6 @@ from tests.support.world import (
     basic,
     bearer,
 )
-from tests.test_client_support import AUDIENCE, FakeBroker, running_broker
 
 URL = "https://customers-db.internal/v1/customers/42"
 NAN, INF = float("nan"), float("inf")

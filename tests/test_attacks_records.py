@@ -41,9 +41,9 @@ from broker.models import AuditEvent
 from broker.ops_cli.audit import verify_export
 from tests.conftest import Operators
 from tests.support.asgi import lifespan
+from tests.support.console import signed_in
 from tests.support.processes import BrokerProcess, broker_env
 from tests.support.world import bearer
-from tests.test_console import signed_in
 
 KEY_REQUEST = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
 # Characters that broke a reader, split a line or rewrite what a line says.

@@ -41,8 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker.client import KeyVerifier, VerifierUnavailable
 from tests.support.served import Served, served_broker
+from tests.support.streaming import SSEReader
 from tests.support.world import World, basic, bearer, build_world
-from tests.test_revocation_support import SSEReader
 
 PROBLEM = "application/problem+json"
 STREAM_MAX = 4

@@ -76,7 +76,7 @@ async def test_the_report_answers_who_could_read_a_field(
     )
     assert approved.status_code == 200, approved.text
 
-    from tests.test_rules_support import settle
+    from tests.support.anomaly import settle
 
     await settle(client._transport.app.state.runtime)  # type: ignore[attr-defined]
     resp = await client.get(REPORT, params={"field": "customer.email"}, headers=auditor)

@@ -5,23 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlmodel import func, select
 
 from tests.conftest import Operators
-from tests.test_foundation_http import assert_problem
-
-
-async def count_rows(runtime: Any, model: Any) -> int:
-    async with runtime.transaction() as session:
-        return int((await session.exec(select(func.count()).select_from(model))).one())
-
-
-async def audit_actions(runtime: Any) -> list[tuple[str, str, str]]:
-    from broker.audit import list_events
-
-    async with runtime.transaction() as session:
-        events = await list_events(session, 0, 1000)
-    return [(e.action, e.actor, e.subject) for e in events]
+from tests.support.problems import assert_problem
+from tests.support.stored import audit_actions, count_rows
 
 
 async def test_fields_are_created_listed_and_audited(

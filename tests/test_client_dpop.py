@@ -22,7 +22,7 @@ from broker.client import (
     public_jwk,
 )
 from broker.client.dpop import ReplayCache, normalize_htu
-from tests.test_client_support import AUDIENCE, SECRET, SERVICE, FakeBroker, running_broker
+from tests.support.fake_broker import AUDIENCE, SECRET, SERVICE, FakeBroker, running_broker
 
 URL = "https://customers-db.internal/v1/customers/42"
 

@@ -24,7 +24,7 @@ from broker.client import (
     mask,
     workload_token_file,
 )
-from tests.test_client_support import (
+from tests.support.fake_broker import (
     AUDIENCE,
     SECRET,
     SERVICE,

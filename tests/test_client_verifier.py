@@ -27,7 +27,7 @@ from broker.client import (
     VerifierUnavailable,
 )
 from broker.client.jwks import cache_lifetime
-from tests.test_client_support import (
+from tests.support.fake_broker import (
     AUDIENCE,
     SERVICE,
     FakeBroker,

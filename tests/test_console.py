@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,16 +18,14 @@ import pytest
 from sqlmodel import select
 
 from broker import credentials
+from broker.assembly import build_runtime
 from broker.console.session import sessions_for
 from broker.models import ConsoleSession
-from broker.runtime import build_runtime
 from tests.conftest import Operators
 from tests.support.asgi import lifespan
+from tests.support.console import browser, csrf_of, page_csrf, sign_in, signed_in
+from tests.support.problems import assert_problem
 from tests.support.world import World, bearer, build_world
-from tests.test_foundation_http import assert_problem
-
-HTTPS = "https://broker.test"
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -48,35 +45,6 @@ async def api(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def browser(app: Any, base_url: str = HTTPS) -> httpx.AsyncClient:
-    """A client with its own cookie jar, like a separate browser."""
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50001))
-    return httpx.AsyncClient(transport=transport, base_url=base_url)
-
-
-def csrf_of(page: httpx.Response) -> str:
-    match = CSRF.search(page.text)
-    assert match, page.text[:500]
-    return match.group(1)
-
-
-async def sign_in(c: httpx.AsyncClient, token: str) -> httpx.Response:
-    form = await c.get("/console/login")
-    assert form.status_code == 200, form.text
-    return await c.post("/console/login", data={"csrf": csrf_of(form), "token": token})
-
-
-@asynccontextmanager
-async def signed_in(
-    app: Any, token: str, base_url: str = HTTPS
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with await browser(app, base_url) as c:
-        done = await sign_in(c, token)
-        assert done.status_code == 303, done.text
-        assert done.headers["location"] == "/console"
-        yield c
-
-
 def decision_fields(page: httpx.Response, policy_id: str) -> dict[str, str]:
     """The hidden fields a policy's decision form carries: the version and terms digest the
     page shows, which the broker checks the decision against."""
@@ -84,12 +52,6 @@ def decision_fields(page: httpx.Response, policy_id: str) -> dict[str, str]:
     found = dict(re.findall(r'name="(version|terms_digest)" value="([^"]*)"', card))
     assert set(found) == {"version", "terms_digest"}, card[:800]
     return found
-
-
-async def page_csrf(c: httpx.AsyncClient, path: str = "/console") -> str:
-    page = await c.get(path)
-    assert page.status_code == 200, page.text
-    return csrf_of(page)
 
 
 async def audit(api: httpx.AsyncClient, operators: Operators, action: str) -> list[dict[str, Any]]:

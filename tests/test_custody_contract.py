@@ -20,6 +20,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 from sqlmodel import select
 
+from broker.assembly import build_runtime
 from broker.audit import AuditAction
 from broker.custody import lifecycle
 from broker.custody.base import KeyState, SigningCustody
@@ -30,7 +31,7 @@ from broker.db import make_engine, make_sessionmaker, utcnow
 from broker.errors import Conflict, Unavailable
 from broker.issuance.minting import mint
 from broker.models import AuditEvent
-from broker.runtime import Runtime, build_runtime
+from broker.runtime import Runtime
 from tests.support.openbao import OpenBao, openbao_fixture  # noqa: F401
 
 

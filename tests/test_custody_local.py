@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 from sqlalchemy import text
 from sqlmodel import select
 
+from broker.assembly import build_runtime
 from broker.audit import AuditAction
 from broker.custody import keywrap
 from broker.custody.base import KeyState
@@ -30,7 +31,7 @@ from broker.custody.local import LocalCustody, rewrap_keys
 from broker.errors import Conflict, InvalidInput, Unavailable
 from broker.local_state import ServerSecrets, kek_id_for
 from broker.models import AuditEvent, SigningKey
-from broker.runtime import Runtime, build_runtime
+from broker.runtime import Runtime
 from broker.settings import Settings, SettingsError, load_settings
 
 # -- the wrapping format ------------------------------------------------------------------------
@@ -328,6 +329,6 @@ def test_unknown_backend_stops_the_start(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 async def test_runtime_wires_custody_and_readiness(runtime: Runtime) -> None:
     assert isinstance(runtime.custody, LocalCustody)
-    probe: Any = runtime.extras["readiness_probes"]["key_backend"]
+    probe: Any = runtime.readiness["key_backend"]
     await probe()
     assert (await runtime.custody.signer()).kid

@@ -39,7 +39,8 @@ from broker.audit import AuditAction
 from broker.custody import lifecycle
 from broker.custody.base import KeyState
 from broker.custody.factory import build_custody
-from broker.custody.vault import VaultCustody, parse_ref, transit_signature
+from broker.custody.transit import parse_ref, transit_signature
+from broker.custody.vault import VaultCustody
 from broker.db import utcnow
 from broker.errors import Unavailable
 from broker.issuance.minting import mint

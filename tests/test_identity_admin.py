@@ -8,35 +8,10 @@ from typing import Any
 import httpx
 
 from tests.conftest import Operators
-from tests.test_foundation_http import assert_problem
-from tests.test_identity_keys import Signer
-
-SERVICES = "/v1/admin/services"
-
-
-def billing_body(signer: Signer) -> dict[str, Any]:
-    return {
-        "id": "billing-api",
-        "name": "Billing API",
-        "bindings": [
-            {"kind": "secret"},
-            {
-                "kind": "jwt",
-                "issuer": "https://k8s.test",
-                "jwks": signer.jwks,
-                "audience": "pii-broker",
-                "subject": "system:serviceaccount:billing:*",
-                "claims": {"kubernetes.io/namespace": "billing"},
-            },
-        ],
-    }
-
-
-async def audit_events(runtime: Any) -> list[Any]:
-    from broker.audit import list_events
-
-    async with runtime.transaction() as session:
-        return await list_events(session, after=0, limit=10_000)
+from tests.support.jwks import Signer
+from tests.support.problems import assert_problem
+from tests.support.services import SERVICES, billing_body
+from tests.support.stored import audit_events
 
 
 async def test_register_list_and_read_services(

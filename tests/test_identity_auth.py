@@ -21,11 +21,13 @@ from broker.errors import Unauthenticated, Unavailable
 from broker.http.deps import DEPENDENCIES
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.identity import JwksCache, ServiceIdentity, authenticate_service
+from broker.identity.authenticate import IdentityCaches
 from tests.conftest import Operators
 from tests.support.asgi import asgi_client
-from tests.test_foundation_http import assert_problem
-from tests.test_identity_admin import SERVICES, audit_events, billing_body
-from tests.test_identity_keys import JwksServer, Signer
+from tests.support.jwks import JwksServer, Signer
+from tests.support.problems import assert_problem
+from tests.support.services import SERVICES, billing_body
+from tests.support.stored import audit_events
 
 K8S = "https://k8s.test"
 BILLING_SUB = "system:serviceaccount:billing:api"
@@ -274,7 +276,8 @@ async def _quarantined_service_still_authenticates_and_says_so(world: World) -> 
 async def test_jwks_url_cache(world: World) -> None:
     now = [1000.0]
     cache = JwksCache(clock=lambda: now[0])
-    world.runtime.extras["jwks_cache"] = cache
+    # The runtime's cache, with a clock the test moves.
+    world.runtime.parts.get(IdentityCaches).jwks = cache
     # No key set obtained yet and the issuer fails: 503, audited, and not retried at once.
     world.server.status = 404
     with pytest.raises(Unavailable):

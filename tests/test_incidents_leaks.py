@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.conftest import Operators
+from tests.support.anomaly import Anomaly, build_anomaly, ok
 from tests.support.world import basic
-from tests.test_rules_support import Anomaly, build_anomaly, ok
 
 LEAKS = "/v1/leaks"
 

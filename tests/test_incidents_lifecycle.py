@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Operators
-from tests.test_rules_support import Anomaly, build_anomaly, event, ok, settle
+from tests.support.anomaly import Anomaly, build_anomaly, event, ok, settle
 
 INCIDENTS = "/v1/admin/incidents"
 

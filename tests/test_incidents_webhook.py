@@ -20,8 +20,8 @@ import pytest
 from broker.incidents.service import Alert
 from broker.incidents.webhook import SIGNATURE_HEADER, WebhookSender, verify_signature
 from tests.conftest import Operators
+from tests.support.anomaly import Anomaly, build_anomaly, event, ok, settle
 from tests.support.asgi import asgi_client
-from tests.test_rules_support import Anomaly, build_anomaly, event, ok, settle
 
 SECRET = "webhook-shared-secret-for-tests"
 
@@ -71,7 +71,7 @@ async def _app(
     database_url: str, home: Path, operators: Operators, url: str
 ) -> AsyncIterator[Anomaly]:
     from broker.app import create_app
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
     from broker.settings import Settings
 
     settings = Settings(

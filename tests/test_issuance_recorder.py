@@ -198,12 +198,13 @@ async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
     appends without a pause, so the WAL grew by about 60 MB/s under load; the writer's own
     checkpoint, once the log is past the limit, has to bring it back every time."""
     from broker.issuance import sqlite_writer
-    from broker.issuance.recorder import issuance_recorder
+    from broker.issuance.recorder import IssuanceRecorder
 
     limit = 1024 * 1024
     monkeypatch.setattr(sqlite_writer, "WAL_LIMIT", limit)
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 0.02)
-    recorder = issuance_recorder(runtime)
+    # A recorder of its own, made after the limits above (the runtime's was made with it).
+    recorder = IssuanceRecorder(runtime)
     wal = Path(urlparse(database_url).path + "-wal")
     at = datetime.now(UTC)
     largest = 0

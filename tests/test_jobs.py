@@ -10,13 +10,13 @@ import httpx
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from broker.assembly import build_runtime
 from broker.audit import list_events
 from broker.db import utcnow
 from broker.identity.authenticate import secret_cache
-from broker.identity.secret_age import flag_aging_secrets
+from broker.incidents.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job, run_once
 from broker.models import JobRun, ServiceSecret
-from broker.runtime import build_runtime
 from tests.conftest import Operators
 from tests.support.world import build_world
 
@@ -67,7 +67,7 @@ async def test_failed_job_is_recorded_and_not_rerun_in_its_slot(runtime: Any) ->
 async def test_jobs_endpoint_shows_last_runs(
     client: httpx.AsyncClient, operators: Operators, runtime: Any
 ) -> None:
-    from broker.jobs.catalog import default_jobs
+    from broker.jobs.schedule import default_jobs
 
     by_name = {job.name: job for job in default_jobs(runtime)}
     assert await run_once(runtime, by_name["purge_expired"]) is not None

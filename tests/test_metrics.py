@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.db import utcnow
 from broker.jobs.run_once import Job, run_once
 from tests.conftest import Operators
+from tests.support.anomaly import settle
 from tests.support.world import build_world
-from tests.test_rules_support import settle
 
 KEY_BODY = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import inspect
 
 from broker.db import make_engine
-from broker.db.migrate import current_revision, downgrade, drift, head_revision, upgrade
+from broker.migrate import current_revision, downgrade, drift, head_revision, upgrade
 
 
 async def _tables(engine: Any) -> set[str]:
@@ -39,8 +39,8 @@ async def test_replicas_starting_together_migrate_once_and_make_one_admin(settin
 
     from sqlmodel import select
 
+    from broker.assembly import build_runtime
     from broker.models import Operator
-    from broker.runtime import build_runtime
     from broker.startup import prepare
 
     engine = make_engine(settings)

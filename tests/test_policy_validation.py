@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import Operators
-from tests.test_catalog import count_rows
-from tests.test_foundation_http import assert_problem
-from tests.test_policy_workflow import act, policy_body, propose, setup_world, terms
+from tests.support.policies import act, policy_body, propose, setup_world, terms
+from tests.support.problems import assert_problem
+from tests.support.stored import count_rows
 
 PAST = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
 NAIVE = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None).isoformat()

@@ -41,8 +41,8 @@ from sqlmodel import col, func, select
 from tests.support.approvals import approval
 from tests.support.processes import BrokerProcess, broker_env
 from tests.support.served import cli_operator
+from tests.support.streaming import SSEReader
 from tests.support.world import World, basic, bearer, build_world
-from tests.test_revocation_support import SSEReader
 
 pytestmark = [pytest.mark.slow]
 
@@ -383,15 +383,16 @@ async def test_the_listener_reconnects_and_catches_up(backend: str, runtime: Any
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite is single-process")
     import asyncpg
 
+    from broker.assembly import build_runtime
+    from broker.changes import Listening, change_listener, listen_dsn
     from broker.identity.schemas import SecretBindingIn, ServiceCreate
     from broker.identity.service import create_service
     from broker.revocation import Selector, revocation_feed, revoke
-    from broker.revocation.listener import LISTENER_EXTRA, change_listener, listen_dsn
-    from broker.runtime import build_runtime
 
     feed = revocation_feed(runtime)
     async with change_listener(runtime):
-        listener = runtime.extras[LISTENER_EXTRA]
+        listener = runtime.parts.get(Listening).listener
+        assert listener is not None
 
         async def connected() -> bool:
             return bool(listener.connected and feed.pushed)

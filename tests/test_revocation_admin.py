@@ -19,13 +19,12 @@ from sqlmodel import col, func, select
 from broker.audit import list_events
 from broker.db import utcnow
 from broker.errors import InvalidInput
-from broker.jobs.catalog import purge_expired
+from broker.jobs.schedule import purge_expired
 from broker.models import IssuedKey, RevocationEntry
 from broker.revocation import Selector, revocation_feed, revoke
 from tests.conftest import Operators
 from tests.support.processes import broker_env
-from tests.support.world import bearer
-from tests.test_revocation_support import (
+from tests.support.revocations import (
     Key,
     RevocationWorld,
     build_revocation_world,
@@ -34,7 +33,8 @@ from tests.test_revocation_support import (
     ok,
     standard_keys,
 )
-from tests.test_revocation_support import revoke as revoke_http
+from tests.support.revocations import revoke as revoke_http
+from tests.support.world import bearer
 
 
 @pytest.fixture
@@ -267,7 +267,7 @@ async def test_a_revocation_from_another_process_reaches_introspection(
 ) -> None:
     """A second runtime on the same database plays another replica: no in-process signal,
     so this replica's index learns of the entry by its cursor refresh (at most ~200 ms)."""
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
 
     key = await issue(client, world.billing, "customers-db", ["customer.email"], "billing")
     assert await introspect(client, world, key)

@@ -16,15 +16,9 @@ from broker.client import InvalidKey, KeyVerifier, Reason, VerifierUnavailable
 from broker.revocation import revocation_feed
 from tests.conftest import Operators
 from tests.support.processes import free_port
-from tests.test_revocation_support import (
-    Key,
-    RevocationWorld,
-    build_revocation_world,
-    issue,
-    ok,
-    served,
-)
-from tests.test_revocation_support import revoke as revoke_http
+from tests.support.revocations import Key, RevocationWorld, build_revocation_world, issue, ok
+from tests.support.revocations import revoke as revoke_http
+from tests.support.streaming import served
 
 ISSUER = "https://broker.test"
 AUDIENCE = "customers-db"

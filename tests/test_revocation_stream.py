@@ -15,15 +15,9 @@ import pytest
 
 from broker.revocation import Selector, revocation_feed, revoke
 from tests.conftest import Operators
-from tests.test_revocation_support import (
-    RevocationWorld,
-    SSEReader,
-    build_revocation_world,
-    issue,
-    ok,
-    served,
-)
-from tests.test_revocation_support import revoke as revoke_http
+from tests.support.revocations import RevocationWorld, build_revocation_world, issue, ok
+from tests.support.revocations import revoke as revoke_http
+from tests.support.streaming import SSEReader, served
 
 CAEP = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
 
@@ -155,7 +149,7 @@ async def test_a_revocation_made_by_another_replica_reaches_the_stream(
     client: httpx.AsyncClient, runtime: Any, world: RevocationWorld, url: str
 ) -> None:
     """No in-process signal crosses replicas: the feed's poll brings it within ~250 ms."""
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
 
     key = await issue(client, world.billing, "customers-db", ["customer.email"], "billing")
     other = build_runtime(runtime.settings)

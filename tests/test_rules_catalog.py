@@ -16,10 +16,10 @@ import pytest
 
 from broker.models import ServiceActivity
 from broker.rules.engine import evaluate
-from broker.rules.signals import Issued
+from broker.signals import Issued
 from tests.conftest import Operators
+from tests.support.anomaly import Anomaly, build_anomaly, event, now_iso, ok, settle
 from tests.support.world import basic
-from tests.test_rules_support import Anomaly, build_anomaly, event, now_iso, ok, settle
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import Operators
-from tests.test_rules_support import Anomaly, build_anomaly, ok
+from tests.support.anomaly import Anomaly, build_anomaly, ok
 
 RULE_NAMES = {
     "binding_mismatch",

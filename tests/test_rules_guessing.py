@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import Operators
+from tests.support.anomaly import Anomaly, build_anomaly, ok, settle
 from tests.support.world import basic
-from tests.test_rules_support import Anomaly, build_anomaly, ok, settle
 
 KEY_REQUEST = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
 
@@ -113,7 +113,7 @@ async def test_a_stored_block_source_action_is_never_taken(anomaly: Anomaly, run
     from sqlmodel import col
 
     from broker.models import RuleSetting
-    from broker.rules.config import forget_configs
+    from broker.rules.config import RuleConfigCache
 
     await anomaly.set_rule("credential_guessing", thresholds={"failures": 3})
     async with runtime.transaction() as session:
@@ -122,7 +122,7 @@ async def test_a_stored_block_source_action_is_never_taken(anomaly: Anomaly, run
             .where(col(RuleSetting.name) == "credential_guessing")
             .values(action="block_source", thresholds={"failures": 3, "block_minutes": 5})
         )
-    forget_configs(runtime.extras)
+    runtime.parts.get(RuleConfigCache).drop_cached_state()
     rules = ok(await anomaly.client.get("/v1/admin/rules", headers=anomaly.auditor), 200)
     [rule] = [r for r in rules if r["name"] == "credential_guessing"]
     assert rule["action"] == "throttle_source"

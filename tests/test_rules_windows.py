@@ -14,11 +14,12 @@ import pytest
 from broker.db import utcnow
 from broker.models import Incident, RuleHit
 from broker.rules.engine import evaluate
-from broker.rules.signals import AuthFailed
+from broker.rules.worker import prune_windows
+from broker.signals import AuthFailed
 from broker.usage.schemas import UsageEventIn
-from broker.usage.service import prune_windows, receive_report
+from broker.usage.service import receive_report
 from tests.conftest import Operators
-from tests.test_rules_support import Anomaly, build_anomaly, count
+from tests.support.anomaly import Anomaly, build_anomaly, count
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ async def anomaly(client: httpx.AsyncClient, operators: Operators, runtime: Any)
 async def replica(settings: Any) -> AsyncIterator[Any]:
     """A second runtime on the same database: another broker process, as far as the
     database can tell (its own engine, connection pool and caches)."""
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
 
     rt = build_runtime(settings)
     yield rt

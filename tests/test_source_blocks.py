@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from broker.assembly import build_runtime
 from broker.db import utcnow
 from broker.errors import Forbidden, InvalidInput
 from broker.identity import source_blocks
 from broker.models import AuditEvent, SourceBlock
-from broker.runtime import build_runtime
 
 
 async def _block(runtime: Any, source: str, seconds: int = 600) -> SourceBlock:

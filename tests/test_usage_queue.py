@@ -11,10 +11,10 @@ import httpx
 from sqlmodel import col, select
 
 from broker.models import RuleHit
-from broker.rules.signals import Issued, merge_issued
-from broker.usage.queue import SignalQueue
+from broker.rules.queue import SignalQueue
+from broker.signals import Issued, merge_issued
 from tests.conftest import Operators
-from tests.test_rules_support import build_anomaly, settle
+from tests.support.anomaly import build_anomaly, settle
 
 
 async def test_items_are_taken_whole_or_refused_whole() -> None:

@@ -14,9 +14,9 @@ from sqlmodel import col, select
 
 from broker.models import UsageEvent
 from tests.conftest import Operators
+from tests.support.anomaly import Anomaly, build_anomaly, count, event, now_iso, ok, settle
 from tests.support.asgi import asgi_client
 from tests.support.world import basic, build_world
-from tests.test_rules_support import Anomaly, build_anomaly, count, event, now_iso, ok, settle
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ async def small_queue(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     """A broker whose usage queue holds 1,000 events (the shared runtime holds 10,000)."""
     from broker.app import create_app
-    from broker.runtime import build_runtime
+    from broker.assembly import build_runtime
     from broker.settings import Settings
 
     settings = Settings(

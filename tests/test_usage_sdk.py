@@ -15,8 +15,8 @@ from broker.client import InvalidKey, KeyVerifier
 from broker.client.usage import UsageReporter
 from broker.models import UsageEvent
 from tests.conftest import Operators
-from tests.test_revocation_support import served
-from tests.test_rules_support import AUDIENCE, ISSUER, Anomaly, build_anomaly, ok, settle
+from tests.support.anomaly import AUDIENCE, ISSUER, Anomaly, build_anomaly, ok, settle
+from tests.support.streaming import served
 
 
 @pytest.fixture

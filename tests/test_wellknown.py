@@ -13,7 +13,7 @@ from broker.issuance.minting import mint
 from broker.models import AuditEvent
 from broker.runtime import Runtime
 from tests.conftest import Operators
-from tests.test_foundation_http import assert_problem
+from tests.support.problems import assert_problem
 
 H = Operators.header
 

@@ -1,3 +1,5 @@
+"""The hash-chained audit trail: one ``record`` for every state change, and its readers."""
+
 from broker.audit.actions import AuditAction
 from broker.audit.service import (
     ChainBreak,

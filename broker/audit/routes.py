@@ -12,7 +12,6 @@ from litestar.params import QueryParameter
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import normalise, service
-from broker.audit.access_report import MAX_KEYS, AccessReport, ReportFilter, access_report
 from broker.audit.schemas import (
     AccessReportOut,
     AccessSummaryOut,
@@ -24,8 +23,10 @@ from broker.audit.schemas import (
     KeyWindowOut,
 )
 from broker.errors import InvalidInput
+from broker.http.deps import requires
 from broker.models import AuditEvent
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
+from broker.reports.access import MAX_KEYS, AccessReport, ReportFilter, access_report
 from broker.runtime import Runtime
 
 MAX_PAGE = 1000
@@ -76,6 +77,7 @@ class AuditController(Controller):
     path = "/v1/admin/audit"
     tags = ["audit"]
 
+    @requires(Role.AUDITOR)
     @get(
         "/",
         summary="Audit events in pages, oldest first (or newest first), with filters",
@@ -83,7 +85,7 @@ class AuditController(Controller):
     async def list_audit(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         after: Seq = 0,
         before: Annotated[
             int | None, QueryParameter(ge=1, le=MAX_SEQ, description="Only events below this seq")
@@ -115,6 +117,7 @@ class AuditController(Controller):
         body: Any = page_json(page)
         return Response(body, media_type=MediaType.JSON)
 
+    @requires(Role.AUDITOR)
     @get(
         "/verify",
         summary="Check the hash chain; names the first changed, deleted or reordered event",
@@ -128,7 +131,7 @@ class AuditController(Controller):
     async def verify(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         after: Seq = 0,
         limit: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
     ) -> AuditVerifyOut:
@@ -181,6 +184,7 @@ def _moment(name: str, value: str | None) -> datetime | None:
         raise InvalidInput(f"{name} must be an RFC 3339 time with a time zone") from None
 
 
+@requires(Role.AUDITOR)
 @get(
     "/v1/admin/audit/access",
     tags=["audit"],
@@ -196,7 +200,7 @@ def _moment(name: str, value: str | None) -> datetime | None:
 async def access(
     db: NamedDependency[AsyncSession],
     runtime: NamedDependency[Runtime],
-    auditor: NamedDependency[OperatorPrincipal],
+    operator: NamedDependency[OperatorPrincipal],
     field: Name = None,
     service_id: Annotated[
         str | None, QueryParameter(name="service", min_length=1, max_length=200)

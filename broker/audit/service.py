@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import normalise
 from broker.audit.actions import AuditAction
-from broker.db import advisory_xact_lock, utcnow
+from broker.db import serialise, utcnow
 from broker.errors import InvalidInput, NotFound
 from broker.models import AuditEvent
 
@@ -61,13 +60,7 @@ async def serialise_writers(session: AsyncSession) -> None:
     only at the first write, so a read before it could see a tail that another writer is
     about to extend; a no-op UPDATE takes the database write lock first.
     """
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "sqlite":
-        await session.exec(  # type: ignore[call-overload]
-            update(AuditEvent).where(col(AuditEvent.seq) == -1).values(seq=-1)
-        )
-    else:
-        await advisory_xact_lock(session, _AUDIT_LOCK)
+    await serialise(session, _AUDIT_LOCK)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,20 @@ from typing import Annotated
 
 import msgspec
 
+from broker.claims import FIELD_NAME_MAX, PURPOSE_NAME_MAX
+
 FieldName = Annotated[
     str,
     msgspec.Meta(
-        description="Dotted lowercase name, up to 120 characters", examples=["customer.email"]
+        description=f"Dotted lowercase name, up to {FIELD_NAME_MAX} characters",
+        examples=["customer.email"],
     ),
 ]
 PurposeName = Annotated[
-    str, msgspec.Meta(description="Lowercase slug, up to 80 characters", examples=["billing"])
+    str,
+    msgspec.Meta(
+        description=f"Lowercase slug, up to {PURPOSE_NAME_MAX} characters", examples=["billing"]
+    ),
 ]
 
 

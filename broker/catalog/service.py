@@ -6,7 +6,6 @@ error messages.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -15,13 +14,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, record
+from broker.claims import FIELD_NAME, FIELD_NAME_MAX, PURPOSE_NAME, PURPOSE_NAME_MAX
 from broker.errors import Conflict, InvalidInput
 from broker.models import PiiField, Purpose
 
-FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-PURPOSE_NAME = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
-FIELD_NAME_MAX = 120
-PURPOSE_NAME_MAX = 80
 DESCRIPTION_MAX = 1000
 LEGAL_BASIS_MAX = 200
 

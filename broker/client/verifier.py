@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 
 import httpx
 
+from broker.client.claims import MalformedClaims, pii_access
 from broker.client.dpop import DPoPChecker
 from broker.client.errors import InvalidKey, Reason, VerificationError, VerifierUnavailable
 from broker.client.grant import Grant
@@ -465,7 +466,10 @@ class KeyVerifier:
             raise InvalidKey(Reason.NOT_YET_VALID, "key is not valid yet")
         if iat > now + self.leeway:
             raise InvalidKey(Reason.NOT_YET_VALID, "key was issued in the future")
-        fields, purpose, policy = _authorization(claims.get("authorization_details"))
+        try:
+            access = pii_access(claims.get("authorization_details"))
+        except MalformedClaims as exc:
+            raise _malformed(str(exc)) from None
         max_uses = claims.get("max_uses")
         if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
             raise _malformed("max_uses must be a positive integer")
@@ -481,30 +485,12 @@ class KeyVerifier:
             service=sub,
             client_id=client_id,
             audience=aud,
-            fields=fields,
-            purpose=purpose,
-            policy=policy,
+            fields=frozenset(access.fields),
+            purpose=access.purpose,
+            policy=access.policy,
             issued_at=datetime.fromtimestamp(iat, UTC),
             expires_at=datetime.fromtimestamp(exp, UTC),
             kid=kid,
             max_uses=max_uses,
             cnf_jkt=jkt,
         )
-
-
-def _authorization(details: Any) -> tuple[frozenset[str], str, str | None]:
-    """Fields, purpose and policy from exactly one `pii_access` authorization detail."""
-    if not isinstance(details, list):
-        raise _malformed("authorization_details is missing")
-    entries = [d for d in details if isinstance(d, dict) and d.get("type") == "pii_access"]
-    if len(entries) != 1:
-        raise _malformed("authorization_details must hold exactly one pii_access entry")
-    entry = entries[0]
-    fields, purpose, policy = entry.get("fields"), entry.get("purpose"), entry.get("policy")
-    if not isinstance(fields, list) or not fields or not all(_nonempty_str(f) for f in fields):
-        raise _malformed("pii_access fields must be a non-empty list of names")
-    if not _nonempty_str(purpose):
-        raise _malformed("pii_access purpose is missing")
-    if policy is not None and not isinstance(policy, str):
-        raise _malformed("pii_access policy must be a string")
-    return frozenset(fields), purpose, policy

@@ -5,6 +5,7 @@ then sends the browser back to the page (post/redirect/get)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 
 from litestar import post
 from litestar.di import NamedDependency
@@ -13,15 +14,28 @@ from litestar.response import Redirect
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.console.auth import ConsoleForm
+from broker.http.deps import requires
 from broker.incidents import service as incidents
-from broker.policy import service as policies
-from broker.policy.service import StaleDecision
+from broker.operators.service import Role
+from broker.policy import workflow
+from broker.policy.workflow import StaleDecision
+from broker.rules.evidence import release_quarantine
 
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
 
 def _back(path: str, done: str) -> Redirect:
     return Redirect(path=path, query_params={"done": done}, status_code=303)
+
+
+async def _then_back(change: Awaitable[object], page: str, done: str) -> Redirect:
+    """Make the change, then send the browser back to ``page`` with the notice ``done``."""
+    try:
+        await change
+    except StaleDecision:
+        # Nothing was written: show the page again, with what is pending now.
+        return _back(page, "stale")
+    return _back(page, done)
 
 
 def _read_version(form: ConsoleForm) -> tuple[int | None, str | None]:
@@ -33,83 +47,81 @@ def _read_version(form: ConsoleForm) -> tuple[int | None, str | None]:
     return (int(text) if _VERSION.fullmatch(text) else None), digest
 
 
+@requires(Role.APPROVER)
 @post("/approvals/{policy_id:str}/approve", name="console-approve")
 async def approve(
     policy_id: FromPath[str],
-    approver_form: NamedDependency[ConsoleForm],
+    form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    version, digest = _read_version(approver_form)
-    try:
-        await policies.approve(
-            db,
-            policy_id,
-            approver_form.text("comment"),
-            version=version,
-            terms_digest=digest,
-            approver=approver_form.operator,
-        )
-    except StaleDecision:
-        # Nothing was written: show the page again, with what is pending now.
-        return _back("/console/approvals", "stale")
-    return _back("/console/approvals", "approved")
+    version, digest = _read_version(form)
+    change = workflow.approve(
+        db,
+        policy_id,
+        form.text("comment"),
+        version=version,
+        terms_digest=digest,
+        approver=form.operator,
+    )
+    return await _then_back(change, "/console/approvals", "approved")
 
 
+@requires(Role.APPROVER)
 @post("/approvals/{policy_id:str}/reject", name="console-reject")
 async def reject(
     policy_id: FromPath[str],
-    approver_form: NamedDependency[ConsoleForm],
+    form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    version, digest = _read_version(approver_form)
-    try:
-        await policies.reject(
-            db,
-            policy_id,
-            approver_form.text("comment"),
-            version=version,
-            terms_digest=digest,
-            approver=approver_form.operator,
-        )
-    except StaleDecision:
-        return _back("/console/approvals", "stale")
-    return _back("/console/approvals", "rejected")
+    version, digest = _read_version(form)
+    change = workflow.reject(
+        db,
+        policy_id,
+        form.text("comment"),
+        version=version,
+        terms_digest=digest,
+        approver=form.operator,
+    )
+    return await _then_back(change, "/console/approvals", "rejected")
 
 
+@requires(Role.ADMIN)
 @post("/services/{service_id:str}/release", name="console-release")
 async def release(
     service_id: FromPath[str],
-    admin_form: NamedDependency[ConsoleForm],
+    form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await incidents.release_quarantine(
-        db, service_id, actor=admin_form.operator.actor, comment=admin_form.text("comment")
+    change = release_quarantine(
+        db, service_id, actor=form.operator.actor, comment=form.text("comment")
     )
-    return _back("/console/services", "released")
+    return await _then_back(change, "/console/services", "released")
 
 
+@requires(Role.APPROVER)
 @post("/incidents/{incident_id:str}/acknowledge", name="console-acknowledge")
 async def acknowledge(
     incident_id: FromPath[str],
-    approver_form: NamedDependency[ConsoleForm],
+    form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await incidents.acknowledge(
-        db, incident_id, actor=approver_form.operator.actor, comment=approver_form.text("comment")
+    change = incidents.acknowledge(
+        db, incident_id, actor=form.operator.actor, comment=form.text("comment")
     )
-    return _back("/console/incidents", "acknowledged")
+    return await _then_back(change, "/console/incidents", "acknowledged")
 
 
+@requires(Role.APPROVER)
 @post("/incidents/{incident_id:str}/resolve", name="console-resolve")
 async def resolve(
     incident_id: FromPath[str],
-    approver_form: NamedDependency[ConsoleForm],
+    form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
 ) -> Redirect:
-    await incidents.resolve(
-        db, incident_id, actor=approver_form.operator.actor, comment=approver_form.text("comment")
+    change = incidents.resolve(
+        db, incident_id, actor=form.operator.actor, comment=form.text("comment")
     )
-    return _back("/console/incidents", "resolved")
+    return await _then_back(change, "/console/incidents", "resolved")
 
 
 ROUTES = [approve, reject, release, acknowledge, resolve]

@@ -1,10 +1,11 @@
 """Who is using the console, and may they post this form.
 
-Each page names what it needs in its signature, as the API's handlers do: ``reader`` (any
-signed-in operator; the auditor role is the floor), ``approver_form`` and ``admin_form``
-(a posted form from a signed-in operator with that role, its CSRF token checked first).
-The operator is re-read on every request, so disabling an operator or changing their role
-takes effect on their open session at once.
+Each page and form declares the role it needs, as the API's handlers do
+(``@requires(Role.APPROVER)``, ``broker.http.deps``), and takes what it works with:
+``operator`` (the signed-in operator; pages declare the auditor role, the floor) or
+``form`` (a posted form from a signed-in operator, its CSRF token checked before the
+role). The operator is re-read on every request, so disabling an operator or changing
+their role takes effect on their open session at once.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from litestar.datastructures import Cookie
 from broker.console.security import cookie_must_be_secure
 from broker.console.session import csrf_token, sessions_for, tokens_match
 from broker.errors import Forbidden, Unauthenticated
-from broker.http.deps import get_runtime
+from broker.http.deps import declared_role, ensure_role
 from broker.models import Operator
 from broker.operators.service import OperatorPrincipal, Role
+from broker.runtime import runtime_of
 
 SESSION_COOKIE = "pkb_console"
 LOGIN_COOKIE = "pkb_console_login"
@@ -85,7 +87,7 @@ def read_cookie(request: Request[Any, Any, Any], base: str) -> tuple[str | None,
 
 
 async def current_operator(request: Request[Any, Any, Any]) -> ConsoleOperator:
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     session_id, _ = read_cookie(request, SESSION_COOKIE)
     if not session_id:
         raise NotSignedIn()
@@ -121,25 +123,19 @@ async def _posted(request: Request[Any, Any, Any], needed: Role) -> ConsoleForm:
     who = await current_operator(request)
     values = await _form_values(request)
     check_csrf(who.csrf, values)
-    if not who.can(needed):
-        raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
+    ensure_role(who.principal, needed)
     return ConsoleForm(who, values)
 
 
-async def require_reader(request: Request[Any, Any, Any]) -> ConsoleOperator:
-    return await current_operator(request)
+async def require_signed_in(request: Request[Any, Any, Any]) -> ConsoleOperator:
+    needed = declared_role(request)
+    who = await current_operator(request)
+    ensure_role(who.principal, needed)
+    return who
 
 
-async def require_auditor_form(request: Request[Any, Any, Any]) -> ConsoleForm:
-    return await _posted(request, Role.AUDITOR)
-
-
-async def require_approver_form(request: Request[Any, Any, Any]) -> ConsoleForm:
-    return await _posted(request, Role.APPROVER)
-
-
-async def require_admin_form(request: Request[Any, Any, Any]) -> ConsoleForm:
-    return await _posted(request, Role.ADMIN)
+async def require_form(request: Request[Any, Any, Any]) -> ConsoleForm:
+    return await _posted(request, declared_role(request))
 
 
 async def posted_values(request: Request[Any, Any, Any]) -> dict[str, str]:

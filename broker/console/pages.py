@@ -20,32 +20,36 @@ from broker.console import views
 from broker.console.auth import ConsoleOperator
 from broker.console.chart import Window
 from broker.console.rendering import page
+from broker.http.deps import requires
+from broker.operators.service import Role
 from broker.runtime import Runtime
 
 Notice = Annotated[str | None, QueryParameter(name="done", max_length=40)]
 Filter = Annotated[str | None, QueryParameter(max_length=300)]
 
 
+@requires(Role.AUDITOR)
 @get("/", name="console-overview")
 async def overview(
-    reader: NamedDependency[ConsoleOperator],
+    operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     window: FromQuery[Window] = Window.HOUR,
 ) -> Template:
     data = await views.overview(db, window)
-    return page("overview.html", reader, section="overview", title="Overview", data=data)
+    return page("overview.html", operator, section="overview", title="Overview", data=data)
 
 
+@requires(Role.AUDITOR)
 @get("/approvals", name="console-approvals")
 async def approvals(
-    reader: NamedDependency[ConsoleOperator],
+    operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     notice: Notice = None,
 ) -> Template:
-    pending = await views.pending_approvals(db, reader.principal)
+    pending = await views.pending_approvals(db, operator.principal)
     return page(
         "approvals.html",
-        reader,
+        operator,
         section="approvals",
         title="Pending approvals",
         notice=notice,
@@ -53,21 +57,23 @@ async def approvals(
     )
 
 
+@requires(Role.AUDITOR)
 @get("/services", name="console-services")
 async def services(
-    reader: NamedDependency[ConsoleOperator],
+    operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     notice: Notice = None,
 ) -> Template:
     rows = await views.service_rows(db)
     return page(
-        "services.html", reader, section="services", title="Services", notice=notice, rows=rows
+        "services.html", operator, section="services", title="Services", notice=notice, rows=rows
     )
 
 
+@requires(Role.AUDITOR)
 @get("/incidents", name="console-incidents")
 async def incidents(
-    reader: NamedDependency[ConsoleOperator],
+    operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     status: Annotated[str, QueryParameter(max_length=20)] = "live",
     notice: Notice = None,
@@ -75,7 +81,7 @@ async def incidents(
     rows = await views.incident_list(db, status)
     return page(
         "incidents.html",
-        reader,
+        operator,
         section="incidents",
         title="Incidents",
         notice=notice,
@@ -86,17 +92,19 @@ async def incidents(
     )
 
 
+@requires(Role.AUDITOR)
 @get("/keys", name="console-keys")
 async def signing_keys(
-    reader: NamedDependency[ConsoleOperator], runtime: NamedDependency[Runtime]
+    operator: NamedDependency[ConsoleOperator], runtime: NamedDependency[Runtime]
 ) -> Template:
     schedule = await views.rotation_schedule(runtime)
-    return page("keys.html", reader, section="keys", title="Signing keys", schedule=schedule)
+    return page("keys.html", operator, section="keys", title="Signing keys", schedule=schedule)
 
 
+@requires(Role.AUDITOR)
 @get("/audit", name="console-audit")
 async def audit(
-    reader: NamedDependency[ConsoleOperator],
+    operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     action: Filter = None,
     actor: Filter = None,
@@ -113,7 +121,7 @@ async def audit(
     result = await views.audit_page(db, filters, before)
     return page(
         "audit.html",
-        reader,
+        operator,
         section="audit",
         title="Audit trail",
         result=result,

@@ -17,14 +17,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
 from broker.console import actions, pages, signin
-from broker.console.auth import (
-    NotSignedIn,
-    posted_values,
-    require_admin_form,
-    require_approver_form,
-    require_auditor_form,
-    require_reader,
-)
+from broker.console.auth import NotSignedIn, posted_values, require_form, require_signed_in
 from broker.console.rendering import STATIC, page
 from broker.console.security import security_headers_middleware
 from broker.errors import BrokerError
@@ -65,13 +58,16 @@ def console_router() -> Router:
         path="/console",
         route_handlers=[*signin.ROUTES, *pages.ROUTES, *actions.ROUTES, static, not_found],
         dependencies={
-            "reader": Provide(require_reader),
-            "reader_form": Provide(require_auditor_form),
-            "approver_form": Provide(require_approver_form),
-            "admin_form": Provide(require_admin_form),
+            # The console's own ``operator`` (a session, not a bearer token) stands in for
+            # the API's under /console; both check the role the route declares.
+            "operator": Provide(require_signed_in),
+            "form": Provide(require_form),
             "posted": Provide(posted_values),
         },
         middleware=[security_headers_middleware],
         exception_handlers={BrokerError: console_error, HTTPException: console_error},
         include_in_schema=False,
     )
+
+
+ROUTES = [console_router()]

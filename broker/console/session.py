@@ -35,7 +35,6 @@ MAX_LIFETIME = 8 * 3600
 _SESSION_LABEL = "console-session:"
 _CSRF_LABEL = "console-csrf:"
 _LOGIN_CSRF_LABEL = "console-login-csrf:"
-_EXTRA_KEY = "console_sessions"
 _TOUCH_EVERY = timedelta(seconds=30)
 
 
@@ -136,10 +135,5 @@ class ConsoleSessions:
 
 
 def sessions_for(runtime: Runtime) -> ConsoleSessions:
-    """The runtime's session helper, made on first use."""
-    found = runtime.extras.get(_EXTRA_KEY)
-    if isinstance(found, ConsoleSessions):
-        return found
-    made = ConsoleSessions(runtime)
-    runtime.extras[_EXTRA_KEY] = made
-    return made
+    """The runtime's console sessions (a part, made by the assembly)."""
+    return runtime.parts.get(ConsoleSessions)

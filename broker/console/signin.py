@@ -34,8 +34,10 @@ from broker.console.session import (
     tokens_match,
 )
 from broker.errors import Forbidden, RateLimited, Unauthenticated
-from broker.http.deps import get_runtime
+from broker.http.deps import requires
+from broker.operators.service import Role
 from broker.operators.signin import authenticate_operator
+from broker.runtime import runtime_of
 
 INSECURE = (
     "The console signs in only over https, or over plain http on this machine's loopback "
@@ -56,7 +58,7 @@ def _login_page(
             "login.html", None, title="Sign in", error=INSECURE, status_code=403, form=False
         )
     nonce = new_secret()
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     response = page(
         "login.html",
         None,
@@ -86,7 +88,7 @@ async def login_form(
 async def login_submit(
     request: Request[Any, Any, Any], posted: NamedDependency[dict[str, str]]
 ) -> Template | Redirect:
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     nonce, secure = read_cookie(request, LOGIN_COOKIE)
     if secure is None:
         raise Forbidden(INSECURE, reason="insecure-transport")
@@ -129,12 +131,11 @@ async def login_submit(
     return response
 
 
+@requires(Role.AUDITOR)
 @post("/logout", name="console-logout")
-async def logout(
-    request: Request[Any, Any, Any], reader_form: NamedDependency[ConsoleForm]
-) -> Redirect:
-    runtime = get_runtime(request)
-    await sessions_for(runtime).end(reader_form.who.session_id)
+async def logout(request: Request[Any, Any, Any], form: NamedDependency[ConsoleForm]) -> Redirect:
+    runtime = runtime_of(request)
+    await sessions_for(runtime).end(form.who.session_id)
     secure = bool(cookie_must_be_secure(request))
     response: Redirect = Redirect(
         path="/console/login", query_params={"done": "signed_out"}, status_code=303

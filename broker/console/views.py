@@ -28,9 +28,10 @@ from broker.incidents import service as incidents
 from broker.incidents.service import IncidentStatus
 from broker.models import AuditEvent, Incident
 from broker.operators.service import OperatorPrincipal, Role
-from broker.policy import service as policies
+from broker.policy import rendering as policies
 from broker.policy.schemas import PolicyOut, PolicyVersionOut
-from broker.policy.service import PolicyStatus
+from broker.policy.versions import PolicyStatus
+from broker.policy.workflow import why_not_approve
 from broker.runtime import Runtime
 
 AUDIT_PAGE = 50
@@ -75,9 +76,7 @@ async def pending_approvals(session: AsyncSession, who: OperatorPrincipal) -> li
         pending = next((v for v in full.versions if v.status == PolicyStatus.PROPOSED), None)
         if pending is not None:
             blocked = why_not_decide(who, pending)
-            approve_blocked = (
-                None if blocked else await policies.why_not_approve(session, full.id, who)
-            )
+            approve_blocked = None if blocked else await why_not_approve(session, full.id, who)
             out.append(PendingApproval(full, pending, blocked, approve_blocked))
     return out
 

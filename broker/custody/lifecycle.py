@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -45,7 +44,7 @@ from broker.custody.base import (
     Signer,
     SigningKeyInfo,
 )
-from broker.db import advisory_xact_lock, transaction, utcnow
+from broker.db import serialise, transaction, utcnow
 from broker.errors import Conflict, Unavailable
 from broker.models import SigningKey
 from broker.settings import Settings
@@ -103,10 +102,7 @@ async def lock_signing_keys(session: AsyncSession) -> None:
     write lock now, before anything is read, so a second writer waits instead of failing
     on a stale snapshot when it writes.
     """
-    await advisory_xact_lock(session, _CUSTODY_LOCK)
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "sqlite":
-        await session.exec(text("UPDATE signing_keys SET state = state WHERE 1 = 0"))  # type: ignore[call-overload]
+    await serialise(session, _CUSTODY_LOCK)
 
 
 def info(row: SigningKey) -> SigningKeyInfo:

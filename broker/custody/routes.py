@@ -9,8 +9,9 @@ from litestar.status_codes import HTTP_200_OK
 
 from broker.custody.base import SigningKeyInfo
 from broker.custody.schemas import RotateRequest, RotationOut, SigningKeyOut
+from broker.http.deps import requires
 from broker.issuance.verification import own_key_verifier
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 from broker.revocation.service import rotate_signing_keys
 from broker.runtime import Runtime
 
@@ -35,12 +36,14 @@ class SigningKeyController(Controller):
     path = "/v1/admin/signing-keys"
     tags = ["signing-keys"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="Signing keys, newest first, with their states and times")
     async def list_keys(
-        self, runtime: NamedDependency[Runtime], auditor: NamedDependency[OperatorPrincipal]
+        self, runtime: NamedDependency[Runtime], operator: NamedDependency[OperatorPrincipal]
     ) -> list[SigningKeyOut]:
         return [key_out(k) for k in await runtime.custody.describe()]
 
+    @requires(Role.ADMIN)
     @post(
         "/rotate",
         summary="Rotate the active signing key now",
@@ -57,12 +60,15 @@ class SigningKeyController(Controller):
     async def rotate(
         self,
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         data: JSONBody[RotateRequest | None] = None,
     ) -> RotationOut:
         compromised = data.compromised if data is not None else False
         result = await rotate_signing_keys(
-            runtime.custody, actor=admin.actor, compromised=compromised, settings=runtime.settings
+            runtime.custody,
+            actor=operator.actor,
+            compromised=compromised,
+            settings=runtime.settings,
         )
         if result.compromised_kid:
             # Introspection here stops trusting the kid now, not at its next JWKS refresh;
@@ -75,3 +81,6 @@ class SigningKeyController(Controller):
             next_kid=result.next_kid,
             compromised_kid=result.compromised_kid,
         )
+
+
+ROUTES = [SigningKeyController]

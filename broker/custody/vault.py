@@ -7,11 +7,7 @@ Each broker signing key is its own Transit key, ``{vault_key_name}-{16 hex}``, c
 locks, audit) is ``LifecycleCustody``'s, shared with ``local``: this module only makes keys,
 signs with them, reads their public halves back and destroys them once retired.
 
-hvac is synchronous, so every call runs on a small thread pool of its own with a timeout
-(``vault_timeout``): a Vault that hangs ties up those threads, never the event loop or the
-threads the rest of the broker uses. After a transport failure, calls fail at once for
-``lifecycle.FAILURE_BACKOFF`` seconds instead of each waiting for its own timeout; the
-readiness probe and token renewal always try, and their success ends the back-off.
+Talking to Transit (threads, timeouts, login and renewal) is ``transit.Transit``'s job.
 
 A signature is one Transit ``sign`` call and nothing else: which key is active is cached by
 the lifecycle, the public keys are in the database.
@@ -19,31 +15,19 @@ the lifecycle, the public keys are in the database.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
 
 import hvac
 import hvac.exceptions
-import requests
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from requests.adapters import HTTPAdapter
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, record
-from broker.custody import lifecycle
 from broker.custody.base import SUPPORTED_ALGS, KeyState, Signer
-from broker.custody.jwk import PublicKey, published_jwk
+from broker.custody.jwk import published_jwk
 from broker.custody.lifecycle import (
     BACKEND_ERRORS,
     DEFAULT_REFRESH_INTERVAL,
@@ -52,411 +36,19 @@ from broker.custody.lifecycle import (
     NewKey,
     lock_signing_keys,
 )
+from broker.custody.transit import (
+    KEY_TYPES,
+    Transit,
+    VaultUnavailable,
+    parse_ref,
+    transit_public_key,
+)
 from broker.db import transaction
 from broker.errors import Unavailable
 from broker.models import SigningKey
 from broker.settings import Settings
 
 log = logging.getLogger("broker.custody")
-
-T = TypeVar("T")
-
-KEY_TYPES = {"EdDSA": "ed25519", "ES256": "ecdsa-p256"}
-APPROLE_MOUNT = "approle"
-POOL_THREADS = 16
-# Never sleep less than this between two renewals, however short the token's TTL.
-MIN_RENEW_DELAY = 0.25
-UNAVAILABLE = "the Vault/OpenBao key backend is unavailable"
-
-# Answers that mean "Vault is not serving right now", as opposed to "Vault refused this".
-_OUTAGES: tuple[type[BaseException], ...] = (
-    hvac.exceptions.VaultDown,
-    hvac.exceptions.VaultNotInitialized,
-    hvac.exceptions.InternalServerError,
-    hvac.exceptions.BadGateway,
-    hvac.exceptions.RateLimitExceeded,
-    hvac.exceptions.UnexpectedError,
-)
-# requests' errors are OSErrors; a hung Vault is the TimeoutError of ``wait_for``.
-_TRANSPORT: tuple[type[BaseException], ...] = (TimeoutError, OSError, *_OUTAGES)
-
-
-class VaultUnavailable(Unavailable):
-    """Vault/OpenBao could not be reached, timed out or refused; a 503 for the caller.
-
-    The detail is the same for every cause; the reason goes to the log, without secrets.
-    """
-
-    def __init__(self, detail: str = UNAVAILABLE) -> None:
-        super().__init__(detail)
-
-
-class _TokenExpired(Exception):
-    """A static token can no longer be renewed; only a new BROKER_VAULT_TOKEN helps."""
-
-
-def parse_ref(ref: str) -> tuple[str, int]:
-    """``"<transit key>:v<version>"`` as stored in ``signing_keys.backend_ref``."""
-    name, sep, version = ref.rpartition(":v")
-    if not sep or not name or not version.isdigit():
-        raise ValueError(f"malformed Transit key reference {ref!r}")
-    return name, int(version)
-
-
-def transit_signature(value: str, version: int, alg: str) -> bytes:
-    """``vault:vN:<base64>`` to the raw JOSE signature, refusing another version's.
-
-    Ed25519 comes back in standard base64; ECDSA asked for ``marshaling_algorithm=jws``
-    comes back as base64url of ``r || s``. Either way the JWS wants the raw 64 bytes.
-    """
-    prefix = f"vault:v{version}:"
-    if not value.startswith(prefix):
-        raise ValueError("Transit signed with another key version than the one asked for")
-    body = value[len(prefix) :]
-    try:
-        if alg == "ES256":
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        else:
-            raw = base64.b64decode(body, validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("Transit returned a signature that is not base64") from None
-    if len(raw) != 64:
-        raise ValueError(f"Transit returned a {len(raw)}-byte {alg} signature")
-    return raw
-
-
-def transit_public_key(key_data: dict[str, Any], version: int, alg: str) -> PublicKey:
-    """The public half of one version of a Transit key, as ``read_key`` returns it."""
-    entry = (key_data.get("keys") or {}).get(str(version))
-    if not isinstance(entry, dict) or not entry.get("public_key"):
-        raise ValueError(f"Transit key has no public key at version {version}")
-    encoded: str = entry["public_key"]
-    if alg == "EdDSA":
-        return ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
-    key = load_pem_public_key(encoded.encode())
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("Transit key is not a P-256 key")
-    return key
-
-
-class Transit:
-    """One process's connection to Transit: auth, token renewal, threads, timeouts, back-off."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.mount = settings.vault_transit_mount
-        self.timeout = settings.vault_timeout
-        self._role_id = settings.vault_role_id
-        self._secret_id = settings.vault_secret_id
-        self.approle = self._role_id is not None
-        http = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=POOL_THREADS)
-        http.mount("http://", adapter)
-        http.mount("https://", adapter)
-        self._http = http
-        # An empty token, never None: hvac would fall back to VAULT_TOKEN or ~/.vault-token.
-        self.client = hvac.Client(
-            url=settings.vault_addr,
-            token="" if self.approle else (settings.vault_token or ""),
-            timeout=self.timeout,
-            session=http,
-        )
-        self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="vault")
-        self._down_until = 0.0
-        self._authenticated = False
-        self._auth_lock: asyncio.Lock | None = None
-        self._expires_at: float | None = None  # monotonic; None: the token never expires
-        self._full_ttl = 0.0
-        self._renewable = False
-        self._renewer: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        auth = "approle" if self.approle else "token"
-        return f"Transit(addr={self.client.url!r}, mount={self.mount!r}, auth={auth})"
-
-    # -- calling Vault ---------------------------------------------------------------------
-
-    async def call(
-        self,
-        what: str,
-        fn: Callable[[Any], T],
-        *,
-        probe: bool = False,
-        passthrough: tuple[type[Exception], ...] = (),
-    ) -> T:
-        """Run ``fn(client)`` on the pool; every failure becomes ``VaultUnavailable``.
-
-        ``passthrough`` names Vault answers the caller handles itself (a missing key).
-        ``probe`` ignores the back-off: readiness and renewal must find out for themselves.
-        """
-        if self._closed:
-            raise VaultUnavailable()
-        if not probe and time.monotonic() < self._down_until:
-            raise VaultUnavailable()
-        await self._ensure_authenticated()
-        relogged = False
-        while True:
-            stale = self.client.token
-            try:
-                return await self._run(what, fn)
-            except hvac.exceptions.Forbidden:
-                if not self.approle or relogged:
-                    log.error("Vault refused %s: permission denied for the broker's token", what)
-                    raise VaultUnavailable() from None
-                # An AppRole token can have lapsed while Vault was away: log in again, once.
-                log.warning("Vault refused %s: permission denied; logging in again", what)
-                await self._login(replacing=stale)
-                relogged = True
-            except passthrough:
-                raise
-            except hvac.exceptions.VaultError as exc:
-                log.error("Vault refused %s: %s", what, exc)
-                raise VaultUnavailable() from None
-
-    async def _run(self, what: str, fn: Callable[[Any], T]) -> T:
-        """One blocking hvac call, off the event loop, bounded by ``vault_timeout``.
-
-        Transport failures and Vault outages trip the back-off and become
-        ``VaultUnavailable``; any other Vault answer is raised as hvac raised it.
-        """
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, fn, self.client)
-        try:
-            result = await asyncio.wait_for(future, self.timeout)
-        except _TRANSPORT as exc:
-            self._down_until = time.monotonic() + lifecycle.FAILURE_BACKOFF
-            log.warning("Vault unreachable during %s: %s", what, type(exc).__name__)
-            raise VaultUnavailable() from None
-        self._down_until = 0.0
-        return result
-
-    def retry_now(self) -> None:
-        """End the back-off: the next call goes to Vault again."""
-        self._down_until = 0.0
-
-    # -- authentication and renewal ----------------------------------------------------------
-
-    def _lock(self) -> asyncio.Lock:
-        if self._auth_lock is None:
-            self._auth_lock = asyncio.Lock()
-        return self._auth_lock
-
-    async def _ensure_authenticated(self) -> None:
-        if self._authenticated:
-            self._ensure_renewer()
-            return
-        async with self._lock():
-            if self._authenticated:
-                return
-            if self.approle:
-                await self._login_locked()
-            else:
-                try:
-                    response = await self._run("token lookup", lambda c: c.auth.token.lookup_self())
-                except hvac.exceptions.VaultError as exc:
-                    log.error("Vault refused the broker's token (%s)", type(exc).__name__)
-                    raise VaultUnavailable() from None
-                data = response["data"]
-                ttl = float(data.get("ttl") or 0)
-                self._full_ttl = max(float(data.get("creation_ttl") or 0), ttl)
-                self._set_lease(ttl, bool(data.get("renewable")))
-            self._authenticated = True
-        self._ensure_renewer()
-
-    async def _login(self, *, replacing: str | None = None) -> None:
-        """Log in with AppRole; with ``replacing``, only if no one replaced that token yet.
-
-        Many requests refused at once with the same lapsed token make one login, not many.
-        """
-        if replacing is None:
-            replacing = self.client.token
-        async with self._lock():
-            if self.client.token != replacing:
-                return
-            await self._login_locked()
-
-    async def _login_locked(self) -> None:
-        role_id, secret_id = self._role_id, self._secret_id
-        try:
-            response = await self._run(
-                "AppRole login",
-                lambda c: c.auth.approle.login(role_id, secret_id, mount_point=APPROLE_MOUNT),
-            )
-        except hvac.exceptions.VaultError as exc:
-            # The message is Vault's ("invalid role or secret ID"), never the credentials.
-            log.error("Vault AppRole login failed: %s", exc)
-            raise VaultUnavailable() from None
-        auth = response["auth"]
-        self._full_ttl = float(auth.get("lease_duration") or 0)
-        self._set_lease(self._full_ttl, bool(auth.get("renewable")))
-        self._authenticated = True
-        log.info("logged in to Vault with AppRole; token TTL %ss", int(self._full_ttl))
-
-    def _set_lease(self, ttl: float, renewable: bool) -> None:
-        self._renewable = renewable
-        self._expires_at = time.monotonic() + ttl if ttl > 0 else None
-
-    def _ensure_renewer(self) -> None:
-        """Keep the token alive from a task on the running loop, started on first use."""
-        if self._expires_at is None or self._closed:
-            return
-        task = self._renewer
-        loop = asyncio.get_running_loop()
-        if task is not None and not task.done() and task.get_loop() is loop:
-            return
-        # A task left on a loop that has since closed (one ``asyncio.run`` per CLI command)
-        # is simply replaced.
-        self._renewer = loop.create_task(self._keep_token_alive(), name="vault-token-renewal")
-
-    async def _keep_token_alive(self) -> None:
-        while self._expires_at is not None:
-            remaining = self._expires_at - time.monotonic()
-            await asyncio.sleep(max(remaining / 2, MIN_RENEW_DELAY))
-            try:
-                await self._renew()
-            except VaultUnavailable:
-                # _renew logged it; the loop retries after half of the token's remaining life.
-                continue
-            except _TokenExpired:
-                self._expires_at = None  # nothing left to renew; do not start again
-                return
-            except Exception:  # the loop must outlive one odd answer
-                log.exception("Vault token renewal failed")
-
-    async def _renew(self) -> None:
-        """Renew the token; an AppRole token that cannot be renewed (far enough) is replaced."""
-        if not self._renewable:
-            if self.approle:
-                await self._login()
-                return
-            log.warning(
-                "the Vault token is not renewable: it expires in %ss and the broker cannot "
-                "extend it; use a renewable token or AppRole",
-                int(max((self._expires_at or 0) - time.monotonic(), 0)),
-            )
-            raise _TokenExpired
-        try:
-            response = await self._run("token renewal", lambda c: c.auth.token.renew_self())
-        except hvac.exceptions.VaultError as exc:
-            if self.approle:
-                log.warning("Vault token renewal refused (%s); logging in again", exc)
-                await self._login()
-                return
-            log.error(
-                "the Vault token could not be renewed (%s): it has expired or was revoked; "
-                "set a new BROKER_VAULT_TOKEN or use AppRole",
-                type(exc).__name__,
-            )
-            raise _TokenExpired from None
-        auth = response["auth"]
-        ttl = float(auth.get("lease_duration") or 0)
-        if ttl <= self._full_ttl / 2:
-            # Renewal no longer extends the token: it is near its maximum TTL.
-            if self.approle:
-                await self._login()
-                return
-            log.warning(
-                "the Vault token reaches its maximum TTL in %ss and cannot be renewed further",
-                int(ttl),
-            )
-        self._set_lease(ttl, bool(auth.get("renewable")))
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        task, self._renewer = self._renewer, None
-        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.approle and self._authenticated and time.monotonic() >= self._down_until:
-            # The token is this process's own: revoke it rather than leave it to expire.
-            try:
-                await self._run("token revocation", lambda c: c.auth.token.revoke_self())
-            except (VaultUnavailable, hvac.exceptions.VaultError):
-                log.info("could not revoke the broker's Vault token at shutdown")
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
-
-    # -- Transit ---------------------------------------------------------------------------
-
-    async def create_key(self, name: str, key_type: str) -> dict[str, Any]:
-        mount = self.mount
-        response = await self.call(
-            "key creation",
-            lambda c: c.secrets.transit.create_key(
-                name,
-                key_type=key_type,
-                exportable=False,
-                allow_plaintext_backup=False,
-                mount_point=mount,
-            ),
-        )
-        if isinstance(response, dict) and response.get("data", {}).get("keys"):
-            data: dict[str, Any] = response["data"]
-            return data
-        # Vault before 1.13 answers 204 to a create; OpenBao returns the key.
-        return await self.read_key(name)
-
-    async def read_key(self, name: str, *, probe: bool = False) -> dict[str, Any]:
-        mount = self.mount
-        response = await self.call(
-            "key read",
-            lambda c: c.secrets.transit.read_key(name, mount_point=mount),
-            probe=probe,
-            passthrough=(hvac.exceptions.InvalidPath,),
-        )
-        data: dict[str, Any] = response["data"]
-        return data
-
-    async def sign(
-        self, name: str, version: int, data: bytes, alg: str, *, probe: bool = False
-    ) -> bytes:
-        mount = self.mount
-        payload = base64.b64encode(data).decode("ascii")
-        extra: dict[str, str] = {}
-        if alg == "ES256":
-            extra = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
-        response = await self.call(
-            "signing",
-            lambda c: c.secrets.transit.sign_data(
-                name, hash_input=payload, key_version=version, mount_point=mount, **extra
-            ),
-            probe=probe,
-            passthrough=(hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest),
-        )
-        try:
-            return transit_signature(response["data"]["signature"], version, alg)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("Transit key %s gave an unusable signature: %s", name, exc)
-            raise VaultUnavailable() from None
-
-    async def destroy(self, name: str) -> None:
-        """Delete a Transit key for good; a key already gone counts as destroyed."""
-        mount = self.mount
-        missing = (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest)
-        try:
-            await self.call(
-                "key deletion",
-                lambda c: c.secrets.transit.update_key_configuration(
-                    name, deletion_allowed=True, mount_point=mount
-                ),
-                passthrough=missing,
-            )
-            await self.call(
-                "key deletion",
-                lambda c: c.secrets.transit.delete_key(name, mount_point=mount),
-                passthrough=missing,
-            )
-        except missing:
-            # Vault answers 400 both to "no such key" and to a refused delete: look.
-            try:
-                await self.read_key(name)
-            except hvac.exceptions.InvalidPath:
-                return
-            log.error("Transit refused to delete key %s", name)
-            raise VaultUnavailable() from None
 
 
 class VaultSigner:

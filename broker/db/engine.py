@@ -76,13 +76,3 @@ async def transaction(
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
-
-
-async def advisory_xact_lock(session: AsyncSession, key: int) -> None:
-    """Serialise a critical section across replicas on PostgreSQL.
-
-    SQLite runs as a single process with serialised writers, so there it is a no-op.
-    """
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
-        await session.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=key))  # type: ignore[call-overload]

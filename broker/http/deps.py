@@ -1,33 +1,42 @@
-"""Dependencies shared by every route: the runtime, a session, and the operator guards.
+"""Dependencies shared by every route: the runtime, a session, and the operator.
 
-The guards are dependencies rather than Litestar guards so that the authorization a handler
-needs is named in its signature (``admin: NamedDependency[OperatorPrincipal]``).
+An operator route declares the role it needs next to its path, and takes the operator as
+its one ``operator`` parameter::
+
+    @requires(Role.ADMIN)
+    @post("/")
+    async def create_field(..., operator: NamedDependency[OperatorPrincipal]) -> ...
+
+The role is read from the declaration (the handler's ``opt``), never from a parameter's
+name: renaming ``operator`` leaves no dependency by that name, and Litestar refuses to
+start. ``requires`` refuses, at import, a handler that takes no role-checking dependency
+(the role would then be checked by nothing), and the ``operator`` dependency refuses a
+route that declares no role. The check stays a dependency rather than a Litestar guard so
+that it runs where it always has: after the body is read (a malformed or oversized body is
+answered 400/413 first), before the body is validated.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import inspect
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from litestar import Request
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import Forbidden, Unauthenticated
 from broker.identity.deps import require_service
 from broker.operators.service import OperatorPrincipal, Role
 from broker.operators.signin import authenticate_operator
-from broker.runtime import Runtime
-
-
-def get_runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+from broker.runtime import Runtime, runtime_of
 
 
 async def provide_db(request: Request[Any, Any, Any]) -> AsyncGenerator[AsyncSession, None]:
     """One request, one transaction: committed when the handler succeeds, else rolled back."""
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     async with runtime.sessions() as session:
         try:
             yield session
@@ -47,7 +56,7 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
 
 
 async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPrincipal:
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("an operator token is required (Authorization: Bearer ...)")
@@ -57,33 +66,62 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
         source=request.client.host if request.client else None,
         where=request.url.path,
     )
-    if not principal.can(needed):
-        raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
+    ensure_role(principal, needed)
     request.state.operator = principal
     return principal
 
 
-async def require_admin(request: Request[Any, Any, Any]) -> OperatorPrincipal:
-    return await _operator(request, Role.ADMIN)
+def ensure_role(principal: OperatorPrincipal, needed: Role) -> None:
+    """The one refusal of a role too low, for the API and the console alike."""
+    if not principal.can(needed):
+        raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
 
 
-async def require_approver(request: Request[Any, Any, Any]) -> OperatorPrincipal:
-    return await _operator(request, Role.APPROVER)
+ROLE = "role"  # the key of the declared role in a route handler's ``opt``
+
+# The dependencies that check the declared role: the API's operator, and the console's
+# signed-in operator and posted form (``broker.console.auth``).
+ROLE_CHECKING = frozenset({"operator", "form"})
 
 
-async def require_auditor(request: Request[Any, Any, Any]) -> OperatorPrincipal:
-    return await _operator(request, Role.AUDITOR)
+def requires(role: Role) -> Callable[[HTTPRouteHandler], HTTPRouteHandler]:
+    """Declare the role a route needs; goes above the route decorator."""
+
+    def declare(handler: HTTPRouteHandler) -> HTTPRouteHandler:
+        if not isinstance(handler, HTTPRouteHandler):
+            raise TypeError("@requires(...) goes above the route decorator (@get, @post...)")
+        takes = set(inspect.signature(handler.fn).parameters)
+        if not takes & ROLE_CHECKING:
+            raise TypeError(
+                f"{handler.handler_name} declares the {role.value} role but takes none of "
+                f"{sorted(ROLE_CHECKING)}, so nothing would check it"
+            )
+        handler.opt[ROLE] = role
+        return handler
+
+    return declare
+
+
+def declared_role(request: Request[Any, Any, Any]) -> Role:
+    """The role the route declared with ``requires``; a route that takes the operator
+    without declaring one is a mistake in the code, refused (500) rather than let through."""
+    role = request.route_handler.opt.get(ROLE)
+    if not isinstance(role, Role):
+        raise RuntimeError(f"{request.route_handler.handler_name} declares no role (@requires)")
+    return role
+
+
+async def require_operator(request: Request[Any, Any, Any]) -> OperatorPrincipal:
+    return await _operator(request, declared_role(request))
 
 
 async def provide_runtime(request: Request[Any, Any, Any]) -> Runtime:
-    return get_runtime(request)
+    return runtime_of(request)
 
 
 DEPENDENCIES = {
     "runtime": Provide(provide_runtime),
     "db": Provide(provide_db),
-    "admin": Provide(require_admin),
-    "approver": Provide(require_approver),
-    "auditor": Provide(require_auditor),
+    "operator": Provide(require_operator),
     "service": Provide(require_service),
 }

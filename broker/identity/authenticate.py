@@ -30,14 +30,14 @@ from broker.errors import Unauthenticated, Unavailable
 from broker.identity import workload_jwt
 from broker.identity.jwks_cache import JwksCache
 from broker.identity.schemas import SERVICE_ID_PATTERN
-from broker.identity.service import JWT, identity_epoch
+from broker.identity.service import IDENTITY, JWT
 from broker.identity.source_blocks import refusal_for
 from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailure
 from broker.logs import get_logger
 from broker.models import Service, ServiceBinding, ServiceSecret
-from broker.rules import hooks as rules
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.signals import AuthFailed
 from broker.ttl_cache import SingleFlight, TTLCache
 
 log = get_logger("broker.identity")
@@ -76,13 +76,30 @@ class _Refused(Exception):
         self.extra = dict(extra or {})
 
 
+SecretEntry = tuple[ServiceIdentity, datetime, int]  # identity, valid until, identity version
+
+
+class IdentityCaches:
+    """This process's part for authenticating services (assembled once per runtime):
+    recently verified client secrets by keyed hash, for ``settings.auth_cache_ttl``
+    seconds; the one read per (secret, claimed service) in flight; and the issuers' JWKS.
+
+    A disabled or quarantined service is seen within the secrets' time-to-live; in this
+    process at once, because every such change bumps the identity version
+    (``identity.service.identity_changed``) that each entry was read at.
+    """
+
+    def __init__(self, auth_cache_ttl: float) -> None:
+        self.secrets: TTLCache[str, SecretEntry] = TTLCache(auth_cache_ttl)
+        self.secret_reads: SingleFlight[tuple[str, str], ServiceIdentity] = SingleFlight()
+        self.jwks = JwksCache()
+
+    def drop_cached_state(self) -> None:
+        self.secrets.clear()
+
+
 def jwks_cache(runtime: Runtime) -> JwksCache:
-    """The process-wide JWKS cache, created on first use."""
-    cache = runtime.extras.get("jwks_cache")
-    if not isinstance(cache, JwksCache):
-        cache = JwksCache()
-        runtime.extras["jwks_cache"] = cache
-    return cache
+    return runtime.parts.get(IdentityCaches).jwks
 
 
 async def authenticate_service(
@@ -117,12 +134,8 @@ async def authenticate_service(
     except _Refused as refused:
         fingerprint = credentials.fingerprint(presented) if presented is not None else None
         await _record_failure(runtime, refused, method, fingerprint, source)
-        await rules.identity_failed(
-            runtime,
-            source=source,
-            target=refused.service_id or refused.extra.get("client_id"),
-            reason=refused.reason,
-        )
+        target = refused.service_id or refused.extra.get("client_id")
+        await runtime.signals.emit(AuthFailed(source, target, refused.reason, utcnow()))
         if refused.reason == workload_jwt.JWKS_UNAVAILABLE:
             raise Unavailable(refused.detail) from None
         # A restricted address gets 429 for what fails; what passed above was never asked.
@@ -168,11 +181,10 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
     cache = secret_cache(runtime)
     # A cached entry is a secret that was found and checked: the lookup below runs only on
     # a miss (or, in the background, to renew a hot entry).
-    cached = _cached_secret(cache, digest, service_id, now)
+    cached = _cached_secret(cache, digest, service_id, now, runtime.versions[IDENTITY])
     if cached is not None:
         return cached
-    reads: SingleFlight[tuple[str, str], ServiceIdentity]
-    reads = runtime.extras.setdefault("secret_reads", SingleFlight())
+    reads = runtime.parts.get(IdentityCaches).secret_reads
     key = (digest, service_id)
 
     async def read() -> ServiceIdentity:
@@ -188,17 +200,18 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
 
 
 def _cached_secret(
-    cache: TTLCache[str, tuple[ServiceIdentity, datetime, int]],
+    cache: TTLCache[str, SecretEntry],
     digest: str,
     service_id: str,
     now: datetime,
+    version: int,
 ) -> ServiceIdentity | None:
     cached = cache.get(digest)
     if (
         cached is not None
         and cached[0].service_id == service_id
         and now < cached[1]
-        and cached[2] == identity_epoch()
+        and cached[2] == version
     ):
         return cached[0]
     return None
@@ -208,7 +221,7 @@ async def _lookup_secret(
     runtime: Runtime, service_id: str, digest: str, now: datetime
 ) -> ServiceIdentity:
     cache = secret_cache(runtime)
-    epoch, generation = identity_epoch(), cache.generation
+    epoch, generation = runtime.versions[IDENTITY], cache.generation
     try:
         identity, valid_until = await _find_secret(runtime, service_id, digest, now)
     except _Refused:
@@ -274,19 +287,9 @@ async def _note_seen(runtime: Runtime, service_id: str, now: datetime) -> None:
         log.warning("service_last_seen_not_recorded", error=type(exc).__name__)
 
 
-def secret_cache(runtime: Runtime) -> TTLCache[str, tuple[ServiceIdentity, datetime, int]]:
-    """Recently verified secrets (by keyed hash), for ``settings.auth_cache_ttl`` seconds.
-
-    A disabled or quarantined service is seen within that bound; in this process at once,
-    because the identity service clears the cache on such changes.
-    """
-    cache = runtime.extras.get("secret_cache")
-    if cache is None:
-        cache = TTLCache[str, tuple[ServiceIdentity, datetime, int]](
-            runtime.settings.auth_cache_ttl
-        )
-        runtime.extras["secret_cache"] = cache
-    return cache  # type: ignore[no-any-return]
+def secret_cache(runtime: Runtime) -> TTLCache[str, SecretEntry]:
+    """Recently verified secrets (see ``IdentityCaches``)."""
+    return runtime.parts.get(IdentityCaches).secrets
 
 
 async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:

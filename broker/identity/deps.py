@@ -8,7 +8,7 @@ from litestar import Request
 
 from broker.identity.authenticate import ServiceIdentity, authenticate_service
 from broker.identity.source_blocks import ensure_source_allowed
-from broker.runtime import Runtime
+from broker.runtime import Runtime, runtime_of
 
 # Routes that only read what verifiers need to refuse keys safely (introspection, the
 # revocation feed): an address an operator blocked is throttled there instead, so the
@@ -27,7 +27,7 @@ async def identify_service(
 
 
 async def require_service(request: Request[Any, Any, Any]) -> ServiceIdentity:
-    runtime: Runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     source = request.client.host if request.client else None
     reads = request.url.path.startswith(READ_ROUTES)
     identity = await identify_service(

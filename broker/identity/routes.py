@@ -10,6 +10,7 @@ from litestar.params import FromPath, JSONBody
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.db import utcnow
+from broker.http.deps import requires
 from broker.identity import service
 from broker.identity.schemas import (
     BindingOut,
@@ -22,9 +23,9 @@ from broker.identity.schemas import (
     ServiceUpdate,
 )
 from broker.identity.service import SECRET, ServiceView
-from broker.incidents.service import release_quarantine
 from broker.models import ServiceBinding, ServiceSecret
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
+from broker.rules.evidence import release_quarantine
 from broker.runtime import Runtime
 
 
@@ -72,15 +73,18 @@ class ServiceController(Controller):
     path = "/v1/admin/services"
     tags = ["services"]
 
+    @requires(Role.ADMIN)
     @post("/", summary="Register a service; a client secret, if bound, is returned once")
     async def create_service(
         self,
         data: JSONBody[ServiceCreate],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceCreated:
-        created = await service.create_service(db, runtime.secrets.pepper, data, actor=admin.actor)
+        created = await service.create_service(
+            db, runtime.secrets.pepper, data, actor=operator.actor
+        )
         out = _service_out(created.view)
         return ServiceCreated(
             id=out.id,
@@ -93,46 +97,50 @@ class ServiceController(Controller):
             client_secret=created.client_secret,
         )
 
+    @requires(Role.AUDITOR)
     @get("/", summary="List services with their bindings")
     async def list_services(
-        self, db: NamedDependency[AsyncSession], auditor: NamedDependency[OperatorPrincipal]
+        self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
     ) -> list[ServiceOut]:
         return [_service_out(v) for v in await service.list_services(db)]
 
+    @requires(Role.AUDITOR)
     @get("/{service_id:str}", summary="A service, its bindings and secret hints")
     async def get_service(
         self,
         service_id: FromPath[str],
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceOut:
         return _service_out(await service.get_service_view(db, service_id))
 
+    @requires(Role.ADMIN)
     @patch("/{service_id:str}", summary="Rename, disable or enable a service")
     async def update_service(
         self,
         service_id: FromPath[str],
         data: JSONBody[ServiceUpdate],
         db: NamedDependency[AsyncSession],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceOut:
-        view = await service.update_service(db, service_id, data, actor=admin.actor)
+        view = await service.update_service(db, service_id, data, actor=operator.actor)
         return _service_out(view)
 
+    @requires(Role.ADMIN)
     @post("/{service_id:str}/secret", summary="Issue a new client secret; older ones expire")
     async def rotate_secret(
         self,
         service_id: FromPath[str],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> SecretIssued:
         issued = await service.rotate_secret(
             db,
             runtime.secrets.pepper,
             service_id,
             overlap=runtime.settings.secret_overlap,
-            actor=admin.actor,
+            actor=operator.actor,
         )
         return SecretIssued(
             service_id=issued.service_id,
@@ -142,14 +150,18 @@ class ServiceController(Controller):
             previous_expire_at=issued.previous_expire_at,
         )
 
+    @requires(Role.ADMIN)
     @post("/{service_id:str}/release", status_code=200, summary="Lift a quarantine")
     async def release_service(
         self,
         service_id: FromPath[str],
         db: NamedDependency[AsyncSession],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         data: JSONBody[ServiceRelease | None] = None,
     ) -> ServiceOut:
         comment = data.comment if data is not None else ""
-        view = await release_quarantine(db, service_id, actor=admin.actor, comment=comment)
+        view = await release_quarantine(db, service_id, actor=operator.actor, comment=comment)
         return _service_out(view)
+
+
+ROUTES = [ServiceController]

@@ -23,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
+from broker.db.versions import changed
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.identity.schemas import JwtBindingIn, SecretBindingIn, ServiceCreate, ServiceUpdate
 from broker.identity.workload_jwt import (
@@ -39,16 +40,14 @@ SECRET = "secret"  # noqa: S105 (a binding kind)
 JWT = "jwt"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
-_IDENTITY_EPOCH = [0]
+# The kind of change (``db.versions``) that ends cached authentications: a service's
+# standing, its secrets or its bindings changed.
+IDENTITY = "identity"
 
 
-def identity_epoch() -> int:
-    """Bumped whenever a service's standing changes, so cached authentications end now."""
-    return _IDENTITY_EPOCH[0]
-
-
-def identity_changed() -> None:
-    _IDENTITY_EPOCH[0] += 1
+def identity_changed(session: AsyncSession) -> None:
+    """Cached authentications in this process end when this transaction's change is made."""
+    changed(session, IDENTITY)
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,7 @@ async def update_service(
         action = AuditAction.SERVICE_DISABLED if change.disabled else AuditAction.SERVICE_ENABLED
         await record(session, action, actor=actor, subject=subject, details={})
         service.disabled = change.disabled
-        identity_changed()
+        identity_changed(session)
         changed = True
     if changed:
         service.updated_at = utcnow()
@@ -335,7 +334,7 @@ async def rotate_secret(
             continue
         if old.expires_at is None or old.expires_at > cutoff:
             old.expires_at = cutoff
-            identity_changed()
+            identity_changed(session)
             session.add(old)
         previous.append(old.id)
     has_binding = (
@@ -382,7 +381,7 @@ async def release_service(
         details={"quarantined_at": service.quarantined_at, "comment": comment},
     )
     service.quarantined = False
-    identity_changed()
+    identity_changed(session)
     service.quarantined_at = None
     service.updated_at = utcnow()
     session.add(service)
@@ -408,7 +407,7 @@ async def quarantine_service(
         return False
     now = utcnow()
     service.quarantined = True
-    identity_changed()
+    identity_changed(session)
     service.quarantined_at = now
     service.updated_at = now
     session.add(service)

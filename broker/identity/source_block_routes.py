@@ -11,9 +11,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.http.deps import requires
 from broker.identity import source_blocks
 from broker.models import SourceBlock
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 
 Comment = Annotated[str, msgspec.Meta(max_length=2000)]
 
@@ -73,40 +74,46 @@ class SourceBlockController(Controller):
     path = "/v1/admin/blocked-sources"
     tags = ["incidents"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="Client addresses blocked or throttled on service-facing routes")
     async def list_blocked_sources(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         include_past: FromQuery[bool] = False,
     ) -> list[SourceBlockOut]:
         return [_out(b) for b in await source_blocks.list_blocks(db, include_past=include_past)]
 
+    @requires(Role.ADMIN)
     @post("/", summary="Block or throttle a client address by hand (incident response)")
     async def block_source(
         self,
         data: JSONBody[SourceBlockCreate],
         db: NamedDependency[AsyncSession],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> SourceBlockOut:
         block = await source_blocks.block_source(
             db,
             data.source,
             seconds=data.minutes * 60,
             reason=data.reason,
-            actor=admin.actor,
+            actor=operator.actor,
             mode=source_blocks.Mode(data.mode),
         )
         return _out(block)
 
+    @requires(Role.ADMIN)
     @post("/{source:str}/lift", status_code=200, summary="Lift the block on an address")
     async def lift_source_block(
         self,
         source: FromPath[str],
         db: NamedDependency[AsyncSession],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         data: JSONBody[SourceBlockLift | None] = None,
     ) -> list[SourceBlockOut]:
         comment = data.comment if data is not None else ""
-        lifted = await source_blocks.lift_block(db, source, actor=admin.actor, comment=comment)
+        lifted = await source_blocks.lift_block(db, source, actor=operator.actor, comment=comment)
         return [_out(b) for b in lifted]
+
+
+ROUTES = [SourceBlockController]

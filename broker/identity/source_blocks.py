@@ -35,6 +35,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker import metrics
 from broker.audit import AuditAction, record
 from broker.db import utcnow
+from broker.db.versions import changed
 from broker.errors import Forbidden, InvalidInput, NotFound, RateLimited
 from broker.models import SourceBlock
 from broker.runtime import Runtime
@@ -49,14 +50,11 @@ class Mode(StrEnum):
 SOURCE_BLOCKED = "source-blocked"
 SOURCE_THROTTLED = "source-throttled"
 _CACHE_TTL = 1.0
-_EPOCH = [0]
+# The kind of change (``db.versions``) that ends cached answers about addresses.
+SOURCE_BLOCKS = "source_blocks"
 REASON_MAX = 500
 # Ended blocks are kept this long for the console and reports, then purged.
 HISTORY = timedelta(days=30)
-
-
-def _changed() -> None:
-    _EPOCH[0] += 1
 
 
 def normalise_source(source: str) -> str:
@@ -128,7 +126,7 @@ async def block_source(
             "reason": block.reason,
         },
     )
-    _changed()
+    changed(session, SOURCE_BLOCKS)
     return block
 
 
@@ -160,7 +158,7 @@ async def lift_block(
         subject=f"source:{source}",
         details={"blocks": [b.id for b in rows], "comment": comment[:2000]},
     )
-    _changed()
+    changed(session, SOURCE_BLOCKS)
     return rows
 
 
@@ -188,21 +186,25 @@ class Restriction:
 _Cached = tuple[Restriction | None]
 
 
-def _cache(runtime: Runtime) -> TTLCache[tuple[int, str], _Cached]:
-    cache: TTLCache[tuple[int, str], _Cached] | None = runtime.extras.get("source_blocks")
-    if cache is None:
-        cache = TTLCache(_CACHE_TTL)
-        runtime.extras["source_blocks"] = cache
-    return cache
+class RestrictionCache:
+    """This process's part (assembled once per runtime): answers about addresses, for a
+    second, keyed by the address as the server gave it and the version of the restrictions
+    it was read at."""
+
+    def __init__(self) -> None:
+        self.answers: TTLCache[tuple[int, str], _Cached] = TTLCache(_CACHE_TTL)
+
+    def drop_cached_state(self) -> None:
+        self.answers.clear()
 
 
 async def restriction(runtime: Runtime, source: str | None) -> Restriction | None:
     """The restriction in force on ``source`` now, if any (cached for a second)."""
     if not source:
         return None
-    cache = _cache(runtime)
+    cache = runtime.parts.get(RestrictionCache).answers
     # Keyed by the address as the server gave it: parsing it is paid only on a miss.
-    key = (_EPOCH[0], source)
+    key = (runtime.versions[SOURCE_BLOCKS], source)
     cached = cache.get(key)
     if cached is None:
         try:

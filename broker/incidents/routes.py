@@ -12,8 +12,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.http.deps import requires
 from broker.incidents import service
-from broker.incidents.leaks import report_leak
 from broker.incidents.schemas import (
     IncidentCreate,
     IncidentNote,
@@ -24,9 +24,10 @@ from broker.incidents.schemas import (
 )
 from broker.incidents.webhook import send_alerts
 from broker.models import Incident
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 from broker.revocation.routes import to_selector
 from broker.rules.base import Severity
+from broker.rules.leaks import report_leak
 from broker.runtime import Runtime
 
 
@@ -56,11 +57,12 @@ class IncidentController(Controller):
     path = "/v1/admin/incidents"
     tags = ["incidents"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="Incidents, newest first")
     async def list_incidents(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         status: FromQuery[str | None] = None,
         severity: FromQuery[str | None] = None,
         rule: FromQuery[str | None] = None,
@@ -71,15 +73,17 @@ class IncidentController(Controller):
         )
         return [incident_out(r) for r in rows]
 
+    @requires(Role.AUDITOR)
     @get("/{incident_id:str}", summary="One incident with its evidence and actions")
     async def get_incident(
         self,
         incident_id: FromPath[str],
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> IncidentOut:
         return incident_out(await service.get_incident(db, incident_id))
 
+    @requires(Role.ADMIN)
     @post(
         "/",
         summary="Open an incident by hand; revokes every key its selector matches",
@@ -89,7 +93,7 @@ class IncidentController(Controller):
         self,
         data: JSONBody[IncidentCreate],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> IncidentOut:
         selector = to_selector(data.selector)
         async with runtime.transaction() as session:
@@ -100,11 +104,12 @@ class IncidentController(Controller):
                 severity=Severity(data.severity),
                 selector=selector,
                 comment=data.comment,
-                actor=admin.actor,
+                actor=operator.actor,
             )
         send_alerts(runtime, [alert])
         return incident_out(incident)
 
+    @requires(Role.APPROVER)
     @post(
         "/{incident_id:str}/acknowledge",
         summary="Acknowledge an open incident",
@@ -115,11 +120,12 @@ class IncidentController(Controller):
         incident_id: FromPath[str],
         data: JSONBody[IncidentNote],
         db: NamedDependency[AsyncSession],
-        approver: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> IncidentOut:
-        row = await service.acknowledge(db, incident_id, actor=approver.actor, comment=data.comment)
+        row = await service.acknowledge(db, incident_id, actor=operator.actor, comment=data.comment)
         return incident_out(row)
 
+    @requires(Role.APPROVER)
     @post(
         "/{incident_id:str}/resolve",
         summary="Resolve an incident, with a comment",
@@ -130,12 +136,13 @@ class IncidentController(Controller):
         incident_id: FromPath[str],
         data: JSONBody[IncidentResolution],
         db: NamedDependency[AsyncSession],
-        approver: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> IncidentOut:
-        row = await service.resolve(db, incident_id, actor=approver.actor, comment=data.comment)
+        row = await service.resolve(db, incident_id, actor=operator.actor, comment=data.comment)
         return incident_out(row)
 
 
+@requires(Role.AUDITOR)
 @post(
     "/v1/leaks",
     tags=["incidents"],
@@ -145,7 +152,7 @@ class IncidentController(Controller):
 async def report_leaked_credential(
     data: JSONBody[LeakReport],
     runtime: NamedDependency[Runtime],
-    auditor: NamedDependency[OperatorPrincipal],
+    operator: NamedDependency[OperatorPrincipal],
 ) -> LeakOut:
     async with runtime.transaction() as session:
         outcome = await report_leak(
@@ -154,7 +161,7 @@ async def report_leaked_credential(
             kind=data.kind,
             value=data.value,
             location=data.location,
-            actor=auditor.actor,
+            actor=operator.actor,
         )
     send_alerts(runtime, outcome.alerts)
     return LeakOut(

@@ -27,14 +27,12 @@ from broker.audit import AuditAction, record
 from broker.audit.service import serialise_writers
 from broker.db import utcnow
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.identity.service import ServiceView, quarantine_service, release_service
+from broker.identity.service import quarantine_service
 from broker.identity.source_blocks import Mode, active_block, block_source, normalise_source
+from broker.incidents.firing import Action, Firing, Severity
 from broker.models import Incident, IssuedKey, Service
 from broker.revocation.selector import Selector
 from broker.revocation.service import revoke
-from broker.rules import windows
-from broker.rules.base import Action, Firing, Severity
-from broker.rules.catalog import RULES
 from broker.settings import Settings
 
 SYSTEM_ACTOR = "system:rules"
@@ -205,6 +203,37 @@ async def _retake_needed(
     )
 
 
+async def _new_incident(
+    session: AsyncSession,
+    *,
+    rule: str,
+    subject: str,
+    title: str,
+    severity: Severity,
+    evidence: dict[str, Any],
+    actor: str,
+    now: datetime,
+) -> Incident:
+    """An open incident with no action taken yet, flushed so that its id can be named."""
+    incident = Incident(
+        id=str(uuid.uuid4()),
+        rule=rule,
+        subject=subject[:140],
+        title=title[:TITLE_MAX],
+        severity=severity.value,
+        status=IncidentStatus.OPEN.value,
+        evidence=evidence,
+        actions=[],
+        hits=1,
+        opened_by=actor,
+        opened_at=now,
+        updated_at=now,
+    )
+    session.add(incident)
+    await session.flush()
+    return incident
+
+
 async def raise_incident(
     session: AsyncSession,
     settings: Settings,
@@ -230,22 +259,16 @@ async def raise_incident(
         )
     ).first()
     if existing is None:
-        incident = Incident(
-            id=str(uuid.uuid4()),
+        incident = await _new_incident(
+            session,
             rule=firing.rule,
-            subject=firing.subject[:140],
-            title=firing.title[:TITLE_MAX],
-            severity=severity.value,
-            status=IncidentStatus.OPEN.value,
+            subject=firing.subject,
+            title=firing.title,
+            severity=severity,
             evidence=firing.evidence,
-            actions=[],
-            hits=1,
-            opened_by=actor,
-            opened_at=now,
-            updated_at=now,
+            actor=actor,
+            now=now,
         )
-        session.add(incident)
-        await session.flush()
         entry = await _take(
             session,
             settings,
@@ -334,22 +357,16 @@ async def open_by_hand(
     title = _clean_text(title, "title", TITLE_MAX, required=True)
     comment = _clean_text(comment, "comment", COMMENT_MAX, required=False)
     now = utcnow()
-    incident = Incident(
-        id=str(uuid.uuid4()),
+    incident = await _new_incident(
+        session,
         rule=MANUAL_RULE,
         subject=_selector_subject(selector),
         title=title,
-        severity=severity.value,
-        status=IncidentStatus.OPEN.value,
+        severity=severity,
         evidence={"selector": selector.to_wire(), "comment": comment},
-        actions=[],
-        hits=1,
-        opened_by=actor,
-        opened_at=now,
-        updated_at=now,
+        actor=actor,
+        now=now,
     )
-    session.add(incident)
-    await session.flush()
     revoked = await revoke(
         session,
         selector,
@@ -488,26 +505,3 @@ async def resolve(session: AsyncSession, incident_id: str, *, actor: str, commen
         comment=comment,
         allowed_from=(IncidentStatus.OPEN, IncidentStatus.ACKNOWLEDGED),
     )
-
-
-async def release_quarantine(
-    session: AsyncSession, service_id: str, *, actor: str, comment: str = ""
-) -> ServiceView:
-    """Lift a service's quarantine, and forget the rule evidence that led there.
-
-    Evidence an operator has looked at and released must not count towards the next
-    firing: otherwise one more old key presented right after the release (or the rest of
-    the window) quarantines the service again. History a rule keeps as a baseline (keys
-    issued) stays. One transaction, audited.
-    """
-    view = await release_service(session, service_id, actor=actor, comment=comment)
-    names = [name for rule in RULES for name in rule.evidence_names()]
-    cleared = await windows.forget_subject(session, names, f"service:{service_id}")
-    await record(
-        session,
-        AuditAction.RULE_EVIDENCE_CLEARED,
-        actor=actor,
-        subject=f"service:{service_id}",
-        details={"hits": cleared, "why": "quarantine released"},
-    )
-    return view

@@ -16,7 +16,6 @@ import hmac
 import json
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
 import httpx
 
@@ -29,7 +28,6 @@ from broker.runtime import Runtime
 log = get_logger("broker.incidents.webhook")
 
 SIGNATURE_HEADER = "X-Broker-Signature"
-_EXTRAS_KEY = "alert_webhook"
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -108,20 +106,26 @@ class WebhookSender:
         await self._client.aclose()
 
 
+class AlertDelivery:
+    """This process's part (assembled once per runtime): the webhook sender while one is
+    open. Its HTTP client is opened by the first alert and closed with the worker that
+    sends alerts, so a runtime serving several apps in turn opens one per app."""
+
+    def __init__(self, url: str | None, secret: str | None, timeout: float) -> None:
+        self._config = (url, secret, timeout) if url and secret else None
+        self.sender: WebhookSender | None = None
+
+    def open_sender(self) -> WebhookSender | None:
+        if self._config is None:
+            return None
+        if self.sender is None:
+            self.sender = WebhookSender(*self._config)
+        return self.sender
+
+
 def webhook_sender(runtime: Runtime) -> WebhookSender | None:
-    """The runtime's sender, made on first use; None when no webhook is configured."""
-    settings = runtime.settings
-    if not settings.alert_webhook_url or not settings.alert_webhook_secret:
-        return None
-    sender = runtime.extras.get(_EXTRAS_KEY)
-    if not isinstance(sender, WebhookSender):
-        sender = WebhookSender(
-            settings.alert_webhook_url,
-            settings.alert_webhook_secret,
-            settings.alert_webhook_timeout,
-        )
-        runtime.extras[_EXTRAS_KEY] = sender
-    return sender
+    """The runtime's sender (opened now if need be); None when no webhook is configured."""
+    return runtime.parts.get(AlertDelivery).open_sender()
 
 
 def send_alerts(runtime: Runtime, alerts: Iterable[Alert]) -> None:
@@ -149,6 +153,7 @@ def send_alerts(runtime: Runtime, alerts: Iterable[Alert]) -> None:
 
 
 async def close_sender(runtime: Runtime) -> None:
-    sender: Any = runtime.extras.pop(_EXTRAS_KEY, None)
-    if isinstance(sender, WebhookSender):
+    delivery = runtime.parts.get(AlertDelivery)
+    sender, delivery.sender = delivery.sender, None
+    if sender is not None:
         await sender.close()

@@ -1,0 +1,1 @@
+"""Keys: issuance and minting, the issued-key recorder, introspection and holder revocation."""

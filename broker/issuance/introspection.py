@@ -25,15 +25,17 @@ from sqlmodel import col, select
 
 from broker import metrics
 from broker.audit import AuditAction, record
+from broker.claims import PiiAccess
+from broker.db import utcnow
 from broker.identity.authenticate import ServiceIdentity
 from broker.issuance.use_counter import use_counter
-from broker.issuance.verification import InvalidKey, own_key_verifier
+from broker.issuance.verification import InvalidKey, own_key_verifier, signed_claims
 from broker.models import IssuedKey
 from broker.revocation.feed import revocation_feed
 from broker.revocation.selector import Selector
 from broker.revocation.service import revoke
-from broker.rules import hooks as rules
 from broker.runtime import Runtime
+from broker.signals import Introspected
 
 _ACTIVE = metrics.INTROSPECTIONS.labels(result="active")
 
@@ -54,6 +56,7 @@ class Introspection:
     reason: str
     claims: dict[str, Any] | None = None
     uses: int | None = None
+    access: PiiAccess | None = None  # the claims' pii_access detail, when active
 
 
 async def introspect(
@@ -65,13 +68,13 @@ async def introspect(
         verified = await own_key_verifier(runtime).verify(token, audience=caller.service_id)
     except InvalidKey as exc:
         _count(exc.reason)
-        await rules.key_introspected(
+        await _tell_rules(
             runtime, caller=caller.service_id, presenter=presenter, reason=exc.reason, token=token
         )
         return Introspection(active=False, reason=exc.reason)
     if await revocation_feed(runtime).match(verified.facts) is not None:
         _count("revoked")
-        await rules.key_introspected(
+        await _tell_rules(
             runtime,
             caller=caller.service_id,
             presenter=presenter,
@@ -85,7 +88,9 @@ async def introspect(
         # the use is counted in the background.
         use_counter(runtime).add(verified.jti)
         _count("active")
-        return Introspection(active=True, reason="active", claims=verified.claims)
+        return Introspection(
+            active=True, reason="active", claims=verified.claims, access=verified.access
+        )
     now = datetime.now(UTC)
     async with runtime.transaction() as session:
         row = (await session.exec(select(IssuedKey).where(IssuedKey.jti == verified.jti))).first()
@@ -109,16 +114,55 @@ async def introspect(
             uses = result.scalar_one_or_none()
             reason = "active" if uses is not None else "max-uses-exceeded"
     _count(reason)
-    await rules.key_introspected(
-        runtime,
-        caller=caller.service_id,
-        presenter=presenter,
-        reason=reason,
-        claims=verified.claims,
-    )
     if reason != "active":
+        await _tell_rules(
+            runtime,
+            caller=caller.service_id,
+            presenter=presenter,
+            reason=reason,
+            claims=verified.claims,
+        )
         return Introspection(active=False, reason=reason)
-    return Introspection(active=True, reason=reason, claims=verified.claims, uses=uses)
+    return Introspection(
+        active=True, reason=reason, claims=verified.claims, uses=uses, access=verified.access
+    )
+
+
+# pyjwt checks the signature before the claims, so a key refused as expired was genuine:
+# its jti and service can be counted (revoked_key_use) without trusting a forger.
+_SIGNED_BUT_REFUSED = frozenset({"expired"})
+
+
+async def _tell_rules(
+    runtime: Runtime,
+    *,
+    caller: str,
+    reason: str,
+    claims: dict[str, Any] | None = None,
+    token: str | None = None,
+    presenter: str | None = None,
+) -> None:
+    """Emit an introspection that did not come back active. The key's jti, service and
+    audience are named only when its signature was verified (``claims`` given, or a token
+    refused for a reason raised after the signature check)."""
+    if claims is None and token is not None and reason in _SIGNED_BUT_REFUSED:
+        claims = signed_claims(token)
+    jti = claims.get("jti") if claims else None
+    sub = claims.get("sub") if claims else None
+    aud = claims.get("aud") if claims else None
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    await runtime.signals.emit(
+        Introspected(
+            caller=caller,
+            reason=reason,
+            jti=jti if isinstance(jti, str) and 0 < len(jti) <= 64 else None,
+            key_service=sub if isinstance(sub, str) and 0 < len(sub) <= 63 else None,
+            at=utcnow(),
+            presenter=presenter,
+            key_audience=aud if isinstance(aud, str) and 0 < len(aud) <= 63 else None,
+        )
+    )
 
 
 async def revoke_own_key(runtime: Runtime, caller: ServiceIdentity, token: str) -> bool:

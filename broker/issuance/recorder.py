@@ -409,9 +409,5 @@ async def _write_async(runtime: Runtime, batch: list[_Item]) -> Outcome:
 
 
 def issuance_recorder(runtime: Runtime) -> IssuanceRecorder:
-    recorder = runtime.extras.get("issuance_recorder")
-    if recorder is None:
-        recorder = IssuanceRecorder(runtime)
-        runtime.extras["issuance_recorder"] = recorder
-    assert isinstance(recorder, IssuanceRecorder)
-    return recorder
+    """The runtime's recorder (a part, made by the assembly)."""
+    return runtime.parts.get(IssuanceRecorder)

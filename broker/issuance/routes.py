@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
@@ -12,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from litestar.types import Receive, Scope, Send
 
-from broker.catalog.service import FIELD_NAME, PURPOSE_NAME
+from broker.claims import MalformedClaims, requested_access
 from broker.errors import BrokerError, Forbidden, InvalidInput
 from broker.http.asgi_io import (
     RawRequest,
@@ -37,7 +36,7 @@ from broker.issuance.schemas import (
     TokenExchangeOut,
 )
 from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
-from broker.runtime import Runtime
+from broker.runtime import Runtime, runtime_of
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 SUBJECT_TOKEN_TYPES = {
@@ -50,18 +49,6 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S10
 
 def _source(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
-
-
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    """The runtime, read from the app rather than injected: a handler with two dependencies
-    makes Litestar resolve them in a task group, a measurable cost on the key path."""
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _app_runtime(scope: Scope) -> Runtime:
-    runtime: Runtime = scope["app"].state.runtime
-    return runtime
 
 
 def _key_out(result: IssuedKeyResult) -> IssuedKeyOut:
@@ -87,7 +74,7 @@ async def request_key(scope: Scope, receive: Receive, send: Send) -> None:
     ``broker.http.hot_routes``, documented by ``broker.http.openapi_raw_routes``)."""
     request = RawRequest(scope)
     request.require_post()
-    runtime = _app_runtime(scope)
+    runtime = runtime_of(scope)
     service = await identify_service(runtime, request.authorization, request.client)
     body = await read_body(receive, runtime.settings.max_body_bytes)
     data: KeyRequest = decode_json(body, KeyRequest)
@@ -128,34 +115,10 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
 
 def _parse_details(raw: str) -> tuple[frozenset[str], str]:
     try:
-        details = json.loads(raw)
-    except (ValueError, RecursionError):  # nested deeper than the decoder recurses: refused
-        raise OAuthError(
-            "invalid_authorization_details", "authorization_details is not JSON"
-        ) from None
-    if not (isinstance(details, list) and len(details) == 1 and isinstance(details[0], dict)):
-        raise OAuthError(
-            "invalid_authorization_details",
-            "authorization_details must hold exactly one pii_access entry",
-        )
-    entry = details[0]
-    fields, purpose = entry.get("fields"), entry.get("purpose")
-    if (
-        entry.get("type") != "pii_access"
-        or not isinstance(fields, list)
-        or not fields
-        or not all(isinstance(f, str) and 0 < len(f) <= 120 and FIELD_NAME.match(f) for f in fields)
-        or len(fields) > 64
-        or len(set(fields)) != len(fields)
-        or not isinstance(purpose, str)
-        or not 0 < len(purpose) <= 80
-        or not PURPOSE_NAME.match(purpose)
-    ):
-        raise OAuthError(
-            "invalid_authorization_details",
-            "pii_access needs a non-empty list of distinct fields and a purpose",
-        )
-    return frozenset(fields), purpose
+        access = requested_access(raw)
+    except MalformedClaims as exc:
+        raise OAuthError("invalid_authorization_details", str(exc)) from None
+    return frozenset(access.fields), access.purpose
 
 
 def _number(form: dict[str, str], name: str, *, high: int) -> int | None:
@@ -262,7 +225,7 @@ async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
     ``broker.http.openapi_raw_routes``)."""
     request = RawRequest(scope)
     request.require_post()
-    runtime = _app_runtime(scope)
+    runtime = runtime_of(scope)
     service = await identify_service(runtime, request.authorization, request.client, reads=True)
     body = await read_body(receive, runtime.settings.max_body_bytes)
     form = shape_form(parse_form(request.content_type, body), IntrospectionForm)
@@ -274,10 +237,9 @@ async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _introspection_out(result: Introspection) -> IntrospectionOut:
-    if not result.active or result.claims is None:
+    if not result.active or result.claims is None or result.access is None:
         return IntrospectionOut(active=False)
-    c = result.claims
-    detail = c["authorization_details"][0]
+    c, access = result.claims, result.access
     return IntrospectionOut(
         active=True,
         iss=c["iss"],
@@ -289,9 +251,9 @@ def _introspection_out(result: Introspection) -> IntrospectionOut:
         nbf=c["nbf"],
         jti=c["jti"],
         token_type="DPoP" if "cnf" in c else "Bearer",
-        fields=list(detail.get("fields", [])),
-        purpose=detail.get("purpose"),
-        policy=detail.get("policy"),
+        fields=list(access.fields),
+        purpose=access.purpose,
+        policy=access.policy,
         authorization_details=c["authorization_details"],
         cnf=c.get("cnf"),
         max_uses=c.get("max_uses"),
@@ -313,7 +275,7 @@ async def revoke_key(
     token = form.get("token", "")
     if not token:
         raise InvalidInput("token is required")
-    await revoke_own_key(_runtime(request), service, token)
+    await revoke_own_key(runtime_of(request), service, token)
     return Response(None, status_code=HTTP_200_OK)
 
 

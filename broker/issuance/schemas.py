@@ -5,15 +5,25 @@ from typing import Annotated, Any
 
 import msgspec
 
-from broker.catalog.service import FIELD_NAME, PURPOSE_NAME
+from broker.claims import (
+    FIELD_NAME,
+    FIELD_NAME_MAX,
+    FIELD_NAME_MIN,
+    FIELDS_MAX,
+    PURPOSE_NAME,
+    PURPOSE_NAME_MAX,
+)
 
 Slug = Annotated[str, msgspec.Meta(min_length=2, max_length=63, pattern=r"^[a-z][a-z0-9-]{1,62}$")]
 # The catalog's own name patterns: a value that no catalogued name could have (an e-mail
 # address pasted as a field, say) is refused as malformed, before it could be echoed in a
 # denial or kept in the audit trail.
-FieldName = Annotated[str, msgspec.Meta(min_length=3, max_length=120, pattern=FIELD_NAME.pattern)]
+FieldName = Annotated[
+    str,
+    msgspec.Meta(min_length=FIELD_NAME_MIN, max_length=FIELD_NAME_MAX, pattern=FIELD_NAME.pattern),
+]
 PurposeName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=80, pattern=PURPOSE_NAME.pattern)
+    str, msgspec.Meta(min_length=1, max_length=PURPOSE_NAME_MAX, pattern=PURPOSE_NAME.pattern)
 ]
 # An RFC 7638 SHA-256 thumbprint (RFC 9449 ``jkt``): 32 bytes in unpadded base64url, which
 # is 43 characters whose last one carries 4 bits and two zero bits (so it is one of 16). The
@@ -36,7 +46,7 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     holds its form parameters to it, so both routes accept exactly the same values."""
 
     audience: Slug
-    fields: Annotated[list[FieldName], msgspec.Meta(min_length=1, max_length=64)]
+    fields: Annotated[list[FieldName], msgspec.Meta(min_length=1, max_length=FIELDS_MAX)]
     purpose: PurposeName
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS)] | None = None
     max_uses: Annotated[int, msgspec.Meta(ge=1, le=MAX_USES)] | None = None

@@ -17,17 +17,17 @@ import uuid_utils
 
 from broker import metrics
 from broker.audit import AuditAction, record
+from broker.claims import PiiAccess, authorization_details, key_claims
 from broker.errors import Forbidden, RateLimited
 from broker.identity.authenticate import ServiceIdentity
 from broker.issuance.minting import mint
 from broker.issuance.recorder import IssuedKeyRow, issuance_recorder
 from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, decide
-from broker.policy.service import approved_grants, policy_epoch
-from broker.rules import hooks as rules
+from broker.policy.grants import approved_grants
+from broker.policy.workflow import POLICIES
 from broker.runtime import Runtime
+from broker.signals import Issued
 from broker.ttl_cache import SingleFlight, TTLCache
-
-PII_ACCESS = "pii_access"
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,7 @@ class IssuedKeyResult:
 
     @property
     def authorization_details(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "type": PII_ACCESS,
-                "fields": list(self.fields),
-                "purpose": self.purpose,
-                "policy": self.policy_ref,
-            }
-        ]
+        return authorization_details(PiiAccess(self.fields, self.purpose, self.policy_ref))
 
 
 async def _deny(
@@ -99,6 +92,19 @@ async def _deny(
 GrantsKey = tuple[str, str, int]
 
 
+class GrantCache:
+    """This process's part (assembled once per runtime): approved grants per (service,
+    audience, policies version), for ``grants_cache_ttl`` seconds, and the one read of each
+    in flight."""
+
+    def __init__(self, ttl: float) -> None:
+        self.grants: TTLCache[GrantsKey, list[PolicyGrant]] = TTLCache(ttl)
+        self.reads: SingleFlight[GrantsKey, list[PolicyGrant]] = SingleFlight()
+
+    def drop_cached_state(self) -> None:
+        self.grants.clear()
+
+
 async def _grants(
     runtime: Runtime, service_id: str, audience: str, now: datetime
 ) -> list[PolicyGrant]:
@@ -110,13 +116,9 @@ async def _grants(
     life an entry is read again in the background, so requests under load do not wait for
     it when it expires.
     """
-    cache = runtime.extras.get("grants_cache")
-    if cache is None:
-        cache = TTLCache[GrantsKey, list[PolicyGrant]](runtime.settings.grants_cache_ttl)
-        runtime.extras["grants_cache"] = cache
-    reads: SingleFlight[GrantsKey, list[PolicyGrant]]
-    reads = runtime.extras.setdefault("grants_reads", SingleFlight())
-    key = (service_id, audience, policy_epoch())
+    grant_cache = runtime.parts.get(GrantCache)
+    cache, reads = grant_cache.grants, grant_cache.reads
+    key = (service_id, audience, runtime.versions[POLICIES])
 
     async def read() -> list[PolicyGrant]:
         generation = cache.generation
@@ -191,28 +193,17 @@ async def issue_key(
     iat = int(now.timestamp())
     exp = iat + decision.ttl_seconds
     fields = tuple(sorted(order.fields))
-    claims: dict[str, Any] = {
-        "iss": settings.issuer,
-        "sub": identity.service_id,
-        "client_id": identity.service_id,
-        "aud": order.audience,
-        "iat": iat,
-        "nbf": iat,
-        "exp": exp,
-        "jti": jti,
-        "authorization_details": [
-            {
-                "type": PII_ACCESS,
-                "fields": list(fields),
-                "purpose": order.purpose,
-                "policy": grant.ref,
-            }
-        ],
-    }
-    if order.jkt:
-        claims["cnf"] = {"jkt": order.jkt}
-    if max_uses is not None:
-        claims["max_uses"] = max_uses
+    claims = key_claims(
+        issuer=settings.issuer,
+        service=identity.service_id,
+        audience=order.audience,
+        issued_at=iat,
+        expires_at=exp,
+        jti=jti,
+        access=PiiAccess(fields, order.purpose, grant.ref),
+        jkt=order.jkt,
+        max_uses=max_uses,
+    )
     token, kid = await mint(runtime.custody, claims)
 
     expires_at = datetime.fromtimestamp(exp, UTC)
@@ -251,7 +242,7 @@ async def issue_key(
         await _deny(runtime, identity, order, "rate-limited", exc.detail, policy=grant.ref)
         raise
     metrics.KEYS_ISSUED.inc()
-    await rules.key_issued(runtime, service_id=identity.service_id, jti=jti, fields=fields, at=now)
+    await runtime.signals.emit(Issued(identity.service_id, jti, tuple(fields), now))
     return IssuedKeyResult(
         token=token,
         jti=jti,

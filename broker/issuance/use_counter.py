@@ -68,7 +68,5 @@ class UseCounter:
 
 
 def use_counter(runtime: Runtime) -> UseCounter:
-    counter = runtime.extras.get("use_counter")
-    if not isinstance(counter, UseCounter):
-        counter = runtime.extras["use_counter"] = UseCounter(runtime)
-    return counter
+    """The runtime's counter (a part, made by the assembly)."""
+    return runtime.parts.get(UseCounter)

@@ -8,8 +8,10 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
+from broker.http.deps import requires
 from broker.jobs.run_once import last_runs
-from broker.operators.service import OperatorPrincipal
+from broker.jobs.scheduler import JobSchedule
+from broker.operators.service import OperatorPrincipal, Role
 from broker.runtime import Runtime
 
 
@@ -25,16 +27,16 @@ class JobStatus(msgspec.Struct):
     last_replica: str | None
 
 
+@requires(Role.AUDITOR)
 @get("/v1/admin/jobs", tags=["jobs"], summary="Scheduled jobs and their last outcome")
 async def list_jobs(
-    runtime: NamedDependency[Runtime], auditor: NamedDependency[OperatorPrincipal]
+    runtime: NamedDependency[Runtime], operator: NamedDependency[OperatorPrincipal]
 ) -> list[JobStatus]:
-    from broker.jobs.catalog import default_jobs
-
-    scheduler = runtime.extras.get("scheduler")
+    schedule = runtime.parts.get(JobSchedule)
+    scheduler = schedule.scheduler
     latest = await last_runs(runtime)
     out = []
-    for job in runtime.extras.get("jobs") or default_jobs(runtime):
+    for job in schedule.jobs:
         scheduled = scheduler.get_job(job.name) if scheduler is not None else None
         run = latest.get(job.name)
         out.append(
@@ -51,3 +53,6 @@ async def list_jobs(
             )
         )
     return out
+
+
+ROUTES = [list_jobs]

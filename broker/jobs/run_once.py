@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from broker import metrics
-from broker.db import utcnow
+from broker.db import try_serialise, utcnow
 from broker.logs import get_logger
 from broker.models import JobRun
 from broker.runtime import Runtime
@@ -48,17 +48,8 @@ async def claim_slot(runtime: Runtime, job: Job, now: datetime) -> int | None:
     slot = int(now.timestamp()) // max(job.interval, 1)
     try:
         async with runtime.transaction() as session:
-            bind = session.bind
-            if bind is not None and bind.dialect.name == "postgresql":
-                got = (
-                    await session.exec(  # type: ignore[call-overload]
-                        text("SELECT pg_try_advisory_xact_lock(:k)").bindparams(
-                            k=_lock_id(job.name)
-                        )
-                    )
-                ).scalar()
-                if not got:
-                    return None
+            if not await try_serialise(session, _lock_id(job.name)):
+                return None
             existing = (
                 await session.exec(
                     select(JobRun.id).where(JobRun.job == job.name, JobRun.slot == slot)

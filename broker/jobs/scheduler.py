@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from broker.jobs.catalog import default_jobs
 from broker.jobs.run_once import Job, run_once
+from broker.jobs.schedule import default_jobs
 from broker.runtime import Runtime
 
 
@@ -36,21 +36,32 @@ def _schedule(scheduler: AsyncIOScheduler, runtime: Runtime, job: Job) -> None:
     )
 
 
+class JobSchedule:
+    """This process's part (assembled once per runtime): the jobs, and the scheduler while
+    one runs them here (``BROKER_SCHEDULER_ENABLED``)."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        self.scheduler: AsyncIOScheduler | None = None
+
+
+def new_job_schedule(runtime: Runtime) -> JobSchedule:
+    return JobSchedule(default_jobs(runtime))
+
+
 @asynccontextmanager
 async def scheduler_running(runtime: Runtime) -> AsyncIterator[AsyncIOScheduler | None]:
     if not runtime.settings.scheduler_enabled:
-        runtime.extras["jobs"] = default_jobs(runtime)
         yield None
         return
+    schedule = runtime.parts.get(JobSchedule)
     scheduler = AsyncIOScheduler(timezone=UTC)
-    jobs = default_jobs(runtime)
-    for job in jobs:
+    for job in schedule.jobs:
         _schedule(scheduler, runtime, job)
-    runtime.extras["jobs"] = jobs
-    runtime.extras["scheduler"] = scheduler
+    schedule.scheduler = scheduler
     scheduler.start()
     try:
         yield scheduler
     finally:
         scheduler.shutdown(wait=False)
-        runtime.extras.pop("scheduler", None)
+        schedule.scheduler = None

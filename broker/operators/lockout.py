@@ -22,7 +22,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 FAILURES = 20
 WINDOW = 300.0
@@ -87,15 +86,3 @@ class OperatorLockout:
         entry.locked_until = now + self.lockout
         entry.failures.clear()
         return Lockout(source, count, int(self.lockout))
-
-
-_EXTRAS_KEY = "operator_lockout"
-
-
-def operator_lockout(extras: dict[str, Any]) -> OperatorLockout:
-    """The process's limiter, kept in the runtime's extras."""
-    lockout = extras.get(_EXTRAS_KEY)
-    if not isinstance(lockout, OperatorLockout):
-        lockout = OperatorLockout()
-        extras[_EXTRAS_KEY] = lockout
-    return lockout

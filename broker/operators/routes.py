@@ -9,6 +9,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import Unauthenticated
+from broker.http.deps import requires
 from broker.models import Operator
 from broker.operators import service
 from broker.operators.schemas import (
@@ -19,7 +20,7 @@ from broker.operators.schemas import (
     TokenReplaced,
     WhoAmI,
 )
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 from broker.runtime import Runtime
 
 
@@ -46,14 +47,16 @@ class OperatorController(Controller):
     path = "/v1/admin/operators"
     tags = ["operators"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="List operators, with who created and who confirmed each")
     async def list_operators(
-        self, db: NamedDependency[AsyncSession], auditor: NamedDependency[OperatorPrincipal]
+        self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
     ) -> list[OperatorOut]:
         rows = await service.list_operators(db)
         names = {r.id: r.name for r in rows}
         return [_out(r, names) for r in rows]
 
+    @requires(Role.ADMIN)
     @post(
         "/",
         summary=(
@@ -66,29 +69,36 @@ class OperatorController(Controller):
         data: JSONBody[OperatorCreate],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> OperatorCreated:
         created = await service.create_operator(
-            db, runtime.secrets.pepper, data.name, data.role, actor=admin.actor, created_by=admin.id
+            db,
+            runtime.secrets.pepper,
+            data.name,
+            data.role,
+            actor=operator.actor,
+            created_by=operator.id,
         )
         p = created.principal
         return OperatorCreated(p.id, p.name, p.role.value, created.token, "unconfirmed")
 
+    @requires(Role.AUDITOR)
     @get("/me", summary="The operator the token belongs to")
     async def whoami(
-        self, db: NamedDependency[AsyncSession], auditor: NamedDependency[OperatorPrincipal]
+        self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
     ) -> WhoAmI:
-        row = await db.get(Operator, auditor.id)
+        row = await db.get(Operator, operator.id)
         if row is None:  # the guard just read it; fail closed all the same
             raise Unauthenticated("operator is not recognised", reason="invalid-token")
         return WhoAmI(
-            auditor.id,
-            auditor.name,
-            auditor.role.value,
+            operator.id,
+            operator.name,
+            operator.role.value,
             service.standing_of(row),
             row.token_fingerprint,
         )
 
+    @requires(Role.AUDITOR)
     @post(
         "/me/token",
         status_code=HTTP_201_CREATED,
@@ -98,11 +108,12 @@ class OperatorController(Controller):
         self,
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> TokenReplaced:
-        replaced = await service.replace_own_token(db, runtime.secrets.pepper, auditor)
+        replaced = await service.replace_own_token(db, runtime.secrets.pepper, operator)
         return TokenReplaced(replaced.token)
 
+    @requires(Role.ADMIN)
     @post(
         "/{operator_id:str}/confirm",
         status_code=HTTP_200_OK,
@@ -117,8 +128,13 @@ class OperatorController(Controller):
         operator_id: FromPath[str],
         data: JSONBody[OperatorConfirm],
         db: NamedDependency[AsyncSession],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> OperatorOut:
-        row = await service.confirm_operator(db, operator_id, data.token_fingerprint, admin=admin)
+        row = await service.confirm_operator(
+            db, operator_id, data.token_fingerprint, admin=operator
+        )
         names = {r.id: r.name for r in await service.list_operators(db)}
         return _out(row, names)
+
+
+ROUTES = [OperatorController]

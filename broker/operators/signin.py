@@ -15,7 +15,7 @@ from broker import credentials, metrics
 from broker.audit import AuditAction, record
 from broker.errors import RateLimited, Unauthenticated
 from broker.logs import get_logger
-from broker.operators.lockout import operator_lockout
+from broker.operators.lockout import OperatorLockout
 from broker.operators.service import OperatorPrincipal, authenticate, touch_operator
 from broker.runtime import Runtime
 
@@ -28,7 +28,7 @@ async def authenticate_operator(
     """The operator ``token`` belongs to; ``Unauthenticated`` (audited), or ``RateLimited``
     for a failing token while ``source`` is locked out. ``where`` names the route for the
     audit event."""
-    lockout = operator_lockout(runtime.extras)
+    lockout = runtime.parts.get(OperatorLockout)
     try:
         async with runtime.transaction() as session:
             principal = await authenticate(session, runtime.secrets.pepper, token)

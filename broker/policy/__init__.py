@@ -8,14 +8,13 @@ from broker.policy.decision import (
     PolicyGrant,
     decide,
 )
-from broker.policy.service import (
-    PolicyStatus,
+from broker.policy.grants import approved_grants
+from broker.policy.rendering import get_policy, list_policies
+from broker.policy.versions import PolicyStatus
+from broker.policy.workflow import (
     approve,
-    approved_grants,
     expire_lapsed_versions,
     expire_stale_proposals,
-    get_policy,
-    list_policies,
     propose_policy,
     propose_version,
     reject,

@@ -10,8 +10,9 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.operators.service import OperatorPrincipal
-from broker.policy import service as policies
+from broker.http.deps import requires
+from broker.operators.service import OperatorPrincipal, Role
+from broker.policy import rendering, workflow
 from broker.policy.schemas import (
     PolicyCreate,
     PolicyDecision,
@@ -26,39 +27,44 @@ class PolicyController(Controller):
     path = "/v1/admin/policies"
     tags = ["policies"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="List policies; status keeps those with a version in that status")
     async def list_policies(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         # ``service`` is also the name of the service-identity dependency, so alias it.
         service_id: Annotated[str | None, QueryParameter(name="service")] = None,
         audience: FromQuery[str | None] = None,
         status: FromQuery[str | None] = None,
     ) -> list[PolicySummaryOut]:
-        return await policies.list_policies(
+        return await rendering.list_policies(
             db, service=service_id, audience=audience, status=status
         )
 
+    @requires(Role.ADMIN)
     @post("/", summary="Propose a new policy (version 1, status proposed)")
     async def propose_policy(
         self,
         data: JSONBody[PolicyCreate],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.propose_policy(db, runtime.settings, data, proposer=admin)
+        policy = await workflow.propose_policy(db, runtime.settings, data, proposer=operator)
+        return await rendering.render_policy(db, policy)
 
+    @requires(Role.AUDITOR)
     @get("/{policy_id:str}", summary="A policy with its versions, approvals and diffs")
     async def get_policy(
         self,
         policy_id: FromPath[str],
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.get_policy(db, policy_id)
+        return await rendering.get_policy(db, policy_id)
 
+    @requires(Role.ADMIN)
     @post("/{policy_id:str}/versions", summary="Propose a change as a new version")
     async def propose_version(
         self,
@@ -66,10 +72,14 @@ class PolicyController(Controller):
         data: JSONBody[PolicyVersionCreate],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.propose_version(db, runtime.settings, policy_id, data, proposer=admin)
+        policy = await workflow.propose_version(
+            db, runtime.settings, policy_id, data, proposer=operator
+        )
+        return await rendering.render_policy(db, policy)
 
+    @requires(Role.APPROVER)
     @post(
         "/{policy_id:str}/approve",
         status_code=HTTP_200_OK,
@@ -83,34 +93,38 @@ class PolicyController(Controller):
         policy_id: FromPath[str],
         data: JSONBody[PolicyDecision],
         db: NamedDependency[AsyncSession],
-        approver: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.approve(
+        policy = await workflow.approve(
             db,
             policy_id,
             data.comment,
             version=data.version,
             terms_digest=data.terms_digest,
-            approver=approver,
+            approver=operator,
         )
+        return await rendering.render_policy(db, policy)
 
+    @requires(Role.APPROVER)
     @post("/{policy_id:str}/reject", status_code=HTTP_200_OK, summary="Reject the pending version")
     async def reject(
         self,
         policy_id: FromPath[str],
         data: JSONBody[PolicyDecision],
         db: NamedDependency[AsyncSession],
-        approver: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.reject(
+        policy = await workflow.reject(
             db,
             policy_id,
             data.comment,
             version=data.version,
             terms_digest=data.terms_digest,
-            approver=approver,
+            approver=operator,
         )
+        return await rendering.render_policy(db, policy)
 
+    @requires(Role.AUDITOR)
     @post(
         "/{policy_id:str}/withdraw",
         status_code=HTTP_200_OK,
@@ -121,16 +135,17 @@ class PolicyController(Controller):
         policy_id: FromPath[str],
         data: JSONBody[PolicyDecision],
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await policies.withdraw(
+        policy = await workflow.withdraw(
             db,
             policy_id,
             data.comment,
             version=data.version,
             terms_digest=data.terms_digest,
-            operator=auditor,
+            operator=operator,
         )
+        return await rendering.render_policy(db, policy)
 
 
 ROUTES = [PolicyController]

@@ -6,7 +6,7 @@ Two pieces, neither importing litestar:
   the one ``revoke`` fires the moment its transaction commits (through a SQLAlchemy
   ``after_commit`` hook), so a revocation made in this process reaches every stream here
   without waiting for a poll. It is keyed by engine because ``revoke`` gets only a session;
-  routes reach the same object through ``runtime.extras``.
+  the feed (a part of the runtime) holds the same object.
 * ``RevocationFeed``: the kept entries of this process, loaded once and then fetched by
   cursor (only new rows), with a ``SelectorIndex`` over them. Introspection asks it whether
   a key is revoked (refreshing at most every ``refresh_interval``, or at once after a local
@@ -54,8 +54,6 @@ from broker.runtime import Runtime
 
 log = get_logger("broker.revocation")
 
-FEED_EXTRA = "revocation_feed"
-SIGNAL_EXTRA = "revocation_commits"
 PAGE = 1000
 LISTENING_POLL = 30.0
 # Seconds a service over its stream cap is asked to wait: the SDK's own stream retry.
@@ -398,18 +396,17 @@ class RevocationFeed:
             await self.changed.wait(seen, min(due, started + max_seconds - now))
 
 
+def new_revocation_feed(runtime: Runtime) -> RevocationFeed:
+    """The runtime's feed, made once by the assembly; woken by this database's commits."""
+    return RevocationFeed(
+        runtime.sessions,
+        commit_signal(runtime.engine),
+        poll_interval=runtime.settings.revocation_poll_interval,
+        max_streams=runtime.settings.stream_max,
+        max_streams_per_service=runtime.settings.stream_max_per_service,
+    )
+
+
 def revocation_feed(runtime: Runtime) -> RevocationFeed:
-    """This process's feed for the runtime (made on first use)."""
-    feed = runtime.extras.get(FEED_EXTRA)
-    if feed is None:
-        signal = runtime.extras.setdefault(SIGNAL_EXTRA, commit_signal(runtime.engine))
-        feed = RevocationFeed(
-            runtime.sessions,
-            signal,
-            poll_interval=runtime.settings.revocation_poll_interval,
-            max_streams=runtime.settings.stream_max,
-            max_streams_per_service=runtime.settings.stream_max_per_service,
-        )
-        runtime.extras[FEED_EXTRA] = feed
-    assert isinstance(feed, RevocationFeed)
-    return feed
+    """This process's feed for the runtime."""
+    return runtime.parts.get(RevocationFeed)

@@ -15,7 +15,7 @@ name of a table. No PII, key, token or secret is ever put in a notification.
   instead of at the end of their time-to-live.
 
 On SQLite nothing is sent: it is one process, whose own wake-ups are in-process.
-``broker.revocation.listener`` is the receiving side.
+``broker.changes`` is the receiving side.
 """
 
 from __future__ import annotations

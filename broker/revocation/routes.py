@@ -16,9 +16,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import InvalidInput
 from broker.http.asgi_io import whole_number
+from broker.http.deps import requires
 from broker.identity.authenticate import ServiceIdentity
 from broker.models import RevocationEntry
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 from broker.revocation.feed import RevocationFeed, StreamLease, entry_out, revocation_feed
 from broker.revocation.schemas import (
     RevocationCreate,
@@ -74,6 +75,7 @@ class RevocationAdminController(Controller):
     path = "/v1/admin/revocations"
     tags = ["revocations"]
 
+    @requires(Role.ADMIN)
     @post(
         "/",
         summary="Revoke every key matching a selector",
@@ -90,22 +92,23 @@ class RevocationAdminController(Controller):
         data: JSONBody[RevocationCreate],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> RevocationRecord:
         row = await revoke(
             db,
             to_selector(data.selector),
             reason=data.reason,
-            actor=admin.actor,
+            actor=operator.actor,
             settings=runtime.settings,
         )
         return record_out(row)
 
+    @requires(Role.AUDITOR)
     @get("/", summary="Kept revocation entries, oldest first, after a cursor")
     async def list_revocations(
         self,
         db: NamedDependency[AsyncSession],
-        auditor: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
         after: Cursor = 0,
         limit: Limit = 100,
     ) -> list[RevocationRecord]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from broker.claims import FIELD_NAME_MAX, PURPOSE_NAME_MAX, PiiAccess
 from broker.errors import InvalidInput
 
 MEMBERS = ("jti", "service", "audience", "field", "purpose", "policy", "kid")
@@ -28,8 +29,8 @@ _LIMITS = {
     "jti": 64,
     "service": 63,
     "audience": 63,
-    "field": 120,
-    "purpose": 80,
+    "field": FIELD_NAME_MAX,
+    "purpose": PURPOSE_NAME_MAX,
     "policy": 48,
     "kid": 64,
 }
@@ -58,19 +59,18 @@ class KeyFacts:
     issued_at: datetime
 
     @classmethod
-    def from_claims(cls, claims: Mapping[str, Any], kid: str) -> KeyFacts:
-        detail = (claims.get("authorization_details") or [{}])[0]
+    def from_claims(cls, claims: Mapping[str, Any], access: PiiAccess, kid: str) -> KeyFacts:
+        """``claims`` of a verified key, ``access`` their detail as ``broker.claims`` read it."""
         aud = claims.get("aud")
         if isinstance(aud, list):
             aud = aud[0] if len(aud) == 1 else ""
-        policy = detail.get("policy")
         return cls(
             jti=str(claims.get("jti", "")),
             service=str(claims.get("sub", "")),
             audience=str(aud or ""),
-            fields=frozenset(str(f) for f in detail.get("fields") or ()),
-            purpose=str(detail.get("purpose", "")),
-            policy=policy if isinstance(policy, str) else None,
+            fields=frozenset(access.fields),
+            purpose=access.purpose,
+            policy=access.policy,
             kid=kid,
             issued_at=datetime.fromtimestamp(float(claims.get("iat", 0)), UTC),
         )

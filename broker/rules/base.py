@@ -12,46 +12,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.incidents.firing import Action, Firing, Severity
 from broker.settings import Settings
 
-
-class Action(StrEnum):
-    """What a firing rule does, weakest first: the order is the escalation order."""
-
-    ALERT = "alert"
-    # Failing credentials from the address are answered 429; valid ones keep working.
-    THROTTLE_SOURCE = "throttle_source"
-    # No rule may take it any more (an address is shared, so a third party could make a
-    # rule refuse every service behind it); kept so incidents recorded with it still read.
-    BLOCK_SOURCE = "block_source"
-    REVOKE_KEY = "revoke_key"
-    REVOKE_SERVICE = "revoke_service"
-    QUARANTINE = "quarantine"
-
-    @property
-    def rank(self) -> int:
-        return list(Action).index(self)
-
-
-class Severity(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        return list(Severity).index(self)
-
-    def raised(self) -> Severity:
-        """One step up, for an escalated incident."""
-        order = list(Severity)
-        return order[min(self.rank + 1, len(order) - 1)]
+__all__ = [
+    "Action",
+    "Context",
+    "Escalation",
+    "Firing",
+    "Rule",
+    "RuleConfig",
+    "Severity",
+    "Threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -105,31 +82,6 @@ class RuleConfig:
         }
 
 
-@dataclass(frozen=True)
-class Firing:
-    """A rule's verdict on one subject (``key:<jti>``, ``service:<id>``, ``source:<addr>``).
-
-    ``service_id`` and ``jti`` say what an action would revoke or quarantine, ``source`` and
-    ``block_seconds`` which address a block would refuse and for how long; ``unit`` is
-    what the escalation counts distinct of (a key for per-key rules, a minute for a rate).
-    ``escalate`` asks for the escalation action at once (far over a budget); ``action``
-    overrides the configured one where the signal dictates it (a leaked client secret).
-    Evidence holds ids, names and counts only.
-    """
-
-    rule: str
-    subject: str
-    title: str
-    evidence: dict[str, Any]
-    service_id: str | None = None
-    jti: str | None = None
-    unit: str = ""
-    escalate: bool = False
-    action: Action | None = None
-    source: str | None = None
-    block_seconds: int = 0
-
-
 @dataclass
 class Context:
     """One evaluation: the session the signal is handled in, and a memo for the queries
@@ -144,7 +96,8 @@ class Context:
 
 
 class Rule(ABC):
-    """Base of the catalog's rules; subclasses set the class attributes and ``evaluate``."""
+    """Base of the anomaly rules (``anomalies``); subclasses set the class attributes and
+    ``evaluate``."""
 
     name: ClassVar[str]
     description: ClassVar[str]

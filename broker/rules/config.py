@@ -1,4 +1,4 @@
-"""Rule configuration: the catalog's defaults, overridden per rule by rows operators write.
+"""Rule configuration: each rule's defaults (``anomalies``), overridden by rows operators write.
 
 Reads are cached per process for ``rules_cache_ttl`` seconds (the engine runs on every
 signal); a change made in this process is seen at once, one made on another replica within
@@ -21,13 +21,12 @@ from broker.audit import AuditAction, record
 from broker.db import utcnow
 from broker.errors import InvalidInput
 from broker.models import RuleSetting
+from broker.rules.anomalies import RULES, RULES_BY_NAME
 from broker.rules.base import Action, Escalation, Rule, RuleConfig, Severity
-from broker.rules.catalog import RULES, RULES_BY_NAME
 
 WINDOW_MIN = 1
 WINDOW_MAX = 30 * 86400
 ESCALATION_AFTER_MAX = 10_000
-_CACHE_KEY = "rule_configs"
 
 Problems = list[tuple[str, str]]
 
@@ -108,22 +107,26 @@ async def rule_views(session: AsyncSession) -> list[RuleView]:
     return views
 
 
-async def load_configs(
-    session: AsyncSession, extras: dict[str, Any], ttl: float
-) -> dict[str, RuleConfig]:
-    """The configuration of every rule, from the process cache while it is fresh."""
-    cached = extras.get(_CACHE_KEY)
-    now = time.monotonic()
-    if isinstance(cached, tuple) and now - cached[0] < ttl:
-        configs: dict[str, RuleConfig] = cached[1]
+class RuleConfigCache:
+    """This process's part (assembled once per runtime): every rule's configuration, read
+    at most every ``ttl`` seconds; forgotten at once after a change made here or heard of
+    from another replica."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._read: tuple[float, dict[str, RuleConfig]] | None = None
+
+    async def load(self, session: AsyncSession) -> dict[str, RuleConfig]:
+        read = self._read
+        now = time.monotonic()
+        if read is not None and now - read[0] < self.ttl:
+            return read[1]
+        configs = {view.rule.name: view.config for view in await rule_views(session)}
+        self._read = (now, configs)
         return configs
-    configs = {view.rule.name: view.config for view in await rule_views(session)}
-    extras[_CACHE_KEY] = (now, configs)
-    return configs
 
-
-def forget_configs(extras: dict[str, Any]) -> None:
-    extras.pop(_CACHE_KEY, None)
+    def drop_cached_state(self) -> None:
+        self._read = None
 
 
 def _check_escalation(

@@ -1,7 +1,8 @@
 """The rule engine: signals in, incidents and their actions out.
 
-Issuance, introspection and service authentication feed it through ``hooks``; usage
-reports reach ``evaluate_in`` through the usage worker, leak reports directly.
+Issuance, introspection, service authentication and usage reports feed it through the
+runtime's signal sink (``intake``, then the ``worker``); leak reports call ``evaluate_in``
+directly, in their own transaction.
 
 For each signal every enabled rule listening to it is asked for firings; firings of one
 rule for one subject within one signal (a batch of usage events) are merged, escalated when
@@ -25,17 +26,12 @@ from broker.incidents.service import Alert, raise_incident
 from broker.incidents.webhook import send_alerts
 from broker.models import IssuedKey, PolicyVersion
 from broker.rules import windows
+from broker.rules.anomalies import RULES
 from broker.rules.base import Action, Context, Firing, Rule, RuleConfig, Severity
-from broker.rules.catalog import RULES
-from broker.rules.config import load_configs
-from broker.rules.signals import (
-    Issued,
-    KeyFacts,
-    Signal,
-    UsageBatch,
-    Use,
-)
+from broker.rules.config import RuleConfigCache
+from broker.rules.facts import KeyFacts, Use
 from broker.runtime import Runtime
+from broker.signals import Issued, Signal, UsageBatch
 
 ACTIVITY_GRANULARITY = timedelta(minutes=1)
 
@@ -115,7 +111,7 @@ async def _action_for(
 
 async def evaluate_in(session: AsyncSession, runtime: Runtime, signal: Signal) -> list[Alert]:
     """Evaluate one signal in the caller's transaction; the alerts are to send after commit."""
-    configs = await load_configs(session, runtime.extras, runtime.settings.rules_cache_ttl)
+    configs = await runtime.parts.get(RuleConfigCache).load(session)
     ctx = Context(session, runtime.settings, utcnow())
     found: list[tuple[Rule, RuleConfig, Firing]] = []
 

@@ -8,7 +8,8 @@ from litestar.params import JSONBody
 from msgspec import UNSET
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.operators.service import OperatorPrincipal
+from broker.http.deps import requires
+from broker.operators.service import OperatorPrincipal, Role
 from broker.rules import config
 from broker.rules.config import RuleChange, RuleView
 from broker.rules.schemas import EscalationOut, RuleOut, RulesUpdate, ThresholdOut
@@ -55,18 +56,20 @@ class RuleController(Controller):
     path = "/v1/admin/rules"
     tags = ["rules"]
 
+    @requires(Role.AUDITOR)
     @get("/", summary="The anomaly rules with their thresholds and actions")
     async def list_rules(
-        self, db: NamedDependency[AsyncSession], auditor: NamedDependency[OperatorPrincipal]
+        self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
     ) -> list[RuleOut]:
         return [_out(view) for view in await config.rule_views(db)]
 
+    @requires(Role.ADMIN)
     @put("/", summary="Change rules' thresholds, windows, actions; all or nothing")
     async def update_rules(
         self,
         data: JSONBody[RulesUpdate],
         runtime: NamedDependency[Runtime],
-        admin: NamedDependency[OperatorPrincipal],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> list[RuleOut]:
         changes = [
             RuleChange(
@@ -92,6 +95,9 @@ class RuleController(Controller):
         # Its own transaction, so this process's rule cache is dropped only once the change
         # is committed (a reload in between would cache the old configuration).
         async with runtime.transaction() as session:
-            views = await config.update_rules(session, changes, actor=admin.actor)
-        config.forget_configs(runtime.extras)
+            views = await config.update_rules(session, changes, actor=operator.actor)
+        runtime.parts.get(config.RuleConfigCache).drop_cached_state()
         return [_out(view) for view in views]
+
+
+ROUTES = [RuleController]

@@ -38,6 +38,7 @@ from enum import StrEnum
 from typing import Any
 
 from broker import credentials
+from broker.claims import MalformedClaims, pii_access
 
 
 class Kind(StrEnum):
@@ -84,9 +85,9 @@ CLASS_TABLE = _class_table()
 CREDENTIAL_PREFILTER = re.compile(rb"pkb(?<![0-9A-Za-z]pkb)[os]_[0-9A-Za-z]{49}(?![0-9A-Za-z])")
 # A JWS shaped like our keys, with lengths below which our_key_claims refuses anyway: the
 # shortest header it accepts, {"alg":"ES256","typ":"at+jwt","kid":"<43>"}, is 82 bytes (110
-# characters), the shortest claims (iss, jti, a pii_access detail) 74 bytes (99 characters),
-# and our signatures are 86 characters. Segments hold no dot, so taking them possessively
-# loses nothing.
+# characters), the claims it accepts are longer than iss, jti and a bare pii_access detail,
+# 74 bytes (99 characters), and our signatures are 86 characters. Segments hold no dot, so
+# taking them possessively loses nothing.
 JWS_PREFILTER = re.compile(
     rb"eyJ(?<![A-Za-z0-9_.-]eyJ)[A-Za-z0-9_-]{100,4000}+"
     rb"\.eyJ[A-Za-z0-9_-]{77,40000}+"
@@ -299,8 +300,9 @@ def our_key_claims(token: bytes, issuer: str | None = None) -> dict[str, Any] | 
 
     Ours means: header exactly ``{alg, typ: at+jwt, kid}`` with one of our algorithms and a
     thumbprint-shaped kid, a signature of the length our algorithms make, and claims with
-    ``iss``, ``jti`` and a ``pii_access`` authorization detail. The signature is not checked:
-    a scanner has no keys, and a leaked key is worth reporting whoever signed it.
+    ``iss``, ``jti`` and the ``pii_access`` authorization detail ``broker.claims`` accepts
+    (what the broker's leak report and every verifier accept too). The signature is not
+    checked: a scanner has no keys, and a leaked key is worth reporting whoever signed it.
     """
     head, _, rest = token.partition(b".")
     body, _, signature = rest.partition(b".")
@@ -323,14 +325,16 @@ def our_key_claims(token: bytes, issuer: str | None = None) -> dict[str, Any] | 
         return None
     if not isinstance(claims, dict):
         return None
-    iss, jti, details = claims.get("iss"), claims.get("jti"), claims.get("authorization_details")
+    iss, jti = claims.get("iss"), claims.get("jti")
     if not isinstance(iss, str) or not iss.startswith(("https://", "http://")):
         return None
     if issuer is not None and iss.rstrip("/") != issuer.rstrip("/"):
         return None
-    if not isinstance(jti, str) or not isinstance(details, list):
+    if not isinstance(jti, str):
         return None
-    if not any(isinstance(d, dict) and d.get("type") == "pii_access" for d in details):
+    try:
+        pii_access(claims.get("authorization_details"))
+    except MalformedClaims:
         return None
     claims["_kid"] = kid
     return claims

@@ -1,0 +1,1 @@
+"""Health, readiness, metrics and the ``.well-known`` documents."""

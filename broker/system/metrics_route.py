@@ -7,8 +7,9 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from broker.http.deps import requires
 from broker.metrics import PUBLIC_VIEW, REGISTRY
-from broker.operators.service import OperatorPrincipal
+from broker.operators.service import OperatorPrincipal, Role
 
 
 @get(
@@ -22,6 +23,7 @@ def metrics() -> Response[bytes]:
     return Response(generate_latest(PUBLIC_VIEW), media_type=CONTENT_TYPE_LATEST)
 
 
+@requires(Role.AUDITOR)
 @get(
     "/v1/admin/metrics",
     tags=["health"],
@@ -35,7 +37,7 @@ def metrics() -> Response[bytes]:
     ),
     media_type=CONTENT_TYPE_LATEST,
 )
-async def admin_metrics(auditor: NamedDependency[OperatorPrincipal]) -> Response[bytes]:
+async def admin_metrics(operator: NamedDependency[OperatorPrincipal]) -> Response[bytes]:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -39,7 +39,7 @@ async def readyz(runtime: NamedDependency[Runtime]) -> Response[Readiness]:
         checks["database"] = "ok"
     except Exception:  # any failure means not ready; the reason is not the caller's business
         checks["database"] = "unavailable"
-    for name, probe in runtime.extras.get("readiness_probes", {}).items():
+    for name, probe in runtime.readiness.items():
         try:
             await probe()
             checks[name] = "ok"

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from broker.claims import PII_ACCESS
 from broker.custody.base import SUPPORTED_ALGS
 from broker.runtime import Runtime
 
@@ -74,7 +75,7 @@ async def metadata(runtime: NamedDependency[Runtime]) -> Response[BrokerMetadata
             revocations_stream_endpoint=f"{issuer}/v1/revocations/stream",
             usage_endpoint=f"{issuer}/v1/usage",
             grant_types_supported=[TOKEN_EXCHANGE],
-            authorization_details_types_supported=["pii_access"],
+            authorization_details_types_supported=[PII_ACCESS],
             access_token_signing_alg_values_supported=algs,
             dpop_signing_alg_values_supported=list(DPOP_SIGNING_ALGS),
         ),

@@ -8,11 +8,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from broker.claims import FIELD_NAME, FIELD_NAME_MAX
+
 MAX_EVENTS = 500
 
+# The catalog's field names (the published minimum is 1; the pattern needs 3 anyway).
 FieldName = Annotated[
-    str,
-    msgspec.Meta(min_length=1, max_length=120, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"),
+    str, msgspec.Meta(min_length=1, max_length=FIELD_NAME_MAX, pattern=FIELD_NAME.pattern)
 ]
 
 

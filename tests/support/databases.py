@@ -52,7 +52,7 @@ async def _pg_exec(*statements: str) -> None:
 
 async def _migrate(url: str) -> None:
     from broker.db import make_engine
-    from broker.db.migrate import upgrade
+    from broker.migrate import upgrade
     from broker.settings import Settings
 
     engine = make_engine(Settings(database_url=url))

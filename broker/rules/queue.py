@@ -21,7 +21,7 @@ from typing import Any
 from broker import metrics
 from broker.logs import get_logger
 
-log = get_logger("broker.usage.queue")
+log = get_logger("broker.rules.queue")
 
 Handler = Callable[[list[Any]], Awaitable[None]]
 

@@ -15,10 +15,10 @@ from sqlmodel import col, select
 from broker import metrics
 from broker.audit import AuditAction, record
 from broker.identity.authenticate import secret_refused_after
+from broker.incidents.firing import Action, Firing, Severity
 from broker.incidents.service import Alert, raise_incident
 from broker.incidents.webhook import send_alerts
 from broker.models import ServiceSecret
-from broker.rules.base import Action, Firing, Severity
 from broker.runtime import Runtime
 
 

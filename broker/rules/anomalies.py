@@ -28,7 +28,8 @@ from broker.rules.base import (
     Severity,
     Threshold,
 )
-from broker.rules.signals import AuthFailed, Introspected, Issued, LeakReported, Use
+from broker.rules.facts import Use
+from broker.signals import AuthFailed, Introspected, Issued, LeakReported
 
 DAY = 86400
 KEY_ACTIONS = frozenset(Action)

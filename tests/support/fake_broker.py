@@ -1,9 +1,9 @@
-"""A stand-in broker on real loopback HTTP for the SDK tests, and tests of the stand-in.
+"""A stand-in broker on real loopback HTTP for the SDK tests.
 
 It serves a JWKS generated with `cryptography`, the metadata document, and issues keys
 signed with pyjwt in the documented format, so the SDK is exercised over real sockets
-against real signatures without importing any server code. Other `test_client_*` modules
-import `FakeBroker` from here.
+against real signatures without importing any server code. The `test_client_*` modules
+import `FakeBroker` from here; tests/test_fake_broker.py tests the stand-in itself.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import jwt
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -330,49 +328,3 @@ def closed_port_url() -> str:
     url = fake.issuer
     fake._server.server_close()
     return url
-
-
-# --- the stand-in itself ----------------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBroker]:
-    with running_broker() as broker:
-        yield broker
-
-
-def test_stand_in_serves_jwks_with_max_age_and_metadata(fake: FakeBroker) -> None:
-    jwks = httpx.get(fake.jwks_url)
-    assert jwks.status_code == 200
-    assert jwks.headers["cache-control"] == "public, max-age=300"
-    [key] = jwks.json()["keys"]
-    assert key["kty"] == "OKP"
-    assert key["crv"] == "Ed25519"
-    assert key["kid"] == fake.active.kid
-    assert "d" not in key
-    meta = httpx.get(f"{fake.issuer}/.well-known/pii-broker").json()
-    assert meta["jwks_uri"] == fake.jwks_url
-    assert fake.jwks_hits == 1
-
-
-def test_stand_in_issues_documented_key_format(fake: FakeBroker) -> None:
-    response = httpx.post(
-        f"{fake.issuer}/v1/keys",
-        json={"audience": AUDIENCE, "fields": ["customer.email"], "purpose": "billing"},
-        auth=(SERVICE, SECRET),
-    )
-    assert response.status_code == 201
-    body = response.json()
-    header = jwt.get_unverified_header(body["key"])
-    assert header == {"alg": "EdDSA", "typ": "at+jwt", "kid": fake.active.kid}
-    claims = jwt.decode(
-        body["key"],
-        fake.active.private.public_key(),
-        algorithms=["EdDSA"],
-        audience=AUDIENCE,
-        issuer=fake.issuer,
-    )
-    assert claims["authorization_details"][0]["fields"] == ["customer.email"]
-    assert body["expires_at"].endswith("Z")
-    refused = httpx.post(f"{fake.issuer}/v1/keys", json={}, auth=(SERVICE, "wrong"))
-    assert refused.status_code == 401

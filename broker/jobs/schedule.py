@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete
 from sqlmodel import col
 
-from broker.identity.secret_age import flag_aging_secrets
 from broker.identity.source_blocks import purge_source_blocks
+from broker.incidents.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
-from broker.policy.service import expire_lapsed_versions, expire_stale_proposals
+from broker.policy.workflow import expire_lapsed_versions, expire_stale_proposals
 from broker.revocation.service import purge_revocations
+from broker.rules.worker import prune_windows
 from broker.runtime import Runtime
-from broker.usage.service import prune_windows
 
 JOB_RUN_RETENTION = timedelta(days=30)
 

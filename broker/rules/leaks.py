@@ -24,13 +24,12 @@ from broker.db import utcnow
 from broker.errors import InvalidInput, NotFound
 from broker.identity.service import identity_changed
 from broker.incidents.service import LIVE, Alert
-from broker.issuance.verification import InvalidKey, own_key_verifier
+from broker.issuance.verification import InvalidKey, own_key_verifier, signed_claims
 from broker.logs import redact
 from broker.models import Incident, IssuedKey, ServiceSecret
 from broker.rules.engine import evaluate_in
-from broker.rules.hooks import signed_claims
-from broker.rules.signals import LeakReported
 from broker.runtime import Runtime
+from broker.signals import LeakReported
 
 LOCATION_MAX = 300
 
@@ -88,7 +87,7 @@ async def _secret(
         await session.flush()
         # Cached authentications by this secret end now in this process (as for a rotation);
         # other replicas' caches hold them at most ``auth_cache_ttl`` seconds.
-        identity_changed()
+        identity_changed(session)
         await record(
             session,
             AuditAction.SERVICE_SECRET_LEAKED,

@@ -1,61 +1,18 @@
-"""What the rules look at. Each signal is plain data, small enough to queue, with no token
-and no PII value in it: key ids, service ids, field names, counts and addresses."""
+"""What domains tell the rules: plain values, small enough to queue, with no token and no PII
+value in them (key ids, service ids, field names, counts and addresses).
+
+A domain that has something to report (identity: a failed authentication; issuance: a key
+issued, an introspection refused; usage: a report; an operator: a leak) builds one of these
+and emits it into the ``SignalSink`` its runtime holds. It never imports the rules: the
+rules subscribe to the sink when a runtime is assembled (``broker.assembly``).
+"""
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
-
-from broker.policy.decision import AllowedHours, parse_network
-
-
-@dataclass(frozen=True)
-class KeyFacts:
-    """A key as the broker issued it, with the budgets of the policy version behind it."""
-
-    jti: str
-    service_id: str
-    audience: str
-    fields: frozenset[str]
-    purpose: str
-    policy_ref: str
-    issued_at: datetime
-    expires_at: datetime
-    max_uses: int | None
-    holder_bound: bool
-    max_records: int | None
-    source_cidrs: tuple[str, ...]
-    allowed_hours: dict[str, Any] | None
-
-    def source_allowed(self, source: str) -> bool:
-        """Whether ``source`` is inside the policy's networks (no networks: anywhere)."""
-        if not self.source_cidrs:
-            return True
-        try:
-            address = ipaddress.ip_address(source)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        for cidr in self.source_cidrs:
-            try:
-                network = parse_network(cidr)
-            except ValueError:
-                continue
-            if address.version == network.version and address in network:
-                return True
-        return False
-
-    def within_hours(self, at: datetime) -> bool:
-        """Whether ``at`` is inside the policy's allowed hours (none set: always)."""
-        if self.allowed_hours is None:
-            return True
-        try:
-            return AllowedHours.parse(self.allowed_hours).contains(at)
-        except ValueError:
-            return False
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -131,14 +88,6 @@ class UsageBatch:
 
 
 @dataclass(frozen=True)
-class Use:
-    """What usage rules evaluate: one event with the facts of its key."""
-
-    event: ReportedUse
-    key: KeyFacts
-
-
-@dataclass(frozen=True)
 class AuthFailed:
     """A failed service authentication: ``target`` is the service it claimed, if any."""
 
@@ -174,3 +123,33 @@ def signal_kind(signal: Signal) -> str:
         AuthFailed: "auth_failure",
         LeakReported: "leak",
     }[type(signal)]
+
+
+class SignalSink(Protocol):
+    """Where a domain emits its signals; it does not know who listens."""
+
+    async def emit(self, signal: Signal) -> None: ...
+
+
+Receiver = Callable[[Signal], Awaitable[None]]
+
+
+class SignalBus:
+    """The runtime's sink: hands every signal to the one receiver subscribed (the rules,
+    wired by ``broker.assembly``). Until something subscribes, signals go nowhere: a runtime
+    built without the rules (a migration, a key rotation from the CLI) has nothing to tell."""
+
+    def __init__(self) -> None:
+        self._receiver: Receiver | None = None
+
+    def subscribe(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    @property
+    def subscribed(self) -> bool:
+        return self._receiver is not None
+
+    async def emit(self, signal: Signal) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            await receiver(signal)

@@ -1,4 +1,8 @@
-"""The receiving side of ``notify``: one ``LISTEN`` connection per process, on PostgreSQL.
+"""Hearing other replicas' changes: the receiving side of ``revocation.notify``, one
+``LISTEN`` connection per process, on PostgreSQL.
+
+It sits above every domain whose caches it clears (identity, policy grants, rule settings,
+address restrictions) and the revocation feed it wakes, so none of them imports it.
 
 A dedicated asyncpg connection (outside the pool: a pooled connection is handed to other
 work and would drop its ``LISTEN``) hears both channels:
@@ -30,17 +34,13 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
-from broker.identity.service import identity_changed
 from broker.logs import get_logger
 from broker.revocation.feed import revocation_feed
 from broker.revocation.notify import CHANGES, REVOCATIONS
-from broker.rules.config import forget_configs
 from broker.runtime import Runtime
-from broker.ttl_cache import TTLCache
 
-log = get_logger("broker.revocation")
+log = get_logger("broker.changes")
 
-LISTENER_EXTRA = "change_listener"
 PING_INTERVAL = 5.0
 FIRST_RETRY = 0.1
 MAX_RETRY = 5.0
@@ -143,19 +143,24 @@ def _setter(event: asyncio.Event) -> Callable[[Any], None]:
     return lambda _conn: event.set()
 
 
+class Listening:
+    """This process's part (assembled once per runtime): the listener while one runs."""
+
+    def __init__(self) -> None:
+        self.listener: ChangeListener | None = None
+
+
 def forget_cached_state(runtime: Runtime) -> None:
     """Drop every per-process cache of database state; the next request reads it afresh."""
-    identity_changed()
-    forget_configs(runtime.extras)
-    for value in list(runtime.extras.values()):
-        if isinstance(value, TTLCache):
-            value.clear()
+    runtime.versions.bump_all()
+    runtime.parts.drop_cached_state()
 
 
 @asynccontextmanager
 async def change_listener(runtime: Runtime) -> AsyncIterator[None]:
     """Listen for the app's lifetime (PostgreSQL only; once per runtime)."""
-    if runtime.settings.is_sqlite or LISTENER_EXTRA in runtime.extras:
+    listening = runtime.parts.get(Listening)
+    if runtime.settings.is_sqlite or listening.listener is not None:
         yield
         return
     feed = revocation_feed(runtime)
@@ -176,10 +181,10 @@ async def change_listener(runtime: Runtime) -> AsyncIterator[None]:
         on_up=up,
         on_down=down,
     )
-    runtime.extras[LISTENER_EXTRA] = listener
+    listening.listener = listener
     listener.start()
     try:
         yield
     finally:
         await listener.stop()
-        runtime.extras.pop(LISTENER_EXTRA, None)
+        listening.listener = None

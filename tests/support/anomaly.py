@@ -165,7 +165,7 @@ async def build_anomaly(client: httpx.AsyncClient, operators: Operators, runtime
 async def settle(runtime: Any) -> None:
     """Wait until every signal this runtime queued has been handled, alerts included."""
     from broker.incidents.webhook import webhook_sender
-    from broker.rules.hooks import flush_issued, running_queue
+    from broker.rules.worker import flush_issued, running_queue
 
     queue = running_queue(runtime)
     if queue is not None:

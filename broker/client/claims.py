@@ -1,0 +1,72 @@
+"""The ``pii_access`` authorization detail of a broker key, as the SDK reads it.
+
+A copy of the server's ``broker.claims`` (the SDK imports nothing of the server):
+``tests/test_claims_contract.py`` builds details with each and reads them with the other, so
+the two accept and refuse exactly the same entries, with the same messages. Change both or
+neither.
+
+``authorization_details`` is exactly one entry, of type ``pii_access``, with a non-empty
+list of non-empty field names, a non-empty purpose and, if present, a string policy; the
+broker signs nothing else, so anything else is malformed whoever signed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+PII_ACCESS = "pii_access"
+
+
+class MalformedClaims(ValueError):
+    """A detail the broker never issues; the message names what is wrong, never a value."""
+
+
+@dataclass(frozen=True, slots=True)
+class PiiAccess:
+    """One ``pii_access`` detail: fields in the order the key lists them."""
+
+    fields: tuple[str, ...]
+    purpose: str
+    policy: str | None = None  # "policy-id@version"
+
+    def entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "type": PII_ACCESS,
+            "fields": list(self.fields),
+            "purpose": self.purpose,
+        }
+        if self.policy is not None:
+            entry["policy"] = self.policy
+        return entry
+
+
+def authorization_details(access: PiiAccess) -> list[dict[str, Any]]:
+    """The claim value for ``access`` (a fake broker in a resource service's tests, say)."""
+    return [access.entry()]
+
+
+def _nonempty_str(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and value != ""
+
+
+def pii_access(details: Any) -> PiiAccess:
+    """The ``pii_access`` detail of a key's ``authorization_details`` claim, or
+    ``MalformedClaims``. Only the shape is checked: the signature vouches for the names."""
+    if not isinstance(details, list):
+        raise MalformedClaims("authorization_details is missing")
+    if (
+        len(details) != 1
+        or not isinstance(details[0], dict)
+        or details[0].get("type") != PII_ACCESS
+    ):
+        raise MalformedClaims("authorization_details must hold exactly one pii_access entry")
+    entry = details[0]
+    fields, purpose, policy = entry.get("fields"), entry.get("purpose"), entry.get("policy")
+    if not isinstance(fields, list) or not fields or not all(_nonempty_str(f) for f in fields):
+        raise MalformedClaims("pii_access fields must be a non-empty list of names")
+    if not _nonempty_str(purpose):
+        raise MalformedClaims("pii_access purpose is missing")
+    if policy is not None and not isinstance(policy, str):
+        raise MalformedClaims("pii_access policy must be a string")
+    return PiiAccess(tuple(fields), purpose, policy)

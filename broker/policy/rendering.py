@@ -1,0 +1,212 @@
+"""Policies as the API shows them: every version with its approvals, its terms digest and
+what it changes against the version in force, with operators by name. Reads only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.db import utcnow
+from broker.errors import InvalidInput
+from broker.models import Operator, Policy, PolicyApproval, PolicyVersion
+from broker.policy.diff import VersionDiff, diff_terms
+from broker.policy.schemas import (
+    ApprovalOut,
+    DiffOut,
+    PolicyOut,
+    PolicySummaryOut,
+    PolicyVersionOut,
+    ScalarChangeOut,
+)
+from broker.policy.versions import (
+    SYSTEM,
+    ApprovalDecision,
+    PolicyStatus,
+    active_of,
+    approvals_of,
+    digest_of,
+    effective_status,
+    load_policy,
+    terms_of,
+    versions_of,
+)
+
+
+async def _operator_names(session: AsyncSession, ids: Iterable[str]) -> dict[str, str]:
+    wanted = {i for i in ids if i and i != SYSTEM}
+    names = {SYSTEM: SYSTEM}
+    if wanted:
+        rows = await session.exec(
+            select(Operator.id, Operator.name).where(col(Operator.id).in_(wanted))
+        )
+        names.update({row[0]: row[1] for row in rows})
+    return names
+
+
+def _diff_out(diff: VersionDiff) -> DiffOut:
+    return DiffOut(
+        against="in-force" if diff.from_version is not None else "nothing-in-force",
+        from_version=diff.from_version,
+        to_version=diff.to_version,
+        fields_added=list(diff.fields_added),
+        fields_removed=list(diff.fields_removed),
+        purposes_added=list(diff.purposes_added),
+        purposes_removed=list(diff.purposes_removed),
+        source_cidrs_added=list(diff.source_cidrs_added),
+        source_cidrs_removed=list(diff.source_cidrs_removed),
+        changed=[ScalarChangeOut(c.name, c.before, c.after) for c in diff.changed],
+    )
+
+
+async def render_policy(
+    session: AsyncSession, policy: Policy, now: datetime | None = None
+) -> PolicyOut:
+    """The policy with every version, its approvals, its terms digest, and what it changes
+    against the version in force now (never merely the version numbered before it)."""
+    now = now or utcnow()
+    versions = await versions_of(session, policy.id)
+    active = active_of(versions, now)
+    base = terms_of(active) if active is not None else None
+    approvals = await approvals_of(session, (v.id for v in versions))
+    names = await _operator_names(
+        session,
+        [
+            policy.created_by,
+            *(v.proposed_by for v in versions),
+            *(v.decided_by or "" for v in versions),
+            *(a.operator_id for a in approvals),
+        ],
+    )
+    by_version: dict[str, list[PolicyApproval]] = {}
+    for approval in approvals:
+        by_version.setdefault(approval.policy_version_id, []).append(approval)
+    out: list[PolicyVersionOut] = []
+    for row in versions:
+        status = effective_status(row, now)
+        mine = by_version.get(row.id, [])
+        granted = sum(1 for a in mine if a.decision == ApprovalDecision.APPROVED)
+        diff = diff_terms(
+            base,
+            terms_of(row),
+            from_version=active.version if active is not None else None,
+            to_version=row.version,
+        )
+        out.append(
+            PolicyVersionOut(
+                version=row.version,
+                status=status,
+                fields=list(row.fields),
+                purposes=list(row.purposes),
+                max_ttl_seconds=row.max_ttl_seconds,
+                rate_per_minute=row.rate_per_minute,
+                source_cidrs=list(row.source_cidrs),
+                allowed_hours=row.allowed_hours,
+                max_uses=row.max_uses,
+                max_records=row.max_records,
+                valid_until=row.valid_until,
+                required_approvals=row.required_approvals,
+                approvals_remaining=(
+                    max(0, row.required_approvals - granted)
+                    if status == PolicyStatus.PROPOSED
+                    else 0
+                ),
+                proposed_by=names.get(row.proposed_by, row.proposed_by),
+                proposed_at=row.proposed_at,
+                proposal_expires_at=row.proposal_expires_at,
+                comment=row.comment,
+                decided_at=row.decided_at,
+                decided_by=names.get(row.decided_by, row.decided_by) if row.decided_by else None,
+                decision_comment=row.decision_comment,
+                approvals=[
+                    ApprovalOut(
+                        names.get(a.operator_id, a.operator_id),
+                        a.decision,
+                        a.comment,
+                        a.at,
+                        a.terms_digest,
+                    )
+                    for a in mine
+                ],
+                diff=_diff_out(diff),
+                terms_digest=digest_of(policy, row),
+            )
+        )
+    latest = out[-1]
+    return PolicyOut(
+        id=policy.id,
+        service=policy.service_id,
+        audience=policy.audience,
+        version=latest.version,
+        status=latest.status,
+        active_version=active.version if active else None,
+        created_at=policy.created_at,
+        created_by=names.get(policy.created_by, policy.created_by),
+        versions=out,
+    )
+
+
+async def get_policy(
+    session: AsyncSession, policy_id: str, now: datetime | None = None
+) -> PolicyOut:
+    return await render_policy(session, await load_policy(session, policy_id), now)
+
+
+async def list_policies(
+    session: AsyncSession,
+    *,
+    service: str | None = None,
+    audience: str | None = None,
+    status: str | None = None,
+    now: datetime | None = None,
+) -> list[PolicySummaryOut]:
+    """Policies, newest first; ``status`` keeps those with a version in that status now."""
+    now = now or utcnow()
+    if status is not None and status not in {s.value for s in PolicyStatus}:
+        raise InvalidInput(
+            "status must be one of " + ", ".join(s.value for s in PolicyStatus),
+            errors=[{"key": "status", "message": "unknown status"}],
+        )
+    query = select(Policy).order_by(col(Policy.created_at).desc(), col(Policy.id))
+    if service is not None:
+        query = query.where(Policy.service_id == service)
+    if audience is not None:
+        query = query.where(Policy.audience == audience)
+    policies = list(await session.exec(query))
+    if not policies:
+        return []
+    rows = await session.exec(
+        select(PolicyVersion)
+        .where(col(PolicyVersion.policy_id).in_([p.id for p in policies]))
+        .order_by(col(PolicyVersion.version))
+    )
+    grouped: dict[str, list[PolicyVersion]] = {}
+    for row in rows:
+        grouped.setdefault(row.policy_id, []).append(row)
+    names = await _operator_names(session, (p.created_by for p in policies))
+    out: list[PolicySummaryOut] = []
+    for policy in policies:
+        versions = grouped.get(policy.id, [])
+        if not versions:
+            continue
+        statuses = [effective_status(v, now) for v in versions]
+        if status is not None and status not in statuses:
+            continue
+        active = active_of(versions, now)
+        out.append(
+            PolicySummaryOut(
+                id=policy.id,
+                service=policy.service_id,
+                audience=policy.audience,
+                version=versions[-1].version,
+                status=statuses[-1],
+                active_version=active.version if active else None,
+                created_at=policy.created_at,
+                created_by=names.get(policy.created_by, policy.created_by),
+                terms_digest=digest_of(policy, versions[-1]),
+            )
+        )
+    return out

@@ -1,0 +1,589 @@
+"""The approval workflow of scope policies. No litestar here: routes, jobs, the console and
+the CLI share these functions, which return the stored rows (``broker.policy.rendering``
+shapes them for a response).
+
+A version is proposed by an admin and approved by ``required_approvals`` other operators;
+once approved its terms never change, only its status. Every status change writes an
+audit event in the same transaction.
+
+On PostgreSQL the policy row is locked for every workflow step, so two approvers acting at
+once, or two proposals racing for the next version number, are serialised.
+
+An approval names the version and its ``terms_digest`` as the approver read them, checked
+under that lock, so a proposal withdrawn and replaced in between is refused (409), never
+approved; and it counts only from an operator independent of the proposer and of every
+earlier approver (``broker.operators.independence``), else it is refused (403).
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.audit import AuditAction, record
+from broker.db import utcnow
+from broker.db.versions import changed
+from broker.errors import Conflict, Forbidden
+from broker.models import Policy, PolicyApproval, PolicyVersion
+from broker.operators.independence import approval_problem
+from broker.operators.service import OperatorPrincipal, Role, load_roster
+from broker.policy.diff import PolicyTerms, diff_terms
+from broker.policy.schemas import PolicyCreate, PolicyVersionCreate
+from broker.policy.validation import check_comment, refuse, validated_terms
+from broker.policy.versions import (
+    SYSTEM,
+    ApprovalDecision,
+    PolicyStatus,
+    active_of,
+    approvals_of,
+    digest_of,
+    has_lapsed,
+    is_stale,
+    load_policy,
+    pending_of,
+    terms_of,
+    versions_of,
+)
+from broker.settings import Settings
+
+
+class StaleDecision(Conflict):
+    """The decision names a version or digest other than the pending version's."""
+
+    type_name = "stale-decision"
+    title = "Not the pending version"
+
+
+# The kind of change (``db.versions``) every policy status change is: cached grants in this
+# process end when it is made.
+POLICIES = "policies"
+
+
+def _subject(policy_id: str, version: int) -> str:
+    return f"policy:{policy_id}@{version}"
+
+
+# -- proposals -------------------------------------------------------------------------------
+
+
+def _new_version(
+    policy_id: str,
+    version: int,
+    terms: PolicyTerms,
+    comment: str,
+    proposer: OperatorPrincipal,
+    now: datetime,
+    proposal_ttl: int,
+) -> PolicyVersion:
+    return PolicyVersion(
+        id=str(uuid.uuid4()),
+        policy_id=policy_id,
+        version=version,
+        status=PolicyStatus.PROPOSED.value,
+        fields=list(terms.fields),
+        purposes=list(terms.purposes),
+        max_ttl_seconds=terms.max_ttl_seconds,
+        rate_per_minute=terms.rate_per_minute,
+        source_cidrs=list(terms.source_cidrs),
+        allowed_hours=terms.allowed_hours,
+        max_uses=terms.max_uses,
+        max_records=terms.max_records,
+        valid_until=terms.valid_until,
+        required_approvals=terms.required_approvals,
+        proposed_by=proposer.id,
+        proposed_at=now,
+        proposal_expires_at=now + timedelta(seconds=proposal_ttl),
+        comment=comment,
+    )
+
+
+async def _record_proposal(
+    session: AsyncSession, policy: Policy, row: PolicyVersion, actor: str
+) -> None:
+    await record(
+        session,
+        AuditAction.POLICY_PROPOSED,
+        actor=actor,
+        subject=_subject(policy.id, row.version),
+        details={
+            "service": policy.service_id,
+            "audience": policy.audience,
+            "version": row.version,
+            "fields": row.fields,
+            "purposes": row.purposes,
+            "max_ttl_seconds": row.max_ttl_seconds,
+            "required_approvals": row.required_approvals,
+            "proposal_expires_at": row.proposal_expires_at,
+        },
+    )
+
+
+async def propose_policy(
+    session: AsyncSession,
+    settings: Settings,
+    data: PolicyCreate,
+    *,
+    proposer: OperatorPrincipal,
+    now: datetime | None = None,
+) -> Policy:
+    now = now or utcnow()
+    terms = await validated_terms(session, settings, data, now, (data.service, data.audience))
+    policy = Policy(
+        id=str(uuid.uuid4()),
+        service_id=data.service,
+        audience=data.audience,
+        created_at=now,
+        created_by=proposer.id,
+    )
+    session.add(policy)
+    await session.flush()
+    row = _new_version(policy.id, 1, terms, data.comment, proposer, now, settings.proposal_ttl)
+    session.add(row)
+    await session.flush()
+    await _record_proposal(session, policy, row, proposer.actor)
+    return policy
+
+
+async def propose_version(
+    session: AsyncSession,
+    settings: Settings,
+    policy_id: str,
+    data: PolicyVersionCreate,
+    *,
+    proposer: OperatorPrincipal,
+    now: datetime | None = None,
+) -> Policy:
+    now = now or utcnow()
+    policy = await load_policy(session, policy_id, lock=True)
+    versions = await versions_of(session, policy.id)
+    pending = pending_of(versions)
+    if pending is not None:
+        if not is_stale(pending, now):
+            raise Conflict(
+                f"version {pending.version} is still pending; approve, reject or withdraw it "
+                "before proposing another"
+            )
+        await _expire(session, policy.id, pending, now, "proposal was not decided in time")
+    terms = await validated_terms(session, settings, data, now, None)
+    active = active_of(versions, now)
+    if (
+        active is not None
+        and diff_terms(
+            terms_of(active), terms, from_version=active.version, to_version=active.version
+        ).empty
+    ):
+        raise refuse([("terms", f"identical to the approved version {active.version}")])
+    number = max(v.version for v in versions) + 1
+    row = _new_version(policy.id, number, terms, data.comment, proposer, now, settings.proposal_ttl)
+    session.add(row)
+    await session.flush()
+    await _record_proposal(session, policy, row, proposer.actor)
+    return policy
+
+
+# -- closing a version -----------------------------------------------------------------------
+
+_AUDITED_AS = {
+    PolicyStatus.APPROVED: AuditAction.POLICY_APPROVED,
+    PolicyStatus.REJECTED: AuditAction.POLICY_REJECTED,
+    PolicyStatus.WITHDRAWN: AuditAction.POLICY_WITHDRAWN,
+    PolicyStatus.EXPIRED: AuditAction.POLICY_EXPIRED,
+}
+
+
+async def _close(
+    session: AsyncSession,
+    policy_id: str,
+    row: PolicyVersion,
+    status: PolicyStatus,
+    *,
+    by: OperatorPrincipal | None,
+    comment: str,
+    now: datetime,
+    details: dict[str, Any],
+) -> None:
+    """End the pending version (``by`` None: the broker itself) and audit it, in the
+    caller's transaction."""
+    changed(session, POLICIES)
+    row.status = status.value
+    row.decided_at = now
+    row.decided_by = by.id if by is not None else SYSTEM
+    row.decision_comment = comment
+    session.add(row)
+    await session.flush()
+    await record(
+        session,
+        _AUDITED_AS[status],
+        actor=by.actor if by is not None else SYSTEM,
+        subject=_subject(policy_id, row.version),
+        details=details,
+    )
+
+
+async def _expire(
+    session: AsyncSession, policy_id: str, row: PolicyVersion, now: datetime, why: str
+) -> None:
+    await _close(
+        session,
+        policy_id,
+        row,
+        PolicyStatus.EXPIRED,
+        by=None,
+        comment="",
+        now=now,
+        details={"version": row.version, "why": why},
+    )
+
+
+async def _expire_where(
+    session: AsyncSession, now: datetime, why: str, *conditions: Any, close: bool
+) -> int:
+    """One atomic UPDATE ... RETURNING, so a sweep never overwrites a concurrent decision."""
+    values: dict[str, Any] = {"status": PolicyStatus.EXPIRED.value}
+    if close:
+        values |= {"decided_at": now, "decided_by": SYSTEM}
+    result = await session.exec(
+        update(PolicyVersion)
+        .where(*conditions)
+        .values(**values)
+        .returning(col(PolicyVersion.policy_id), col(PolicyVersion.version))
+        .execution_options(synchronize_session=False)
+    )
+    expired = sorted((row[0], row[1]) for row in result.all())
+    if expired:
+        changed(session, POLICIES)
+    for policy_id, version in expired:
+        await record(
+            session,
+            AuditAction.POLICY_EXPIRED,
+            actor=SYSTEM,
+            subject=_subject(policy_id, version),
+            details={"version": version, "why": why},
+        )
+    return len(expired)
+
+
+async def expire_stale_proposals(session: AsyncSession, now: datetime) -> int:
+    """Mark proposals nobody decided before ``proposal_expires_at`` as expired (for the job)."""
+    return await _expire_where(
+        session,
+        now,
+        "proposal was not decided in time",
+        col(PolicyVersion.status) == PolicyStatus.PROPOSED.value,
+        col(PolicyVersion.proposal_expires_at) <= now,
+        close=True,
+    )
+
+
+async def expire_lapsed_versions(session: AsyncSession, now: datetime) -> int:
+    """Mark approved versions past ``valid_until`` as expired (for the job).
+
+    ``approved_grants`` already ignores them from that instant; this makes the stored status
+    and the audit trail say so.
+    """
+    return await _expire_where(
+        session,
+        now,
+        "valid_until has passed",
+        col(PolicyVersion.status) == PolicyStatus.APPROVED.value,
+        col(PolicyVersion.valid_until) <= now,
+        close=False,
+    )
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+async def _decidable(
+    session: AsyncSession, policy_id: str, now: datetime
+) -> tuple[Policy, list[PolicyVersion], PolicyVersion]:
+    policy = await load_policy(session, policy_id, lock=True)
+    versions = await versions_of(session, policy.id)
+    pending = pending_of(versions)
+    if pending is None:
+        raise Conflict("the policy has no pending version to decide on")
+    if is_stale(pending, now):
+        expired_at = pending.proposal_expires_at
+        assert expired_at is not None
+        raise Conflict(
+            f"version {pending.version}'s proposal expired at {expired_at.isoformat()}; "
+            "propose a new version"
+        )
+    return policy, versions, pending
+
+
+def _check_binding(
+    pending: PolicyVersion,
+    digest: str,
+    version: int | None,
+    given_digest: str | None,
+    *,
+    required: bool,
+) -> None:
+    """The decision must name the pending version as read: number and terms digest.
+
+    Called under the policy's lock, in the transaction that records the decision, so a
+    withdraw-and-propose cannot slip between this check and the write.
+    """
+    if required and (version is None or given_digest is None):
+        missing = [
+            name for name, v in (("version", version), ("terms_digest", given_digest)) if v is None
+        ]
+        raise refuse(
+            [
+                (
+                    name,
+                    "is required to approve: read the policy first (GET "
+                    "/v1/admin/policies/{id}, broker policies show) and send the pending "
+                    "version's number and terms_digest, so that the approval lands only on "
+                    "the terms you reviewed",
+                )
+                for name in missing
+            ]
+        )
+    if version is not None and version != pending.version:
+        raise StaleDecision(
+            f"you named version {version}, but the pending version is {pending.version}: "
+            "nothing was recorded; read the policy again and review what is pending now",
+            pending_version=pending.version,
+        )
+    if given_digest is not None and not hmac.compare_digest(given_digest.encode(), digest.encode()):
+        raise StaleDecision(
+            f"the terms_digest you sent is not that of version {pending.version}'s terms: "
+            "nothing was recorded; read the policy again and review what is pending now",
+            pending_version=pending.version,
+        )
+
+
+async def _check_independent(
+    session: AsyncSession, pending: PolicyVersion, approver: OperatorPrincipal, earlier: list[str]
+) -> None:
+    """An approval counts only from someone other than the proposer and earlier approvers,
+    and one that would not count is refused, never recorded as if it did."""
+    problem = approval_problem(
+        approver.id, pending.proposed_by, earlier, await load_roster(session)
+    )
+    if problem is not None:
+        raise Forbidden(problem, reason="not-independent")
+
+
+async def _add_decision(
+    session: AsyncSession,
+    pending: PolicyVersion,
+    operator: OperatorPrincipal,
+    decision: ApprovalDecision,
+    comment: str,
+    now: datetime,
+    digest: str,
+    named: tuple[int | None, str | None],
+) -> list[PolicyApproval]:
+    """Record one operator's decision; refuses the proposer, a second decision, an approval
+    not independent of the proposer or of an earlier approver, and a decision naming
+    another version or digest than the pending one (``named``; required to approve).
+
+    Who may decide is checked before what was named, so the refusal names the first reason.
+    """
+    check_comment(comment)
+    if operator.id == pending.proposed_by:
+        verb = "approve" if decision == ApprovalDecision.APPROVED else "reject"
+        hint = "" if decision == ApprovalDecision.APPROVED else "; withdraw it instead"
+        raise Forbidden(
+            f"the proposer cannot {verb} their own proposal{hint}",
+            reason="self-approval",
+        )
+    existing = await approvals_of(session, [pending.id])
+    if any(a.operator_id == operator.id for a in existing):
+        raise Conflict(f"{operator.name} has already decided on version {pending.version}")
+    if decision == ApprovalDecision.APPROVED:
+        earlier = [a.operator_id for a in existing if a.decision == ApprovalDecision.APPROVED]
+        await _check_independent(session, pending, operator, earlier)
+    _check_binding(pending, digest, *named, required=decision == ApprovalDecision.APPROVED)
+    approval = PolicyApproval(
+        id=str(uuid.uuid4()),
+        policy_version_id=pending.id,
+        operator_id=operator.id,
+        decision=decision.value,
+        comment=comment,
+        at=now,
+        terms_digest=digest,
+    )
+    session.add(approval)
+    await session.flush()
+    return [*existing, approval]
+
+
+async def _supersede(
+    session: AsyncSession, policy: Policy, versions: list[PolicyVersion], by_version: int
+) -> None:
+    for older in versions:
+        if older.status == PolicyStatus.APPROVED and older.version != by_version:
+            older.status = PolicyStatus.SUPERSEDED.value
+            changed(session, POLICIES)
+            session.add(older)
+            await record(
+                session,
+                AuditAction.POLICY_SUPERSEDED,
+                actor=SYSTEM,
+                subject=_subject(policy.id, older.version),
+                details={"version": older.version, "by_version": by_version},
+            )
+
+
+async def approve(
+    session: AsyncSession,
+    policy_id: str,
+    comment: str,
+    *,
+    version: int | None,
+    terms_digest: str | None,
+    approver: OperatorPrincipal,
+    now: datetime | None = None,
+) -> Policy:
+    """Approve the pending version, which must be ``version`` with ``terms_digest`` (both
+    required: what the approver read is what is approved)."""
+    now = now or utcnow()
+    policy, versions, pending = await _decidable(session, policy_id, now)
+    if has_lapsed(pending, now):
+        raise Conflict(f"version {pending.version}'s valid_until has passed; propose a new version")
+    digest = digest_of(policy, pending)
+    approvals = await _add_decision(
+        session,
+        pending,
+        approver,
+        ApprovalDecision.APPROVED,
+        comment,
+        now,
+        digest,
+        (version, terms_digest),
+    )
+    granted = sum(1 for a in approvals if a.decision == ApprovalDecision.APPROVED)
+    await record(
+        session,
+        AuditAction.POLICY_APPROVAL_ADDED,
+        actor=approver.actor,
+        subject=_subject(policy.id, pending.version),
+        details={
+            "version": pending.version,
+            "terms_digest": digest,
+            "approvals": granted,
+            "required": pending.required_approvals,
+        },
+    )
+    if granted >= pending.required_approvals:
+        await _close(
+            session,
+            policy.id,
+            pending,
+            PolicyStatus.APPROVED,
+            by=approver,
+            comment=comment,
+            now=now,
+            details={
+                "version": pending.version,
+                "terms_digest": digest,
+                "service": policy.service_id,
+                "audience": policy.audience,
+                "fields": pending.fields,
+                "purposes": pending.purposes,
+                "approvers": granted,
+            },
+        )
+        await _supersede(session, policy, versions, pending.version)
+        await session.flush()
+    return policy
+
+
+async def reject(
+    session: AsyncSession,
+    policy_id: str,
+    comment: str,
+    *,
+    approver: OperatorPrincipal,
+    version: int | None = None,
+    terms_digest: str | None = None,
+    now: datetime | None = None,
+) -> Policy:
+    """One rejection ends the proposal: approval needs every required approver's consent.
+
+    Rejecting never widens access, so ``version``/``terms_digest`` are optional; when given
+    they are checked like an approval's."""
+    now = now or utcnow()
+    policy, _, pending = await _decidable(session, policy_id, now)
+    digest = digest_of(policy, pending)
+    await _add_decision(
+        session,
+        pending,
+        approver,
+        ApprovalDecision.REJECTED,
+        comment,
+        now,
+        digest,
+        (version, terms_digest),
+    )
+    await _close(
+        session,
+        policy.id,
+        pending,
+        PolicyStatus.REJECTED,
+        by=approver,
+        comment=comment,
+        now=now,
+        details={"version": pending.version, "terms_digest": digest},
+    )
+    return policy
+
+
+async def withdraw(
+    session: AsyncSession,
+    policy_id: str,
+    comment: str,
+    *,
+    operator: OperatorPrincipal,
+    version: int | None = None,
+    terms_digest: str | None = None,
+    now: datetime | None = None,
+) -> Policy:
+    """``version``/``terms_digest`` are optional; when given they are checked."""
+    now = now or utcnow()
+    policy, _, pending = await _decidable(session, policy_id, now)
+    _check_binding(pending, digest_of(policy, pending), version, terms_digest, required=False)
+    if operator.role != Role.ADMIN and operator.id != pending.proposed_by:
+        raise Forbidden(
+            "only an admin or the proposer may withdraw a proposal", reason="insufficient-role"
+        )
+    check_comment(comment)
+    await _close(
+        session,
+        policy.id,
+        pending,
+        PolicyStatus.WITHDRAWN,
+        by=operator,
+        comment=comment,
+        now=now,
+        details={"version": pending.version},
+    )
+    return policy
+
+
+async def why_not_approve(
+    session: AsyncSession, policy_id: str, operator: OperatorPrincipal
+) -> str | None:
+    """Why ``operator``'s approval of the pending version would be refused for want of
+    independence (display only: ``approve`` checks again under the lock)."""
+    policy = await load_policy(session, policy_id)
+    pending = pending_of(await versions_of(session, policy.id))
+    if pending is None or pending.proposed_by == operator.id:
+        return None
+    existing = await approvals_of(session, [pending.id])
+    earlier = [
+        a.operator_id
+        for a in existing
+        if a.decision == ApprovalDecision.APPROVED and a.operator_id != operator.id
+    ]
+    return approval_problem(operator.id, pending.proposed_by, earlier, await load_roster(session))
