@@ -623,3 +623,28 @@ async def test_a_binding_with_unprintable_text_is_refused(
         json={"id": "svc-good", "name": "x", "bindings": [good]},
     )
     assert ok.status_code == 201, ok.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        DETAILS,
+        # What the broker writes about itself: printable names, ids, counts, short lists.
+        st.dictionaries(
+            st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20),
+            st.recursive(
+                st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=30)),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+                ),
+                max_leaves=12,
+            ),
+            max_size=12,
+        ),
+    )
+)
+def test_the_fast_path_stores_exactly_what_the_full_walk_would(value: dict[str, Any]) -> None:
+    """Details already within every bound are copied as they are (the key-issuance hot
+    path); whatever they hold, the result is the full normalisation's, value for value."""
+    assert normalise.details(value) == normalise._Details().container(value, 1)

@@ -161,10 +161,55 @@ def _more(count: int) -> str:
     return f"{MORE}[{count} more cut]"
 
 
+def _plain(value: Any, depth: int, budget: list[int]) -> bool:
+    """Whether ``value`` is already as the trail keeps it (so ``_Details`` would return an
+    equal copy): what the broker writes about itself nearly always is, one key issued after
+    another, and this check costs a fraction of the walk that rebuilds it."""
+    kind = type(value)
+    if kind is str:
+        budget[1] -= len(value)
+        return len(value) <= MAX_TEXT and value.isprintable()
+    if value is None or kind is bool:
+        return True
+    if kind is int:
+        return bool(-_INT64 <= value < _INT64)
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH or (kind is not dict and kind is not list):
+        return False
+    budget[0] -= len(value)
+    if len(value) > MAX_MEMBERS or budget[0] < 0:
+        return False
+    if kind is dict:
+        for key, member in value.items():
+            if not (type(key) is str and len(key) <= MAX_KEY and key.isprintable()):
+                return False
+            budget[1] -= len(key)
+            if not _plain(member, depth + 1, budget):
+                return False
+    else:
+        for member in value:
+            if not _plain(member, depth + 1, budget):
+                return False
+    return budget[1] > 0
+
+
+def _copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy(v) for v in value]
+    return value
+
+
 def details(value: Mapping[Any, Any] | None) -> dict[str, Any]:
     """An event's details as the trail keeps them: a JSON object within every bound."""
     if not value:
         return {}
+    if type(value) is dict and _plain(value, 1, [MAX_NODES, MAX_CHARS]):
+        plain: dict[str, Any] = _copy(value)
+        return plain
     out: dict[str, Any] = _Details().container(value, 1)
     return out
 
