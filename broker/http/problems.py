@@ -132,11 +132,13 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[di
 # SQLSTATEs saying the database cannot serve right now, not that the request or the broker
 # is wrong: 08 connection exception, 53 insufficient resources (53100 disk full), 58 system
 # error (58030 I/O error); 57P01-57P04 shut down, crashed, starting up or recovering,
-# dropped; 25006 a read-only transaction (a standby, or a database set read-only). asyncpg
-# raises these as plain DBAPIErrors, the connection not always marked invalid: a PostgreSQL
-# in crash recovery answers 57P03 to every new connection.
+# dropped; 25006 a read-only transaction (a standby, or a database set read-only); 55000
+# what a database not accepting connections answers a new one (ALLOW_CONNECTIONS false, a
+# database being dropped or restored). asyncpg raises these as plain DBAPIErrors, the
+# connection not always marked invalid: a PostgreSQL in crash recovery answers 57P03 to
+# every new connection.
 _UNAVAILABLE_CLASSES = ("08", "53", "58")
-_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "25006"})
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "25006", "55000"})
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
