@@ -201,15 +201,30 @@ async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
 ) -> None:
     """A PASSIVE checkpoint on another thread never lets the log restart while the writer
     appends without a pause, so the WAL grew by about 60 MB/s under load; the writer's own
-    checkpoint, once the log is past the limit, has to bring it back every time."""
+    checkpoint, once the log is past the limit, has to bring it back every time.
+
+    How often the background checkpoint gets to run is up to the machine (on a busy one it
+    ran rarely and the log reached 15 MiB here), so this test takes the schedule out and
+    keeps the race: the background checkpoint runs inside every batch, after the writer's
+    ``BEGIN IMMEDIATE`` and before its rows, so it copies everything but the batch being
+    written, and the log can never restart by itself. The bound is then counted in batches,
+    not seconds: the limit and the batches written until a check sees it passed (2.8 times
+    the limit here, the same on every run). With the writer's catch-up disabled the log
+    grows without end (190 times the limit here)."""
+    from sqlalchemy import event
+
     from broker.issuance import sqlite_writer
     from broker.issuance.recorder import IssuanceRecorder
 
-    limit = 1024 * 1024
+    limit = 256 * 1024
     monkeypatch.setattr(sqlite_writer, "WAL_LIMIT", limit)
-    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 0.02)
-    # A recorder of its own, made after the limits above (the runtime's was made with it).
+    monkeypatch.setattr(sqlite_writer.Checkpointer, "poke", lambda self: None)
+    # A recorder of its own, made after the limit above (the runtime's was made with it).
     recorder = IssuanceRecorder(runtime)
+    checkpointer, engine = recorder._checkpointer, recorder._sync_engine
+    assert checkpointer is not None
+    assert engine is not None
+    event.listen(engine, "begin", lambda _conn: checkpointer._passive())
     wal = Path(urlparse(database_url).path + "-wal")
     at = datetime.now(UTC)
     largest = 0
@@ -227,8 +242,7 @@ async def test_the_sqlite_wal_stays_bounded_while_keys_never_stop(
     await asyncio.gather(*(keep_issuing(250) for _ in range(16)))
     jtis, events = await _recorded(runtime)
     assert len(jtis) == len(events) == 16 * 250
-    # Without the writer's checkpoint the log reached 40 MB and more here.
-    assert largest < 8 * limit, f"the WAL reached {largest / limit:.1f} MiB"
+    assert largest < 4 * limit, f"the WAL reached {largest / limit:.1f} times its limit"
 
 
 def test_a_catch_up_checkpoint_that_fails_does_not_fail_the_batch() -> None:
