@@ -19,6 +19,7 @@ from broker.changes import change_listener
 from broker.console import router as console_router
 from broker.console import template_config
 from broker.custody import routes as signing_key_routes
+from broker.custody import unavailable_cause
 from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
@@ -26,9 +27,11 @@ from broker.http.hot_routes import serve_hot_routes
 from broker.http.openapi_problems import document_problems
 from broker.http.openapi_raw_routes import document_raw_routes
 from broker.http.problems import EXCEPTION_HANDLERS
+from broker.http.strict_bodies import hold_json_bodies
 from broker.identity import routes as service_routes
 from broker.identity import source_block_routes
 from broker.incidents import routes as incident_routes
+from broker.incidents.webhook import alert_deliverer
 from broker.issuance import routes as issuance_routes
 from broker.issuance.routes import HOT_ROUTES
 from broker.issuance.use_counter import use_counter
@@ -118,12 +121,26 @@ def create_app(
         app.state.runtime = rt
         try:
             await rt.custody.ensure_keys()
-        except Unavailable:
+            # With keys already made, ensure_keys need not reach the backend: ask it now,
+            # so a refused token or a missing mount is in the log at start, with its cause.
+            await rt.custody.check()
+        except Unavailable as exc:
             # Fail closed but stay up: readiness reports the backend and issuance answers
             # 503 until it is back, without a restart.
-            log.warning("key_backend_unavailable_at_start", backend=rt.custody.name)
+            log.warning(
+                "key_backend_unavailable_at_start",
+                backend=rt.custody.name,
+                cause=unavailable_cause(exc),
+            )
         try:
-            async with change_listener(rt), scheduler_running(rt), signal_worker(rt):
+            # The deliverer stops after the rules' worker, which may queue alerts as it
+            # drains; what is still pending then is delivered by the next start.
+            async with (
+                change_listener(rt),
+                scheduler_running(rt),
+                alert_deliverer(rt),
+                signal_worker(rt),
+            ):
                 if freeze_gc_after_start:
                     _freeze_what_is_alive()
                 yield
@@ -144,6 +161,7 @@ def create_app(
         debug=False,
         logging_config=None,
     )
+    hold_json_bodies(app)
     serve_hot_routes(app, HOT_ROUTES)
     document_raw_routes(app.openapi_schema)
     document_problems(app.openapi_schema)

@@ -13,6 +13,9 @@ The contract for a key's detail is strict, since the broker signs nothing else:
 of non-empty field names, a non-empty purpose and, if present, a string policy. Anything
 else is malformed, whoever signed it (a holder of a stolen signing key, say).
 
+When a key was issued, to the millisecond, is ``issued_at_ms``: revocation cuts are held
+to it (``iat`` has whole seconds; the UUIDv7 ``jti`` has the millisecond).
+
 The names a request may carry are held to the catalog's own limits (``FIELD_NAME`` and the
 lengths below): the catalog, the request schemas and the token-exchange parser read them
 from here, so a name the catalog could never hold is refused before it is echoed in a
@@ -22,6 +25,7 @@ denial or kept in the audit trail.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -34,6 +38,15 @@ FIELD_NAME_MIN = 3  # "a.b", the shortest name FIELD_NAME matches
 FIELD_NAME_MAX = 120
 PURPOSE_NAME_MAX = 80
 FIELDS_MAX = 64  # fields one key may name
+
+# A key id as the broker mints it: a UUIDv7 (RFC 9562) in 32 lowercase hex digits, whose
+# first 48 bits are the Unix time in milliseconds at which the key was minted.
+UUID7_JTI = re.compile(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
+# How far a jti's time may lie from the start of its key's ``iat`` second and still be
+# believed. The broker reads the clock for ``iat`` a moment before it makes the jti, so
+# the two agree to within the time one key request takes; a jti further off is not one
+# the broker made for that ``iat``.
+JTI_TIME_SPREAD_MS = 60_000
 
 
 class MalformedClaims(ValueError):
@@ -93,6 +106,25 @@ def key_claims(
     if max_uses is not None:
         claims["max_uses"] = max_uses
     return claims
+
+
+def issued_at_ms(jti: Any, iat: float) -> int:
+    """When a key was issued, in Unix milliseconds: what a revocation's cut is held to.
+
+    ``iat`` has whole seconds; the key's UUIDv7 ``jti`` carries the millisecond it was
+    minted, and that is the answer when it lies within ``JTI_TIME_SPREAD_MS`` of the start
+    of the ``iat`` second. A jti that is not a UUIDv7 (keys minted before key ids were
+    UUIDv7s carry random ones), or whose time disagrees with ``iat``, cannot be trusted to
+    the millisecond: the key then counts as issued at the start of its ``iat`` second, the
+    earliest it can have been, so any revocation cut within that second covers it (fail
+    safe). The SDK's copy (``broker.client.claims``) gives the same answer for any input.
+    """
+    start = math.floor(iat) * 1000
+    if isinstance(jti, str) and UUID7_JTI.fullmatch(jti):
+        minted = int(jti[:12], 16)
+        if abs(minted - start) < JTI_TIME_SPREAD_MS:
+            return minted
+    return start
 
 
 def _nonempty_str(value: Any) -> TypeGuard[str]:

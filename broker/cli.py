@@ -36,7 +36,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     except BrokerError as exc:
-        raise click.ClickException(exc.detail) from None
+        # The operator at this terminal may read why the key backend failed (a mount, a
+        # token refused, an address); an API caller gets only the detail.
+        raise click.ClickException(getattr(exc, "cause", None) or exc.detail) from None
     except OSError as exc:
         raise click.ClickException(f"cannot reach the database: {type(exc).__name__}") from None
     except Exception as exc:
@@ -86,7 +88,7 @@ def serve(
     import os
 
     from broker.logs import configure_logging
-    from broker.serving import run
+    from broker.serving import check_address, listen_address, run
     from broker.startup import prepare
 
     settings = _settings()
@@ -100,18 +102,27 @@ def serve(
     if server is not None:
         overrides["server"] = server
     if overrides:
-        settings = settings.model_copy(update=overrides)
-        # Worker processes read their settings from the environment.
+        # Worker processes read their settings from the environment; this one reads them
+        # again from there, so that an issuer derived from the address follows the flags.
         for key, value in overrides.items():
             os.environ["BROKER_" + key.upper()] = str(value)
+        settings = _settings()
     if settings.workers > 1 and settings.is_sqlite:
         raise click.ClickException(
             f"SQLite is single-process: {settings.workers} workers would each write the same "
             "file. Use --workers 1, or PostgreSQL (BROKER_DATABASE_URL=postgresql://...) "
             "for more"
         )
+    if settings.issuer_derived and settings.port == 0:
+        raise click.ClickException(
+            "BROKER_ISSUER is not set and BROKER_PORT is 0 (a port picked at random), so the "
+            "issuer cannot be derived from the listen address: set BROKER_ISSUER to the URL "
+            "clients use, or BROKER_PORT (--port) to a port"
+        )
     configure_logging(settings.log_level)
-    bootstrap_token = _run(lambda: prepare(settings, migrate=migrate))
+    bootstrap_token = _run(
+        lambda: prepare(settings, migrate=migrate, before_database=lambda: check_address(settings))
+    )
     if bootstrap_token:
         click.echo(
             "\nA bootstrap admin was created on this empty database. Its token is shown once:\n\n"
@@ -121,8 +132,9 @@ def serve(
             err=False,
         )
     click.echo(
-        f"PII Key Broker listening on http://{settings.host}:{settings.port} "
-        f"(database: {'sqlite' if settings.is_sqlite else 'postgresql'}, "
+        f"PII Key Broker listening on http://{listen_address(settings)} "
+        f"(issuer: {settings.issuer}, "
+        f"database: {'sqlite' if settings.is_sqlite else 'postgresql'}, "
         f"key backend: {settings.key_backend}, server: {settings.server}, "
         f"workers: {settings.workers})"
     )
@@ -161,10 +173,12 @@ def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (``base`` removes everything)."""
     from broker.db import make_engine
     from broker.migrate import downgrade
+    from broker.startup import existing_database
 
     settings = _settings()
 
     async def go() -> None:
+        await existing_database(settings)
         engine = make_engine(settings)
         try:
             await downgrade(engine, revision)
@@ -180,10 +194,12 @@ def db_check() -> None:
     """Exit non-zero unless the database is at head and matches the models."""
     from broker.db import make_engine
     from broker.migrate import current_revision, drift, head_revision
+    from broker.startup import existing_database
 
     settings = _settings()
 
     async def go() -> tuple[str | None, list[str]]:
+        await existing_database(settings)
         engine = make_engine(settings)
         try:
             return await current_revision(engine), await drift(engine)
@@ -214,21 +230,20 @@ def operator() -> None:
 @over_http_when_configured(create_remote)
 def operator_create(name: str, role: str) -> None:
     """Create an operator and print its token once (only its hash is stored)."""
-    from broker.assembly import build_runtime
+    from broker.local_state import PEPPER
     from broker.operators.service import create_operator
+    from broker.startup import existing_broker
 
     settings = _settings()
 
     async def go() -> str:
-        runtime = build_runtime(settings)
-        try:
+        # Hashed with a pepper the replicas do not have, its token would work nowhere.
+        async with existing_broker(settings, uses=[PEPPER], check=[PEPPER]) as runtime:
             async with runtime.transaction() as session:
                 created = await create_operator(
                     session, runtime.secrets.pepper, name, role, actor="cli:local"
                 )
             return created.token
-        finally:
-            await runtime.close()
 
     token = _run(go)
     click.echo(f"operator {name!r} created with role {role}. Its token is shown once:", err=True)
@@ -252,20 +267,19 @@ def keys() -> None:
 @over_http_when_configured(rotate_remote)
 def keys_rotate(compromised: bool) -> None:
     """Rotate the active signing key now (same rules as POST /v1/admin/signing-keys/rotate)."""
-    from broker.assembly import build_runtime
     from broker.custody import RotationResult
+    from broker.local_state import KEK
     from broker.revocation.service import rotate_signing_keys
+    from broker.startup import existing_broker
 
     settings = _settings()
 
     async def go() -> RotationResult:
-        runtime = build_runtime(settings)
-        try:
+        # A key made under a KEK the replicas do not have could never sign.
+        async with existing_broker(settings, uses=[KEK], check=[KEK]) as runtime:
             return await rotate_signing_keys(
                 runtime.custody, actor="cli:local", compromised=compromised, settings=settings
             )
-        finally:
-            await runtime.close()
 
     result = _run(go)
     if result.compromised_kid:
@@ -294,9 +308,10 @@ def kek() -> None:
 )
 def kek_rewrap(old_kek_file: Path) -> None:
     """Re-encrypt every stored signing key under the KEK now configured (BROKER_KEK[_FILE])."""
-    from broker.assembly import build_runtime
     from broker.custody.keywrap import read_kek_file
     from broker.custody.local import RewrapResult, rewrap_keys
+    from broker.local_state import KEK
+    from broker.startup import existing_broker
 
     settings = _settings()
     if settings.kek is None and settings.kek_file is None:
@@ -310,23 +325,57 @@ def kek_rewrap(old_kek_file: Path) -> None:
         raise click.ClickException(str(exc)) from None
 
     async def go() -> RewrapResult:
-        runtime = build_runtime(settings)
-        try:
+        async with existing_broker(settings, uses=[KEK]) as runtime:
             return await rewrap_keys(
                 runtime.sessions,
                 old_kek=old_kek,
                 new_kek=runtime.secrets.kek,
                 actor="cli:local",
             )
-        finally:
-            await runtime.close()
 
     result = _run(go)
     click.echo(
         f"re-wrapped {len(result.rewrapped)} signing key(s) from KEK {result.old_kek_id} "
         f"to KEK {result.new_kek_id} ({len(result.already_current)} already under it); "
-        "restart replicas still configured with the old KEK"
+        "restart replicas still configured with the old KEK (they now refuse to start with it)"
     )
+
+
+@main.group()
+def issuer() -> None:
+    """The issuer (`iss`) of the keys every replica on this database signs."""
+
+
+@issuer.command("set")
+@click.argument("url")
+def issuer_set(url: str) -> None:
+    """Make URL the issuer this database is set up with: a deliberate BROKER_ISSUER change.
+
+    Replicas started with another BROKER_ISSUER refuse to start; run this first, then
+    restart every replica with BROKER_ISSUER=URL.
+    """
+    from broker.fingerprints import issuer_setting, replace
+    from broker.settings import normalise_issuer
+    from broker.startup import existing_broker
+
+    settings = _settings()
+    try:
+        url = normalise_issuer(url)
+    except ValueError:
+        raise click.ClickException(f"{url!r} is not an issuer: it must be an http(s) URL") from None
+
+    async def go() -> bool:
+        async with existing_broker(settings) as runtime, runtime.transaction() as session:
+            return await replace(session, issuer_setting(url), actor="cli:local")
+
+    if _run(go):
+        click.echo(
+            f"issuer set to {url}; restart every replica with BROKER_ISSUER={url} (until "
+            "then, keys signed by a replica still on the old issuer are inactive on the "
+            "others)"
+        )
+    else:
+        click.echo(f"the issuer is already {url}; nothing changed")
 
 
 @main.command()

@@ -90,7 +90,29 @@ RULE_ERRORS = Counter(
     registry=REGISTRY,
 )
 ALERTS = Counter(
-    "broker_alerts_total", "Alert webhook deliveries, by result.", ["result"], registry=REGISTRY
+    "broker_alerts_total",
+    "Webhook alerts by what became of them (queued, delivered, given_up, retried by an "
+    "operator), counted by the replica that did it.",
+    ["result"],
+    registry=REGISTRY,
+)
+ALERT_ATTEMPTS = Counter(
+    "broker_alerts_attempts_total",
+    "Webhook delivery attempts from this replica, by outcome (delivered; failed: no answer "
+    "in time or no connection; rejected: an answer other than 2xx).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ALERTS_PENDING = Gauge(
+    "broker_alerts_pending",
+    "Webhook alerts not yet delivered nor given up, in the database (as this replica's "
+    "deliverer last counted them).",
+    registry=REGISTRY,
+)
+ALERTS_OLDEST_PENDING = Gauge(
+    "broker_alerts_oldest_pending_seconds",
+    "Age of the oldest pending webhook alert, 0 when none is pending.",
+    registry=REGISTRY,
 )
 VERIFICATION_FAILURES = Counter(
     "broker_verification_failures_total",

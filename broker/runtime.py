@@ -105,7 +105,8 @@ def runtime_of(holder: Any) -> Runtime:
 
 
 def new_runtime(settings: Settings) -> Runtime:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # BROKER_HOME is made only where something is written to it (the SQLite file, a
+    # generated secret): a command run from the wrong directory leaves no empty one behind.
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
     secrets = load_server_secrets(settings)

@@ -16,9 +16,12 @@ forwarding headers itself: ``broker.http.proxy_headers`` does, from trusted prox
 
 from __future__ import annotations
 
+import errno
+import socket
+
 from litestar.types import ASGIApp
 
-from broker.settings import Settings, get_settings
+from broker.settings import Settings, SettingsError, get_settings
 
 FACTORY = "broker.serving:served_app"
 
@@ -34,6 +37,49 @@ def served_app() -> ASGIApp:
     if trusted:
         app = proxy_headers_middleware(app, trusted)
     return app
+
+
+def listen_address(settings: Settings) -> str:
+    """``host:port`` as a URL authority (an IPv6 address in brackets)."""
+    host = settings.host
+    return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
+
+
+def check_address(settings: Settings) -> None:
+    """Bind the listen address once and let it go, so that an address in use stops the start
+    with one line before anything is printed (the banner, a bootstrap token) or the database
+    is touched, rather than after the banner claimed the broker was listening.
+
+    Bound as both servers bind (``SO_REUSEADDR``): what they could take, this can take. The
+    address could still be taken in the moment between this check and the server's bind;
+    the server then fails with its own error.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    where = listen_address(settings)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((settings.host, settings.port))
+    except socket.gaierror:
+        raise SettingsError(
+            f"cannot listen on {where}: BROKER_HOST {settings.host!r} is not an address of "
+            "this host (set BROKER_HOST or --host)"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(
+                f"cannot listen on {where} (BROKER_HOST, BROKER_PORT): the address is already "
+                "in use; stop what listens there or choose another BROKER_PORT (--port)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise SettingsError(
+                f"cannot listen on {where}: BROKER_HOST {settings.host!r} is not an address "
+                "of this host (set BROKER_HOST or --host)"
+            ) from None
+        reason = exc.strerror or type(exc).__name__
+        raise SettingsError(
+            f"cannot listen on {where} (BROKER_HOST, BROKER_PORT): {reason}"
+        ) from None
 
 
 def run(settings: Settings) -> None:

@@ -6,12 +6,21 @@ line naming the variable, instead of failing later on the first request that nee
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -42,7 +51,10 @@ class Settings(BaseSettings):
 
     home: Path = Path(".broker")
     database_url: str = ""
-    issuer: str = "http://127.0.0.1:8080"
+    # The `iss` of every key. Empty (the default): derived from the listen address
+    # (``derived_issuer``), so that a broker moved to another port still names itself by the
+    # address it answers on. Behind a proxy or a Service, set it to the URL clients use.
+    issuer: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -101,6 +113,13 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = Field(default=None, repr=False, validate_default=True)
     alert_webhook_timeout: float = Field(default=2.0, gt=0, le=30)
+    # Durable alert delivery (broker/incidents/webhook.py): an alert is retried with
+    # exponential backoff (base, doubled per attempt, capped, with jitter) until it is
+    # delivered or it has had its attempts or reached its age, whichever comes first.
+    alert_webhook_max_attempts: int = Field(default=30, ge=1, le=1000)
+    alert_webhook_max_age: Duration = Field(default=86400, ge=1, le=30 * 86400)
+    alert_webhook_backoff_base: float = Field(default=1.0, gt=0, le=3600)
+    alert_webhook_backoff_cap: float = Field(default=600.0, gt=0, le=86400)
 
     @field_validator("database_url")
     @classmethod
@@ -127,9 +146,22 @@ class Settings(BaseSettings):
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return normalise_issuer(value) if value else ""
+
+    _issuer_derived: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _issuer_from_listen_address(self) -> Settings:
+        if not self.issuer:
+            # Frozen: the one field not given is filled in once, here, before anyone reads it.
+            object.__setattr__(self, "issuer", derived_issuer(self.host, self.port))
+            self._issuer_derived = True
+        return self
+
+    @property
+    def issuer_derived(self) -> bool:
+        """True when BROKER_ISSUER is not set and the issuer comes from BROKER_HOST/PORT."""
+        return self._issuer_derived
 
     @field_validator("alert_webhook_url")
     @classmethod
@@ -148,6 +180,14 @@ class Settings(BaseSettings):
             raise ValueError("required when BROKER_ALERT_WEBHOOK_URL is set (alerts are signed)")
         return value or None
 
+    @field_validator("alert_webhook_backoff_cap")
+    @classmethod
+    def _backoff_cap_not_below_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("alert_webhook_backoff_base")
+        if base is not None and value < base:
+            raise ValueError("must not be less than BROKER_ALERT_WEBHOOK_BACKOFF_BASE")
+        return value
+
     @property
     def effective_database_url(self) -> str:
         """The URL the engine uses: the embedded SQLite file under ``home`` by default."""
@@ -157,6 +197,34 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+
+def normalise_issuer(value: str) -> str:
+    """An issuer as keys carry it: an http(s) URL without a trailing slash."""
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+def derived_issuer(host: str, port: int) -> str:
+    """The issuer of a broker whose BROKER_ISSUER is not set: the URL it listens on.
+
+    A wildcard address (``0.0.0.0``, ``::``) is not an address anyone can call, so it
+    becomes the loopback address of its family, which reaches the broker from its own host
+    (and keeps the image's ``0.0.0.0:8080`` at the ``http://127.0.0.1:8080`` it always had).
+    """
+    name = host.strip().strip("[]")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if not name:
+        name = "127.0.0.1"
+    elif address is not None and address.is_unspecified:
+        name = "127.0.0.1" if address.version == 4 else "[::1]"
+    elif address is not None and address.version == 6:
+        name = f"[{name}]"
+    return f"http://{name}:{port}"
 
 
 def to_async_url(url: str) -> str:

@@ -15,9 +15,22 @@ requests reach the handlers rather than stopping at a 401. Every answer must:
 The document is checked as served: its error answers are described as problem documents
 (``broker.http.openapi_problems``), so an error that is not one fails conformance too.
 
-``FUZZ_EXAMPLES`` (default 4) sets the examples per operation and mode: ``make test`` runs
-the default, ``make security`` many more. ``SECURITY_STATS`` names a file that gets one JSON
-line of counts per run, which ``tests/security_report.py`` prints.
+Each operation gets two kinds of requests:
+
+* schemathesis's *coverage* phase, valid (positive) and invalid (negative): deterministic
+  cases derived from the schema, one per constraint and boundary, among them every body
+  member and parameter sent as each JSON type it must not be, each required member left
+  out, and methods the path does not serve. This is how an outside run found a 500 on a
+  body member of the wrong type (issue 16; ``tests/test_body_types.py`` walks every such
+  case on its own);
+* its *fuzzing* phase, random requests drawn from the schema, positive and negative.
+
+``FUZZ_COVERAGE_CASES`` (default 24) bounds the coverage cases per operation, taken evenly
+from the whole list so every part of the schema is reached; 0 sends all of them.
+``FUZZ_EXAMPLES`` (default 4) sets the fuzzing examples per operation and mode. ``make
+test`` runs the defaults; ``make security`` all coverage cases and many more examples.
+``SECURITY_STATS`` names a file that gets one JSON line of counts per run, which
+``tests/security_report.py`` prints.
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ from tests.support.served import cli_operator
 from tests.support.world import World, basic, bearer, build_world
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4"))
+COVERAGE_CASES = int(os.environ.get("FUZZ_COVERAGE_CASES", "24"))
+MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 # The SSE stream never ends by itself; it is covered by tests/test_revocation_stream.py.
 SKIPPED = {
     ("GET", "/v1/revocations/stream"),
@@ -70,11 +85,13 @@ SERVICE_PATHS = (
 
 @dataclass
 class Tally:
-    """Counts for one database: what was tried, what passed, and the first failures."""
+    """Counts for one database: what was tried (in all, and in the coverage phase), what
+    passed, and the first failures."""
 
     backend: str
     tried: int = 0
     passed: int = 0
+    coverage: int = 0
     operations: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -123,23 +140,83 @@ def _auth(path: str, admin: str, world: World) -> dict[str, str]:
     return bearer(admin)
 
 
-def _fuzz_operation(
-    operation: Any,
-    mode: GenerationMode,
-    url: str,
-    session: requests.Session,
-    headers: dict[str, str],
-    secrets: tuple[str, ...],
-    tally: Tally,
-) -> None:
-    checks = [
-        not_a_server_error,
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-    ]
-    if mode is GenerationMode.NEGATIVE:
-        checks.append(negative_data_rejection)
+@dataclass
+class Target:
+    """Where and as whom requests go, and what an answer must never contain."""
+
+    url: str
+    session: requests.Session
+    headers: dict[str, str]
+    secrets: tuple[str, ...]
+
+
+_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,  # acts on negative cases only
+]
+
+
+def _send(case: Any, target: Target, tally: Tally) -> str | None:
+    """Send one case and check the answer: what is wrong with it, or None."""
+    tally.tried += 1
+    response = case.call(
+        base_url=target.url, session=target.session, headers=target.headers, timeout=15
+    )
+    status = str(response.status_code)
+    tally.statuses[status] = tally.statuses.get(status, 0) + 1
+    problems: list[str] = []
+    try:
+        case.validate_response(response, checks=_CHECKS, headers=target.headers)
+    except (Exception, BaseExceptionGroup) as exc:  # a group of check failures
+        problems.append(f"{type(exc).__name__}: {str(exc)[:600]}")
+    if 400 <= response.status_code < 500:
+        why = _is_problem(response)
+        if why is not None:
+            problems.append(f"4xx is not a problem document: {why}")
+    if any(secret in response.text for secret in target.secrets):
+        problems.append("a credential sent with the request came back in the answer")
+    if problems:
+        return (
+            f"{response.status_code}: {'; '.join(problems)}\n"
+            f"  reproduce: {case.as_curl_command(headers=target.headers)}"
+        )
+    tally.passed += 1
+    return None
+
+
+def _spread(cases: list[Any], limit: int) -> list[Any]:
+    """At most ``limit`` of ``cases`` (all when 0), evenly spaced over the list: the
+    coverage phase lists its cases constraint by constraint, so a prefix would test the
+    first members of a body only."""
+    if limit <= 0 or len(cases) <= limit:
+        return cases
+    if limit == 1:
+        return cases[:1]
+    return [cases[round(i * (len(cases) - 1) / (limit - 1))] for i in range(limit)]
+
+
+def _cover_operation(schema: Any, operation: Any, target: Target, tally: Tally) -> None:
+    """The coverage phase for one operation, both modes."""
+    generation = schema.config.generation_for(operation=operation, phase="coverage")
+    cases = list(
+        schema.iter_coverage_cases(operation, generation_modes=MODES, generation_config=generation)
+    )
+    label = f"{operation.method.upper()} {operation.path} [coverage]"
+    failed: list[str] = []
+    for case in _spread(cases, COVERAGE_CASES):
+        tally.coverage += 1
+        problem = _send(case, target, tally)
+        if problem is not None and len(failed) < 2:
+            meta = case.meta
+            scenario = meta.phase.data.description if meta is not None else ""
+            failed.append(f"{label} {scenario} -> {problem}")
+    tally.failures.extend(failed)
+
+
+def _fuzz_operation(operation: Any, mode: GenerationMode, target: Target, tally: Tally) -> None:
     label = f"{operation.method.upper()} {operation.path} [{mode.value}]"
     failed: list[str] = []
 
@@ -153,29 +230,9 @@ def _fuzz_operation(
     )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
-        tally.tried += 1
-        response = case.call(base_url=url, session=session, headers=headers, timeout=15)
-        status = str(response.status_code)
-        tally.statuses[status] = tally.statuses.get(status, 0) + 1
-        problems: list[str] = []
-        try:
-            case.validate_response(response, checks=checks, headers=headers)
-        except (Exception, BaseExceptionGroup) as exc:  # a group of check failures
-            problems.append(f"{type(exc).__name__}: {str(exc)[:600]}")
-        if 400 <= response.status_code < 500:
-            why = _is_problem(response)
-            if why is not None:
-                problems.append(f"4xx is not a problem document: {why}")
-        if any(secret in response.text for secret in secrets):
-            problems.append("a credential sent with the request came back in the answer")
-        if problems:
-            if len(failed) < 2:
-                failed.append(
-                    f"{label} -> {response.status_code}: {'; '.join(problems)}\n"
-                    f"  reproduce: {case.as_curl_command(headers=headers)}"
-                )
-            return
-        tally.passed += 1
+        problem = _send(case, target, tally)
+        if problem is not None and len(failed) < 2:
+            failed.append(f"{label} -> {problem}")
 
     try:
         run()
@@ -193,6 +250,7 @@ def _report(tally: Tally) -> None:
         "backend": tally.backend,
         "operations": tally.operations,
         "tried": tally.tried,
+        "coverage": tally.coverage,
         "passed": tally.passed,
         "statuses": dict(sorted(tally.statuses.items())),
     }
@@ -221,20 +279,25 @@ def test_every_operation_survives_generated_requests(
             if (operation.method.upper(), operation.path) in SKIPPED:
                 continue
             tally.operations += 1
-            headers = _auth(operation.path, admin, world)
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                _fuzz_operation(operation, mode, broker.url, session, headers, secrets, tally)
+            target = Target(broker.url, session, _auth(operation.path, admin, world), secrets)
+            _cover_operation(schema, operation, target, tally)
+            for mode in MODES:
+                _fuzz_operation(operation, mode, target, tally)
     _report(tally)
     print(
-        f"\nfuzz[{backend}]: {tally.operations} operations, {tally.tried} requests, "
-        f"{tally.passed} passed in {time.monotonic() - started:.1f} s; statuses {tally.statuses}"
+        f"\nfuzz[{backend}]: {tally.operations} operations, {tally.tried} requests "
+        f"({tally.coverage} from the coverage phase), {tally.passed} passed in "
+        f"{time.monotonic() - started:.1f} s; statuses {tally.statuses}"
     )
+    assert not tally.failures, "\n\n".join(tally.failures)
     assert tally.operations >= 45
-    assert tally.tried >= tally.operations * 2
+    # Every operation had coverage cases (at least its valid one and an unexpected method)
+    # and fuzzing examples.
+    assert tally.coverage >= tally.operations * 2
+    assert tally.tried - tally.coverage >= tally.operations
     # The world is still there: fuzzing reached handlers without breaking what it found.
     me = requests.get(broker.url + "/v1/admin/operators/me", headers=bearer(admin), timeout=10)
     assert me.status_code == 200
-    assert not tally.failures, "\n\n".join(tally.failures)
 
 
 # --- regressions for what the fuzzing found, in-process on both databases ----------------

@@ -381,3 +381,69 @@ def test_token_exchange_refusals(raw: str, message: str) -> None:
     with pytest.raises(server.MalformedClaims) as caught:
         server.requested_access(raw)
     assert str(caught.value).startswith(message)
+
+
+# --- when a key was issued: one definition -----------------------------------------------
+
+_IAT = 1_800_000_000
+
+
+def _uuid7(ms: int, rest: str = "7abc9def0123456789abcd") -> str:
+    """A jti shaped as the broker mints it, with the Unix millisecond ``ms``."""
+    return f"{ms:012x}{rest[:20]}"
+
+
+ISSUE_TIMES: list[tuple[Any, float, int]] = [
+    (_uuid7(_IAT * 1000), _IAT, _IAT * 1000),
+    (_uuid7(_IAT * 1000 + 437), _IAT, _IAT * 1000 + 437),
+    (_uuid7(_IAT * 1000 + 1_250), _IAT, _IAT * 1000 + 1_250),  # minted as the second turned
+    (_uuid7(_IAT * 1000 - 2), _IAT, _IAT * 1000 - 2),  # earlier than iat: covered by more
+    (_uuid7(_IAT * 1000 + 59_999), _IAT, _IAT * 1000 + 59_999),
+    # Not trusted to the millisecond: the start of the iat second.
+    (_uuid7(_IAT * 1000 + 60_000), _IAT, _IAT * 1000),
+    (_uuid7(_IAT * 1000 - 60_000), _IAT, _IAT * 1000),
+    (_uuid7(_IAT * 1000 + 5).upper(), _IAT, _IAT * 1000),
+    (_uuid7(_IAT * 1000 + 5, "4abc9def0123456789abcd"), _IAT, _IAT * 1000),  # a UUIDv4
+    (_uuid7(_IAT * 1000 + 5, "7abc7def0123456789abcd"), _IAT, _IAT * 1000),  # wrong variant
+    (_uuid7(_IAT * 1000 + 5) + "\n", _IAT, _IAT * 1000),
+    ("0192f4c2-3b1a-7d4e-9f00-123456789abc", _IAT, _IAT * 1000),  # dashed: not ours
+    ("Hk3pQ2xZ9vLm0aBcDeFgHiJk", _IAT, _IAT * 1000),  # secrets.token_urlsafe(18): older keys
+    ("", _IAT, _IAT * 1000),
+    (None, _IAT, _IAT * 1000),
+    (7, _IAT, _IAT * 1000),
+    ("j1", _IAT + 0.75, _IAT * 1000),  # a fractional iat (not ours) counts from its second
+]
+
+
+@pytest.mark.parametrize(("jti", "iat", "expected"), ISSUE_TIMES)
+def test_issue_time_cases(jti: Any, iat: float, expected: int) -> None:
+    assert server.issued_at_ms(jti, iat) == expected
+    assert sdk.issued_at_ms(jti, iat) == expected
+
+
+_jtis = st.one_of(
+    st.builds(
+        lambda offset, rest: _uuid7(_IAT * 1000 + offset, rest),
+        st.integers(-70_000, 70_000),
+        st.from_regex(r"[0-9a-f]{3}[0-9a-f][0-9a-f]{16}", fullmatch=True).map(lambda r: "7" + r),
+    ),
+    st.from_regex(r"[0-9a-fA-F-]{30,36}", fullmatch=True),
+    st.text(max_size=40),
+    _json,
+)
+
+
+@PROPERTY
+@given(
+    _jtis,
+    st.sampled_from([_IAT - 1, _IAT, _IAT + 1, _IAT + 0.5])
+    | st.integers(0, 2**33)
+    | st.floats(0, 2**33, allow_nan=False),
+)
+def test_both_sides_date_a_key_alike(jti: Any, iat: float) -> None:
+    answer = server.issued_at_ms(jti, iat)
+    assert sdk.issued_at_ms(jti, iat) == answer
+    # Never later than the jti says, never more than the spread from the iat second.
+    assert abs(answer - int(iat) * 1000) < server.JTI_TIME_SPREAD_MS
+    assert server.JTI_TIME_SPREAD_MS == sdk.JTI_TIME_SPREAD_MS
+    assert server.UUID7_JTI.pattern == sdk.UUID7_JTI.pattern

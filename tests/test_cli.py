@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -38,7 +39,10 @@ def test_bad_setting_stops_with_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_check_and_operator_create(database_url: str, tmp_path: Path) -> None:
-    env = broker_env(tmp_path, database_url)
+    # Before any `broker serve` there is no pepper under BROKER_HOME: the host command
+    # creates none (tests/test_misconfiguration.py), so it is set, as in production.
+    pepper = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    env = broker_env(tmp_path, database_url, BROKER_PEPPER=pepper)
     assert run(["db", "upgrade"], env).returncode == 0
     check = run(["db", "check"], env)
     assert check.returncode == 0, check.stderr
@@ -86,8 +90,9 @@ def test_serve_bootstraps_admin_and_answers(database_url: str, tmp_path: Path) -
         first_output = broker.output
     # Shown once on the console, and never in a log line.
     assert first_output.count(token) == 1
-    # A second start on the same database must not create another bootstrap admin.
-    with BrokerProcess(env) as again:
+    # A second start on the same database must not create another bootstrap admin. (On the
+    # same port: the issuer is derived from it, and the database keeps the first one.)
+    with BrokerProcess(env, port=broker.port) as again:
         assert again.bootstrap_token is None
 
 

@@ -5,13 +5,16 @@ test_custody_contract.py. Here: the private key is nowhere but in Transit, what 
 JWKS is destroyed there, the broker logs in (token or AppRole) and keeps its token alive
 with the documented least-privilege policy, a hung Vault costs one timeout and not one per
 request, and an OpenBao that goes away and comes back turns issuance into 503s and back,
-without a restart and without half-written keys.
+without a restart and without half-written keys. When Vault is misconfigured (no Transit at
+the mount, a refused token, a policy without a capability, nothing at the address), the log
+at start and readiness say which, and what to do, without the token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import re
@@ -30,6 +33,7 @@ import hvac
 import hvac.exceptions
 import jwt
 import pytest
+import requests
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import func, text
@@ -37,9 +41,9 @@ from sqlmodel import select
 
 from broker.audit import AuditAction
 from broker.custody import lifecycle
-from broker.custody.base import KeyState
+from broker.custody.base import KeyBackendUnavailable, KeyState, unavailable_cause
 from broker.custody.factory import build_custody
-from broker.custody.transit import parse_ref, transit_signature
+from broker.custody.transit import diagnose, parse_ref, transit_signature
 from broker.custody.vault import VaultCustody
 from broker.db import utcnow
 from broker.errors import Unavailable
@@ -54,7 +58,8 @@ from tests.support.openbao import (
     openbao_fixture,  # noqa: F401
     openbao_persistent_fixture,  # noqa: F401
 )
-from tests.support.world import World, build_world
+from tests.support.processes import BrokerProcess, broker_env, free_port
+from tests.support.world import World, bearer, build_world
 
 PROBLEM = "application/problem+json"
 
@@ -571,15 +576,21 @@ async def test_a_hung_vault_costs_one_timeout_then_fails_fast(
     )
     try:
         started = time.monotonic()
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as hung:
             await custody.ensure_keys()
         assert 0.25 <= time.monotonic() - started < 2.0
         assert len(blackhole.accepted) == 1
-        # Inside the back-off nobody waits for Vault again.
+        assert unavailable_cause(hung.value) == (
+            f"Vault/OpenBao at http://127.0.0.1:{blackhole.port} did not answer within "
+            "BROKER_VAULT_TIMEOUT (0.3s) when the broker tried to look up its own token: "
+            "check BROKER_VAULT_ADDR and that the server is up"
+        )
+        # Inside the back-off nobody waits for Vault again, and the cause is still known.
         started = time.monotonic()
         for _ in range(10):
-            with pytest.raises(Unavailable):
+            with pytest.raises(Unavailable) as refused:
                 await custody.sign(b"x")
+            assert unavailable_cause(refused.value) == unavailable_cause(hung.value)
         assert time.monotonic() - started < 0.25
         assert len(blackhole.accepted) == 1
         await asyncio.sleep(0.7)
@@ -702,3 +713,186 @@ class TestOutage:
         assert (await custody.sign(b"x")).kid == result.active_kid
         states = {k.state for k in await custody.describe()}
         assert states == {KeyState.ACTIVE, KeyState.NEXT, KeyState.COMPROMISED}
+
+
+# -- a misconfigured Vault: the log at start and readiness say what is wrong ---------------------
+
+# The broker's policy without the one capability signing needs.
+NO_SIGN_POLICY = """
+path "transit/keys/{prefix}-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+path "transit/keys/{prefix}-*/config" {{
+  capabilities = ["update"]
+}}
+"""
+
+
+def _misconfigured(case: str, vault: OpenBao, prefix: str) -> tuple[dict[str, str], str, str]:
+    """The BROKER_VAULT_ settings of one misconfiguration, the credential in them, and
+    the reason (a regex) the broker must give."""
+    addr = re.escape(vault.addr)
+    token = vault.token_for(vault.write_broker_policy(f"broker-{prefix}", prefix), ttl="1h")
+    settings = {"BROKER_VAULT_ADDR": vault.addr, "BROKER_VAULT_TOKEN": token}
+    if case == "transit-not-mounted":
+        # A token whose policy names the mount, on a server where nothing is mounted there.
+        mount = f"kms-{prefix}"
+        policy = vault.write_broker_policy(f"broker-{prefix}-kms", prefix, mount=mount)
+        settings.update(
+            BROKER_VAULT_TRANSIT_MOUNT=mount,
+            BROKER_VAULT_TOKEN=vault.token_for(policy, ttl="1h"),
+        )
+        reason = (
+            f"Transit is not mounted at {mount} on {addr}: enable it \\(bao secrets enable "
+            f"-path={mount} transit\\) or set BROKER_VAULT_TRANSIT_MOUNT to where it is mounted"
+        )
+    elif case == "missing-capability":
+        vault.client().sys.create_or_update_policy(
+            f"broker-{prefix}-nosign", NO_SIGN_POLICY.format(prefix=prefix)
+        )
+        settings["BROKER_VAULT_TOKEN"] = vault.token_for(f"broker-{prefix}-nosign", ttl="1h")
+        reason = (
+            "the broker's Vault token may not sign with Transit: its policies lack `update` "
+            f"on `transit/sign/{prefix}-[0-9a-f]{{16}}`; grant `update` on "
+            f"`transit/sign/{prefix}-\\*` \\(docs/custody.md shows the whole policy"
+        )
+    elif case == "revoked-token":
+        vault.client().auth.token.revoke(token)
+        reason = (
+            f"Vault/OpenBao at {addr} refused the broker's token: it is invalid, expired or "
+            "revoked .*set a valid BROKER_VAULT_TOKEN"
+        )
+    elif case == "approle-refused":
+        role_id, _secret = vault.approle(
+            f"{prefix}-role", f"broker-{prefix}", ttl="1h", max_ttl="1h"
+        )
+        settings = {
+            "BROKER_VAULT_ADDR": vault.addr,
+            "BROKER_VAULT_ROLE_ID": role_id,
+            "BROKER_VAULT_SECRET_ID": "0b1e5ec7-not-the-secret-id-4d2c",
+        }
+        token = settings["BROKER_VAULT_SECRET_ID"]
+        reason = (
+            f"Vault/OpenBao at {addr} refused the AppRole login \\(invalid role or secret "
+            "ID\\): check BROKER_VAULT_ROLE_ID and BROKER_VAULT_SECRET_ID"
+        )
+    else:
+        assert case == "unreachable"
+        settings["BROKER_VAULT_ADDR"] = f"http://127.0.0.1:{free_port()}"
+        reason = (
+            f"Vault/OpenBao at {re.escape(settings['BROKER_VAULT_ADDR'])} cannot be reached "
+            "\\(connection refused\\): check BROKER_VAULT_ADDR and that the server is running"
+        )
+    return settings, token, reason
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "case",
+    [
+        "transit-not-mounted",
+        "missing-capability",
+        "revoked-token",
+        "approle-refused",
+        "unreachable",
+    ],
+)
+def test_a_misconfigured_vault_is_named_at_start_and_by_readiness(
+    case: str, database_url: str, tmp_path: Path, vault_server: OpenBao, key_prefix: str
+) -> None:
+    vault_settings, secret, reason = _misconfigured(case, vault_server, key_prefix)
+    env = broker_env(
+        tmp_path,
+        database_url,
+        BROKER_KEY_BACKEND="vault",
+        BROKER_VAULT_KEY_NAME=key_prefix,
+        **vault_settings,
+    )
+    with BrokerProcess(env) as broker:
+        ready = httpx.get(f"{broker.url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["checks"] == {"database": "ok", "key_backend": "unavailable"}
+        said = body["reasons"]["key_backend"]
+        assert re.fullmatch(reason + ".*", said), said
+        # The same cause in the log at start, before any request.
+        started = [
+            json.loads(line)
+            for line in broker.output.splitlines()
+            if "key_backend_unavailable_at_start" in line
+        ]
+        assert len(started) == 1, broker.output
+        assert started[0]["cause"] == said
+        # An API caller learns only that the key backend is unavailable.
+        admin = broker.bootstrap_token
+        assert admin is not None
+        rotated = httpx.post(
+            f"{broker.url}/v1/admin/signing-keys/rotate",
+            headers=bearer(admin),
+            json={"compromised": True},
+            timeout=30,
+        )
+        if case != "missing-capability":  # there, keys can be made: it rotates
+            assert rotated.status_code == 503, rotated.text
+            assert rotated.json()["detail"] == "the Vault/OpenBao key backend is unavailable"
+        output = broker.output
+    assert secret not in output
+    assert secret not in ready.text
+    if case in ("transit-not-mounted", "unreachable"):
+        # The operator on the host gets the cause as the command's error line.
+        local = subprocess.run(
+            [sys.executable, "-m", "broker", "keys", "rotate", "--local"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert local.returncode == 1
+        assert "Traceback" not in local.stderr
+        error = [line for line in local.stderr.splitlines() if line.strip()][-1]
+        assert re.fullmatch("Error: " + reason + ".*", error), local.stderr
+        assert secret not in local.stderr + local.stdout
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            requests.exceptions.SSLError("certificate verify failed"),
+            "the TLS handshake with Vault/OpenBao at https://v:8200 failed: check the scheme "
+            "of BROKER_VAULT_ADDR (http or https) and that the broker trusts its certificate",
+        ),
+        (
+            requests.exceptions.ConnectionError(
+                "Failed to resolve 'v' (Name or service not known)"
+            ),
+            "Vault/OpenBao at https://v:8200 cannot be reached (its host name does not "
+            "resolve): check BROKER_VAULT_ADDR and that the server is running",
+        ),
+        (
+            hvac.exceptions.VaultDown("Vault is sealed"),
+            "Vault/OpenBao at https://v:8200 is sealed or not the active node: unseal it (bao "
+            "operator unseal), or point BROKER_VAULT_ADDR at the active node",
+        ),
+        (
+            hvac.exceptions.InvalidRequest("unsupported operation", errors=["bad things"]),
+            "Vault/OpenBao at https://v:8200 refused to let the broker sign with Transit: "
+            "bad things",
+        ),
+    ],
+)
+def test_causes_vault_cannot_be_made_to_give_here(exc: BaseException, expected: str) -> None:
+    """Answers a dev server does not give on demand (TLS, DNS, a sealed server), from the
+    exceptions requests and hvac raise for them."""
+    said = diagnose(
+        exc,
+        what="sign with Transit",
+        need=None,
+        addr="https://v:8200",
+        mount="transit",
+        timeout=3.0,
+        approle=False,
+    )
+    assert said == expected
+    assert isinstance(KeyBackendUnavailable("x", cause=said), Unavailable)

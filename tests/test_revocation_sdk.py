@@ -16,11 +16,19 @@ from broker.client import InvalidKey, KeyVerifier, Reason, VerifierUnavailable
 from broker.revocation import revocation_feed
 from tests.conftest import Operators
 from tests.support.processes import free_port
-from tests.support.revocations import Key, RevocationWorld, build_revocation_world, issue, ok
+from tests.support.revocations import (
+    SDK_ISSUER,
+    Key,
+    RevocationWorld,
+    build_revocation_world,
+    issue,
+    ok,
+    sdk_verifier,
+)
 from tests.support.revocations import revoke as revoke_http
 from tests.support.streaming import served
 
-ISSUER = "https://broker.test"
+ISSUER = SDK_ISSUER
 AUDIENCE = "customers-db"
 
 
@@ -35,16 +43,7 @@ async def url(runtime: Any) -> AsyncIterator[str]:
         yield base
 
 
-def make_verifier(url: str, world: RevocationWorld, **options: Any) -> KeyVerifier:
-    return KeyVerifier(
-        ISSUER,
-        AUDIENCE,
-        jwks_url=url + "/.well-known/jwks.json",
-        broker_url=url,
-        client_id="customers-db",
-        client_secret=world.base.customers_secret,
-        **options,
-    )
+make_verifier = sdk_verifier
 
 
 async def seconds_until_rejected(verifier: KeyVerifier, key: Key, limit: float = 5.0) -> float:

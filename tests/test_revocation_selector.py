@@ -1,6 +1,6 @@
 """Selector matching, exhaustively over a small universe: the server's `Selector` and the
-SDK's `RevokedSelector` agree on every key, and both indexes find exactly what a brute-force
-scan finds."""
+SDK's `RevokedSelector` agree on every key, both indexes find exactly what a brute-force
+scan finds, and both cut at the same millisecond (a key's UUIDv7 jti time)."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_indexes_find_what_a_scan_finds() -> None:
 
 def test_sdk_index_forgets_entries_past_their_horizon() -> None:
     index = RevocationIndex()
-    selector = RevokedSelector(issued_before=2e9, service="billing-api")
+    selector = RevokedSelector(issued_before_ms=2_000_000_000_000, service="billing-api")
     index.add([Revocation(1, selector, "", 1000.0), Revocation(2, selector, "", 5000.0)])
     assert index.prune(now=500.0) == 0
     assert index.prune(now=2000.0) == 1
@@ -186,3 +186,103 @@ def test_sdk_refuses_entries_it_cannot_understand() -> None:
     ):
         with pytest.raises(FeedError):
             Revocation.from_wire(bad)
+
+
+# --- the cut, to the millisecond -----------------------------------------------------------
+
+IAT = int(T0.timestamp())
+
+
+def uuid7_jti(ms: int, n: int = 0) -> str:
+    """A jti as the broker mints it: a UUIDv7 whose time is the Unix millisecond ``ms``."""
+    return f"{ms:012x}7{n:03x}a{n:015x}"
+
+
+def at_ms(ms: float) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+def timed_keys() -> list[KeyFacts]:
+    """Keys of one service, minted at chosen milliseconds of two seconds, and keys whose jti
+    is not a UUIDv7 (minted before key ids were), each with the iat the broker gives it."""
+    keys = []
+    for n, offset in enumerate((0, 1, 436, 437, 438, 999, 1000, 1001, 1437)):
+        ms = IAT * 1000 + offset
+        keys.append(
+            KeyFacts(
+                jti=uuid7_jti(ms, n),
+                service="billing-api",
+                audience="customers-db",
+                fields=frozenset({"customer.email"}),
+                purpose="billing",
+                policy="p1@1",
+                kid="k1",
+                issued_at=at_ms(ms // 1000 * 1000),
+            )
+        )
+    for n, second in enumerate((IAT, IAT + 1)):
+        keys.append(
+            KeyFacts(
+                jti=f"legacy-random-id-{n}",
+                service="billing-api",
+                audience="customers-db",
+                fields=frozenset({"customer.email"}),
+                purpose="billing",
+                policy="p1@1",
+                kid="k1",
+                issued_at=at_ms(second * 1000),
+            )
+        )
+    return keys
+
+
+# Cuts (issued_before) around the keys' milliseconds, some between two milliseconds.
+CUTS = [IAT * 1000 + d for d in (0, 1, 437, 437.5, 438, 439, 999.001, 1000, 1001, 1438, 2000)]
+
+
+def test_a_key_counts_as_issued_at_its_jti_millisecond() -> None:
+    keys = {k.jti: k for k in timed_keys()}
+    key = keys[uuid7_jti(IAT * 1000 + 437, 3)]
+    assert key.issued_ms == IAT * 1000 + 437
+    assert key.issued_at == T0  # the iat: whole seconds
+    # Covered by a cut after its millisecond, not by one at it: "issued before".
+    assert Selector(service="billing-api", issued_before=at_ms(IAT * 1000 + 438)).matches(key)
+    assert not Selector(service="billing-api", issued_before=at_ms(IAT * 1000 + 437)).matches(key)
+    # A cut between two milliseconds covers the key of the earlier one.
+    assert Selector(service="billing-api", issued_before=at_ms(IAT * 1000 + 437.5)).matches(key)
+    # A jti that is not a UUIDv7: issued at the start of its iat second, as early as it can.
+    legacy = keys["legacy-random-id-0"]
+    assert legacy.issued_ms == IAT * 1000
+    assert Selector(service="billing-api", issued_before=at_ms(IAT * 1000 + 1)).matches(legacy)
+    assert not Selector(service="billing-api", issued_before=T0).matches(legacy)
+
+
+def test_server_and_sdk_cut_at_the_same_millisecond() -> None:
+    keys = timed_keys()
+    for cut in CUTS:
+        selector = Selector(service="billing-api", issued_before=at_ms(cut))
+        on_wire = RevokedSelector.from_wire(selector.to_wire())
+        assert on_wire.issued_before_ms == -(-cut // 1)  # rounded up to a millisecond
+        index = RevocationIndex()
+        index.add([Revocation(1, on_wire, "", 2e9)])
+        for facts in keys:
+            expected = facts.issued_ms < cut
+            assert selector.matches(facts) == expected, (cut, facts)
+            assert on_wire.matches(grant_of(facts)) == expected, (cut, facts)
+            assert (index.match(grant_of(facts)) is not None) == expected, (cut, facts)
+
+
+def test_an_sdk_comparing_whole_second_iat_covers_more_never_fewer() -> None:
+    """An SDK from before millisecond cuts compares the key's iat (seconds) with the same
+    ``issued_before``, now carried with milliseconds: it refuses every key this SDK refuses,
+    and at most the rest of the cut's second besides."""
+    keys = timed_keys()
+    for cut in CUTS:
+        selector = Selector(service="billing-api", issued_before=at_ms(cut))
+        wire_seconds = datetime.fromisoformat(selector.to_wire()["issued_before"]).timestamp()
+        for facts in keys:
+            old_sdk = facts.issued_at.timestamp() < wire_seconds
+            if selector.matches(facts):
+                assert old_sdk, (cut, facts)
+            elif old_sdk:
+                assert facts.issued_at.timestamp() == (-(-cut // 1000) - 1), (cut, facts)

@@ -87,6 +87,9 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("GET", "/v1/admin/incidents/{incident_id:str}"): AUDITOR,
     ("POST", "/v1/admin/incidents/{incident_id:str}/acknowledge"): APPROVER,
     ("POST", "/v1/admin/incidents/{incident_id:str}/resolve"): APPROVER,
+    ("GET", "/v1/admin/alerts"): AUDITOR,
+    ("GET", "/v1/admin/alerts/{alert_id:str}"): AUDITOR,
+    ("POST", "/v1/admin/alerts/{alert_id:str}/retry"): APPROVER,
     ("GET", "/v1/admin/blocked-sources"): AUDITOR,
     ("POST", "/v1/admin/blocked-sources"): ADMIN,
     ("POST", "/v1/admin/blocked-sources/{source:str}/lift"): ADMIN,
@@ -107,6 +110,7 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("POST", "/console/services/{service_id:str}/release"): ADMIN,
     ("POST", "/console/incidents/{incident_id:str}/acknowledge"): APPROVER,
     ("POST", "/console/incidents/{incident_id:str}/resolve"): APPROVER,
+    ("POST", "/console/alerts/{alert_id:str}/retry"): APPROVER,
 }
 
 # Every other route, and who calls it: "service" (a service's credentials, checked by the

@@ -51,6 +51,11 @@ class AuditAction(StrEnum):
     SIGNING_KEYS_REWRAPPED = "operator:signing_key:rewrapped"
     SIGNING_KEY_DESTROYED = "system:signing_key:destroyed"
 
+    # What the first replica on a database ran with (broker/fingerprints.py), and a
+    # deliberate change of it (``broker kek rewrap``, ``broker issuer set``).
+    SETTINGS_RECORDED = "system:setting:recorded"
+    SETTING_CHANGED = "operator:setting:changed"
+
     REVOCATION_CREATED = "operator:revocation:created"
     REVOCATION_CREATED_BY_SYSTEM = "system:revocation:created"
 
@@ -61,5 +66,7 @@ class AuditAction(StrEnum):
     INCIDENT_ESCALATED = "system:incident:escalated"
     INCIDENT_ACKNOWLEDGED = "operator:incident:acknowledged"
     INCIDENT_RESOLVED = "operator:incident:resolved"
+    ALERT_GIVEN_UP = "system:alert:given_up"
+    ALERT_RETRIED = "operator:alert:retried"
     LEAK_REPORTED = "operator:leak:reported"
     SERVICE_SECRET_LEAKED = "operator:service_secret:leaked"  # noqa: S105 (an event name)

@@ -8,14 +8,25 @@ neither.
 ``authorization_details`` is exactly one entry, of type ``pii_access``, with a non-empty
 list of non-empty field names, a non-empty purpose and, if present, a string policy; the
 broker signs nothing else, so anything else is malformed whoever signed it.
+
+``issued_at_ms`` is when a key was issued, to the millisecond, as a revocation's cut sees
+it; the server's copy answers the same for any ``jti`` and ``iat`` (same test).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 PII_ACCESS = "pii_access"
+# A key id as the broker mints it: a UUIDv7 (RFC 9562) in 32 lowercase hex digits, whose
+# first 48 bits are the Unix time in milliseconds at which the key was minted.
+UUID7_JTI = re.compile(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
+# How far a jti's time may lie from the start of its key's ``iat`` second and still be
+# believed (the broker makes the jti a moment after it reads the clock for ``iat``).
+JTI_TIME_SPREAD_MS = 60_000
 
 
 class MalformedClaims(ValueError):
@@ -70,3 +81,23 @@ def pii_access(details: Any) -> PiiAccess:
     if policy is not None and not isinstance(policy, str):
         raise MalformedClaims("pii_access policy must be a string")
     return PiiAccess(tuple(fields), purpose, policy)
+
+
+def issued_at_ms(jti: Any, iat: float) -> int:
+    """When a key was issued, in Unix milliseconds: what a revocation's ``issued_before``
+    is held to.
+
+    ``iat`` has whole seconds; the key's UUIDv7 ``jti`` carries the millisecond it was
+    minted, and that is the answer when it lies within ``JTI_TIME_SPREAD_MS`` of the start
+    of the ``iat`` second. A jti that is not a UUIDv7 (keys minted before key ids were
+    UUIDv7s carry random ones), or whose time disagrees with ``iat``, cannot be trusted to
+    the millisecond: the key then counts as issued at the start of its ``iat`` second, the
+    earliest it can have been, so any revocation cut within that second covers it (fail
+    safe).
+    """
+    start = math.floor(iat) * 1000
+    if isinstance(jti, str) and UUID7_JTI.fullmatch(jti):
+        minted = int(jti[:12], 16)
+        if abs(minted - start) < JTI_TIME_SPREAD_MS:
+            return minted
+    return start

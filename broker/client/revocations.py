@@ -2,6 +2,10 @@
 
 A revocation is a *selector* (any of `jti`, `service`, `audience`, `field`, `purpose`,
 `policy`, `kid`, always bounded by `issued_before`): one entry revokes every key it matches.
+The bound is exact to the millisecond: a key is covered when it was issued strictly before
+`issued_before` (RFC 3339, with milliseconds), its issue time being its UUIDv7 `jti`'s
+millisecond (`claims.issued_at_ms`; a key whose jti is not a UUIDv7 counts as issued at the
+start of its `iat` second, so a revocation within that second covers it).
 An entry naming `compromised_kid` condemns a stolen signing key: its `issued_before` lies in
 the year 9999 (every key it signs, whenever), and the follower tells the verifier to drop
 the key from its JWKS copy at once (`on_compromised_kid`).
@@ -31,11 +35,12 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from broker.client.claims import issued_at_ms
 from broker.client.grant import Grant
 
 log = logging.getLogger("broker.client.revocations")
@@ -47,6 +52,7 @@ _MAX_PAGES = 10_000  # 10 million entries: far beyond any real feed; bounds a ru
 _MAX_EVENT_BYTES = 64 * 1024
 # Entries are kept a little past their horizon, in case this host's clock runs behind.
 _EXPIRY_MARGIN = 60.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FeedError(Exception):
@@ -59,7 +65,7 @@ class _Refused(Exception):
         self.status = status
 
 
-def _epoch(value: Any, name: str) -> float:
+def _moment(value: Any, name: str) -> datetime:
     if not isinstance(value, str):
         raise FeedError(f"{name} is not a date-time")
     try:
@@ -68,7 +74,19 @@ def _epoch(value: Any, name: str) -> float:
         raise FeedError(f"{name} is not a date-time") from None
     if moment.tzinfo is None:
         raise FeedError(f"{name} has no time zone")
-    return moment.timestamp()
+    return moment
+
+
+def _epoch(value: Any, name: str) -> float:
+    return _moment(value, name).timestamp()
+
+
+def _epoch_ms(value: Any, name: str) -> int:
+    """A date-time in Unix milliseconds, rounded up, computed exactly (a float of seconds
+    cannot hold every millisecond): a key issued on a whole millisecond is before the
+    date-time exactly when it is before this."""
+    micros = (_moment(value, name) - _EPOCH) // timedelta(microseconds=1)
+    return -(-micros // 1000)
 
 
 def _parents(name: str) -> list[str]:
@@ -79,9 +97,10 @@ def _parents(name: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class RevokedSelector:
     """Which keys one entry revokes. Members given are ANDed; a key issued at or after
-    `issued_before` (epoch seconds) is not covered."""
+    `issued_before_ms` (Unix milliseconds; the key's time is `claims.issued_at_ms`) is not
+    covered."""
 
-    issued_before: float
+    issued_before_ms: int
     jti: str | None = None
     service: str | None = None
     audience: str | None = None
@@ -110,7 +129,12 @@ class RevokedSelector:
             log.warning("revocations: selector members %s not understood", sorted(unknown))
         if not values:
             raise FeedError("selector has no member this SDK understands")
-        return cls(issued_before=_epoch(data.get("issued_before"), "issued_before"), **values)
+        return cls(issued_before_ms=_epoch_ms(data.get("issued_before"), "issued_before"), **values)
+
+    @property
+    def issued_before(self) -> float:
+        """`issued_before_ms` in epoch seconds (as earlier versions of this class held it)."""
+        return self.issued_before_ms / 1000
 
     @property
     def anchor(self) -> tuple[str, str]:
@@ -120,7 +144,9 @@ class RevokedSelector:
                 return name, value
         raise AssertionError("a selector always has a member")
 
-    def matches(self, grant: Grant) -> bool:
+    def matches(self, grant: Grant, issued_ms: int | None = None) -> bool:
+        """Whether the entry covers the key; `issued_ms` is `issued_at_ms` of the grant when
+        the caller has it already (an index checks one key against many entries)."""
         if self.jti is not None and grant.jti != self.jti:
             return False
         if self.service is not None and grant.service != self.service:
@@ -141,7 +167,9 @@ class RevokedSelector:
                     return False
             elif grant.policy.split("@", 1)[0] != self.policy:
                 return False
-        return grant.issued_at.timestamp() < self.issued_before
+        if issued_ms is None:
+            issued_ms = issued_at_ms(grant.jti, grant.issued_at.timestamp())
+        return issued_ms < self.issued_before_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +273,13 @@ class RevocationIndex:
     def match(self, grant: Grant) -> Revocation | None:
         if not self._entries:
             return None
+        issued_ms = issued_at_ms(grant.jti, grant.issued_at.timestamp())
         with self._lock:
             for anchor in _anchors(grant):
                 bucket = self._by_anchor.get(anchor)
                 if bucket:
                     for entry in bucket.values():
-                        if entry.selector.matches(grant):
+                        if entry.selector.matches(grant, issued_ms):
                             return entry
         return None
 

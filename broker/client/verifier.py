@@ -94,7 +94,9 @@ class KeyVerifier:
     returning a current workload JWT) the verifier follows the broker's revocation feed at
     `broker_url` (default: the issuer), starting on `start()` or the first verification.
     `follow_revocations` defaults to "when credentials are given"; `True` without
-    credentials is an error. A key matching a revocation is refused with `revoked`. When
+    credentials is an error. A key matching a revocation is refused with `revoked`; an
+    entry covers keys issued before its `issued_before`, to the millisecond of the key's
+    UUIDv7 `jti` (`claims.issued_at_ms`), so a key issued after the revocation is not. When
     the feed has not been heard from (event, keep-alive or poll) for `staleness_bound`
     seconds, or was never loaded, verification raises `VerifierUnavailable`; with
     `fail_closed_when_stale=False` it goes on with the revocations it has.

@@ -15,11 +15,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.console.auth import ConsoleForm
 from broker.http.deps import requires
+from broker.incidents import outbox
 from broker.incidents import service as incidents
+from broker.incidents.webhook import wake_deliverer
 from broker.operators.service import Role
 from broker.policy import workflow
 from broker.policy.workflow import StaleDecision
 from broker.rules.evidence import release_quarantine
+from broker.runtime import Runtime
 
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
@@ -124,4 +127,18 @@ async def resolve(
     return await _then_back(change, "/console/incidents", "resolved")
 
 
-ROUTES = [approve, reject, release, acknowledge, resolve]
+@requires(Role.APPROVER)
+@post("/alerts/{alert_id:str}/retry", name="console-retry-alert")
+async def retry_alert(
+    alert_id: FromPath[str],
+    form: NamedDependency[ConsoleForm],
+    runtime: NamedDependency[Runtime],
+) -> Redirect:
+    # Its own transaction, as the API's route: the deliverer is woken once it committed.
+    async with runtime.transaction() as session:
+        await outbox.retry(session, alert_id, actor=form.operator.actor)
+    wake_deliverer(runtime)
+    return _back("/console/incidents", "alert_retried")
+
+
+ROUTES = [approve, reject, release, acknowledge, resolve, retry_alert]

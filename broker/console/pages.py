@@ -79,6 +79,7 @@ async def incidents(
     notice: Notice = None,
 ) -> Template:
     rows = await views.incident_list(db, status)
+    alerts = await views.undelivered_alerts(db)
     return page(
         "incidents.html",
         operator,
@@ -89,6 +90,7 @@ async def incidents(
         status=status,
         filters=views.INCIDENT_FILTERS,
         action_items=views.action_items,
+        alerts=alerts,
     )
 
 

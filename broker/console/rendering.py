@@ -29,6 +29,7 @@ NOTICES = {
     "released": "The service was released from quarantine.",
     "acknowledged": "The incident was acknowledged.",
     "resolved": "The incident was resolved.",
+    "alert_retried": "The alert was queued again; its delivery starts over.",
     "signed_out": "You are signed out.",
 }
 

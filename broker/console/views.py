@@ -24,9 +24,10 @@ from broker.db import utcnow
 from broker.errors import InvalidInput
 from broker.identity import service as identity
 from broker.identity.service import ServiceView
+from broker.incidents import outbox
 from broker.incidents import service as incidents
 from broker.incidents.service import IncidentStatus
-from broker.models import AuditEvent, Incident
+from broker.models import AuditEvent, Incident, OutboundAlert
 from broker.operators.service import OperatorPrincipal, Role
 from broker.policy import rendering as policies
 from broker.policy.schemas import PolicyOut, PolicyVersionOut
@@ -147,13 +148,33 @@ async def incident_list(session: AsyncSession, which: str) -> list[Incident]:
     return sorted(rows, key=lambda r: r.opened_at, reverse=True)
 
 
+# -- alert deliveries (part of the incidents page) -------------------------------------------
+
+ALERT_LIMIT = 100
+
+
+async def undelivered_alerts(session: AsyncSession) -> list[OutboundAlert]:
+    """The webhook alerts an operator should know about: pending (not delivered yet) and
+    given up, newest first."""
+    pending = await outbox.list_alerts(
+        session, status=outbox.AlertStatus.PENDING.value, limit=ALERT_LIMIT
+    )
+    given_up = await outbox.list_alerts(
+        session, status=outbox.AlertStatus.GIVEN_UP.value, limit=ALERT_LIMIT
+    )
+    return sorted([*pending, *given_up], key=lambda r: r.seq or 0, reverse=True)
+
+
 # -- signing keys ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RotationSchedule:
     keys: list[SigningKeyInfo]
-    period: timedelta | None
+    period: timedelta | None  # BROKER_ROTATION_PERIOD
+    effective_period: timedelta | None  # what happens (custody's ``Windows``)
+    stretched_by: list[str]
+    explanation: str
     active: SigningKeyInfo | None
     next_key: SigningKeyInfo | None
     next_rotation_at: datetime | None
@@ -161,35 +182,25 @@ class RotationSchedule:
     check_interval: timedelta
 
 
-def next_rotation(
-    active: SigningKeyInfo | None, next_key: SigningKeyInfo | None, period: timedelta | None
-) -> datetime | None:
-    """When the scheduled job will promote the next key: once the active key has signed
-    for a full period and the next key has been published long enough (its
-    ``signs_after``), whichever is later. ``None``: no scheduled rotation."""
-    if period is None or active is None or active.activated_at is None or next_key is None:
-        return None
-    due = active.activated_at + period
-    if next_key.signs_after is not None:
-        due = max(due, next_key.signs_after)
-    return due
-
-
 async def rotation_schedule(runtime: Runtime) -> RotationSchedule:
+    """The keys and their schedule as custody computes them: ``next_rotation_at`` is the
+    due time the rotation job itself rotates by, not a second copy of its rule."""
     keys = await runtime.custody.describe()
     active = next((k for k in keys if k.state == KeyState.ACTIVE), None)
     candidates = [k for k in keys if k.state == KeyState.NEXT]
     next_key = min(candidates, key=lambda k: k.created_at) if candidates else None
-    settings = runtime.settings
-    period = timedelta(seconds=settings.rotation_period) if settings.rotation_period else None
+    windows = runtime.custody.windows
     return RotationSchedule(
         keys=keys,
-        period=period,
+        period=windows.rotation_period,
+        effective_period=windows.effective_period,
+        stretched_by=windows.stretched_by,
+        explanation=windows.explain(),
         active=active,
         next_key=next_key,
-        next_rotation_at=next_rotation(active, next_key, period),
-        scheduler_enabled=settings.scheduler_enabled,
-        check_interval=timedelta(seconds=settings.key_advance_interval),
+        next_rotation_at=active.next_rotation_at if active is not None else None,
+        scheduler_enabled=runtime.settings.scheduler_enabled,
+        check_interval=windows.advance_interval,
     )
 
 

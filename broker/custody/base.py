@@ -15,6 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.custody.rotation import Windows
+from broker.errors import Unavailable
+
 # JOSE algorithms a custody backend may sign with. EdDSA is Ed25519; ES256 is P-256, whose
 # signatures are the raw 64-byte r||s form of RFC 7518 section 3.4, never DER.
 SUPPORTED_ALGS = ("EdDSA", "ES256")
@@ -59,10 +62,35 @@ class SigningKeyInfo:
     retiring_at: datetime | None
     retire_after: datetime | None
     retired_at: datetime | None
+    # On the active key: when its scheduled rotation is due (``Windows.rotation_due``); the
+    # key-advance job makes it on its first run from then. None on every other key.
+    next_rotation_at: datetime | None = None
 
     @property
     def published(self) -> bool:
         return self.state in PUBLISHED_STATES
+
+
+class KeyBackendUnavailable(Unavailable):
+    """The key backend cannot sign now, and ``cause`` tells an operator why and what to do.
+
+    The detail is what an API caller sees (a 503) and stays the same whatever went wrong;
+    the cause names addresses, mounts and settings, so it goes only to the log, readiness
+    and the local command line. Neither ever holds a credential.
+    """
+
+    def __init__(self, detail: str, *, cause: str | None = None) -> None:
+        super().__init__(detail)
+        self.cause = cause
+
+
+def unavailable_cause(exc: BaseException) -> str | None:
+    """What an operator should read about a failed key-backend check, if anything."""
+    if isinstance(exc, KeyBackendUnavailable) and exc.cause:
+        return exc.cause
+    if isinstance(exc, Unavailable):
+        return exc.detail
+    return None
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,11 @@ class SigningCustody(Protocol):
     @property
     def name(self) -> str:
         """``local`` or ``vault``."""
+        ...
+
+    @property
+    def windows(self) -> Windows:
+        """The rotation arithmetic this custody enforces, effective period included."""
         ...
 
     async def ensure_keys(self) -> None:

@@ -4,7 +4,8 @@ States live in the ``signing_keys`` table whatever holds the private half, so ev
 sees the same active key and the same JWKS, and a rotation is one database transaction
 serialised across replicas. A backend only says how a key is made and how it signs.
 
-Rotation arithmetic (``../shared/REFERENCE.md``), with C = ``jwks_max_age``, T_key =
+Rotation arithmetic (``../shared/REFERENCE.md``; the windows and the rule for when a
+scheduled rotation is due are ``rotation.Windows``), with C = ``jwks_max_age``, T_key =
 ``max_ttl_ceiling``, L = ``clock_leeway`` and R = how long a replica may keep signing from
 its in-memory view of the active key:
 
@@ -25,7 +26,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,12 +39,14 @@ from broker.audit import AuditAction, record
 from broker.custody.base import (
     PUBLISHED_STATES,
     CompromiseHook,
+    KeyBackendUnavailable,
     KeyState,
     RotationResult,
     Signature,
     Signer,
     SigningKeyInfo,
 )
+from broker.custody.rotation import Windows
 from broker.db import serialise, transaction, utcnow
 from broker.errors import Conflict, Unavailable
 from broker.models import SigningKey
@@ -61,27 +64,6 @@ _CUSTODY_LOCK = 0x5049_4B42_0002  # "PIKB" + 2
 # errors. A programming error is not one of them and still surfaces as a 500.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncio.TimeoutError)
 _STATE_ORDER = {KeyState.ACTIVE: 0, KeyState.NEXT: 1, KeyState.RETIRING: 2}
-
-
-@dataclass(frozen=True)
-class Windows:
-    publish_ahead: timedelta
-    keep_published: timedelta
-    rotation_period: timedelta | None  # None: no scheduled rotation
-
-    @classmethod
-    def from_settings(cls, settings: Settings, refresh_interval: float) -> Windows:
-        slack = timedelta(seconds=refresh_interval)
-        cache = timedelta(seconds=settings.jwks_max_age)
-        return cls(
-            publish_ahead=cache + slack,
-            keep_published=timedelta(seconds=settings.max_ttl_ceiling + settings.clock_leeway)
-            + cache
-            + slack,
-            rotation_period=(
-                timedelta(seconds=settings.rotation_period) if settings.rotation_period else None
-            ),
-        )
 
 
 @dataclass(frozen=True)
@@ -105,7 +87,7 @@ async def lock_signing_keys(session: AsyncSession) -> None:
     await serialise(session, _CUSTODY_LOCK)
 
 
-def info(row: SigningKey) -> SigningKeyInfo:
+def info(row: SigningKey, next_rotation_at: datetime | None = None) -> SigningKeyInfo:
     return SigningKeyInfo(
         kid=row.kid,
         alg=row.alg,
@@ -117,6 +99,7 @@ def info(row: SigningKey) -> SigningKeyInfo:
         retiring_at=row.retiring_at,
         retire_after=row.retire_after,
         retired_at=row.retired_at,
+        next_rotation_at=next_rotation_at,
     )
 
 
@@ -154,6 +137,7 @@ class LifecycleCustody(ABC):
         self._jwks: tuple[float, list[dict[str, Any]]] | None = None
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
+        self._failed_cause: str | None = None  # why, when the key store said
 
     # -- what a backend provides ---------------------------------------------------------
 
@@ -215,7 +199,9 @@ class LifecycleCustody(ABC):
                 return cached.signer
             failed = self._failed_at
             if not force and failed is not None and time.monotonic() - failed < FAILURE_BACKOFF:
-                raise Unavailable("the signing key store is unreachable")
+                raise KeyBackendUnavailable(
+                    "the signing key store is unreachable", cause=self._failed_cause
+                )
             try:
                 kid = await self._active_kid()
                 if kid is None:
@@ -236,8 +222,13 @@ class LifecycleCustody(ABC):
             except self.backend_errors as exc:
                 self._active = None
                 self._failed_at = time.monotonic()
-                log.warning("signing key store unreachable: %s", type(exc).__name__)
-                raise Unavailable("the signing key store is unreachable") from None
+                cause = exc.cause if isinstance(exc, KeyBackendUnavailable) else None
+                self._failed_cause = cause
+                if cause is None:  # a backend that says why has logged it where it knew
+                    log.warning("signing key store unreachable: %s", type(exc).__name__)
+                raise KeyBackendUnavailable(
+                    "the signing key store is unreachable", cause=cause
+                ) from None
             self._failed_at = None
             self._active = _Cached(signer, time.monotonic())
             return signer
@@ -291,11 +282,21 @@ class LifecycleCustody(ABC):
         return rows
 
     async def describe(self) -> list[SigningKeyInfo]:
+        """Every key, newest first; the active one says when its scheduled rotation is due,
+        by the rule ``advance`` rotates by."""
         async with self.sessions() as session:
-            rows = await session.exec(
-                select(SigningKey).order_by(col(SigningKey.created_at).desc())
+            rows = list(
+                await session.exec(select(SigningKey).order_by(col(SigningKey.created_at).desc()))
             )
-            return [info(r) for r in rows]
+        active = next((r for r in rows if r.state == KeyState.ACTIVE), None)
+        nxt = min(
+            (r for r in rows if r.state == KeyState.NEXT), key=lambda r: r.created_at, default=None
+        )
+        due = self.windows.rotation_due(
+            active.activated_at if active is not None else None,
+            nxt.signs_after if nxt is not None else None,
+        )
+        return [info(r, due if r is active else None) for r in rows]
 
     async def check(self) -> None:
         await self.refresh(force=True)
@@ -329,16 +330,12 @@ class LifecycleCustody(ABC):
                     )
                     changes.append(f"retired {row.kid}")
             changes += await self._ensure(session, now)
-            period = self.windows.rotation_period
             active, nxt = await self._active_and_next(session)
-            if (
-                period is not None
-                and active is not None
-                and nxt is not None
-                and active.activated_at is not None
-                and active.activated_at + period <= now
-                and self._may_sign(nxt, now)
-            ):
+            due = self.windows.rotation_due(
+                active.activated_at if active is not None else None,
+                nxt.signs_after if nxt is not None else None,
+            )
+            if active is not None and nxt is not None and due is not None and due <= now:
                 new_next = await self._promote(session, active, nxt, now, actor=SYSTEM_ACTOR)
                 await record(
                     session,

@@ -34,6 +34,7 @@ from broker.custody.lifecycle import (
 )
 from broker.db import transaction
 from broker.errors import Conflict, InvalidInput, Unavailable
+from broker.fingerprints import kek_setting, replace
 from broker.local_state import kek_id_for
 from broker.models import SigningKey
 from broker.settings import Settings
@@ -144,7 +145,8 @@ async def rewrap_keys(
 
     Run it with the new KEK configured, then restart the replicas that still hold the old
     one: until then they keep signing with the key they already decrypted, but cannot load
-    a key created after the re-wrap.
+    a key created after the re-wrap. The new KEK's fingerprint becomes the one the database
+    is set up with, in the same transaction.
     """
     old_id, new_id = kek_id_for(old_kek), kek_id_for(new_kek)
     if old_id == new_id:
@@ -177,6 +179,10 @@ async def rewrap_keys(
                 raise Conflict(f"{exc}; nothing was changed") from None
             session.add(row)
             done.append(row.kid)
+        # The database is now set up with the new KEK: replicas still on the old one refuse
+        # to start (broker/fingerprints.py) instead of failing to load the next key. (Before
+        # the event below: the record's lock is always taken before the audit trail's.)
+        await replace(session, kek_setting(new_kek), actor=actor)
         await record(
             session,
             AuditAction.SIGNING_KEYS_REWRAPPED,

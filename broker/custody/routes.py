@@ -29,6 +29,7 @@ def key_out(key: SigningKeyInfo) -> SigningKeyOut:
         retiring_at=key.retiring_at,
         retire_after=key.retire_after,
         retired_at=key.retired_at,
+        next_rotation_at=key.next_rotation_at,
     )
 
 
@@ -37,7 +38,17 @@ class SigningKeyController(Controller):
     tags = ["signing-keys"]
 
     @requires(Role.AUDITOR)
-    @get("/", summary="Signing keys, newest first, with their states and times")
+    @get(
+        "/",
+        summary="Signing keys, newest first, with their states and times",
+        description=(
+            "The active key carries `next_rotation_at`: when its scheduled rotation is due "
+            "(once it has signed for `BROKER_ROTATION_PERIOD` and the next key has been "
+            "published for the JWKS max-age, whichever is later). The key-advance job makes "
+            "the rotation on its first run from then. Null on every other key, and when "
+            "scheduled rotation is off or no next key is published."
+        ),
+    )
     async def list_keys(
         self, runtime: NamedDependency[Runtime], operator: NamedDependency[OperatorPrincipal]
     ) -> list[SigningKeyOut]:

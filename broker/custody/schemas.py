@@ -21,6 +21,8 @@ class SigningKeyOut(msgspec.Struct):
     retiring_at: datetime | None
     retire_after: datetime | None
     retired_at: datetime | None
+    # Set on the active key only: when its scheduled rotation is due (null: none scheduled).
+    next_rotation_at: datetime | None = None
 
 
 class RotationOut(msgspec.Struct):

@@ -7,6 +7,12 @@ threads the rest of the broker uses. After a transport failure, calls fail at on
 readiness probe and token renewal always try, and their success ends the back-off. The
 client logs in (token or AppRole), keeps its token renewed, and does the four things
 custody needs: create a key, read its public half, sign, destroy.
+
+Every failure carries a cause for the operator (``diagnose``): Transit not mounted where
+``BROKER_VAULT_TRANSIT_MOUNT`` says, a token refused, a capability missing from the
+token's policy (named with its path), an address that does not answer. The cause is
+logged and shown by readiness; API callers get only the generic 503. Tokens and secret
+ids never appear in it: Vault does not echo them, and neither do we.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import hvac
@@ -29,8 +36,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from requests.adapters import HTTPAdapter
 
 from broker.custody import lifecycle
+from broker.custody.base import KeyBackendUnavailable
 from broker.custody.jwk import PublicKey
-from broker.errors import Unavailable
 from broker.settings import Settings
 
 log = logging.getLogger("broker.custody")
@@ -57,14 +64,134 @@ _OUTAGES: tuple[type[BaseException], ...] = (
 _TRANSPORT: tuple[type[BaseException], ...] = (TimeoutError, OSError, *_OUTAGES)
 
 
-class VaultUnavailable(Unavailable):
+class VaultUnavailable(KeyBackendUnavailable):
     """Vault/OpenBao could not be reached, timed out or refused; a 503 for the caller.
 
-    The detail is the same for every cause; the reason goes to the log, without secrets.
+    The detail is the same for every cause; ``cause`` says which, for the log and readiness,
+    without secrets.
     """
 
-    def __init__(self, detail: str = UNAVAILABLE) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str = UNAVAILABLE, *, cause: str | None = None) -> None:
+        super().__init__(detail, cause=cause)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a Vault call needs from the token's policy: a capability on a path, and the
+    policy path (a glob over the broker's key names) that grants it."""
+
+    capability: str
+    path: str
+    grant: str | None = None
+
+
+LOOKUP_SELF = Need("read", "auth/token/lookup-self")
+SELF_LOOKUP = "look up its own token"
+APPROLE_LOGIN = "log in with AppRole"
+
+
+def key_glob(name: str) -> str:
+    """``pii-broker-0a1b2c3d4e5f6a7b`` to ``pii-broker-*``: the names the policy covers."""
+    prefix, sep, _suffix = name.rpartition("-")
+    return f"{prefix}-*" if sep else name
+
+
+def _vault_says(exc: BaseException) -> str:
+    """Vault's own message, without hvac's ``, on get <url>`` tail."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors:
+        text = "; ".join(str(e) for e in errors)
+    else:
+        text = str(exc).rpartition(", on ")[0] or str(exc)
+    return " ".join(text.replace("*", " ").split()) or type(exc).__name__
+
+
+def _route_missing(exc: BaseException) -> bool:
+    return isinstance(exc, hvac.exceptions.InvalidPath) and "no handler for route" in str(exc)
+
+
+def diagnose(
+    exc: BaseException,
+    *,
+    what: str,
+    need: Need | None,
+    addr: str,
+    mount: str,
+    timeout: float,
+    approle: bool,
+) -> str:
+    """One sentence for an operator: what went wrong with Vault, and what to do about it.
+
+    Pure: from the exception and the configuration only. Never holds a credential.
+    """
+    here = f"Vault/OpenBao at {addr}"
+    if isinstance(exc, TimeoutError | requests.exceptions.Timeout):
+        return (
+            f"{here} did not answer within BROKER_VAULT_TIMEOUT ({timeout:g}s) when the "
+            f"broker tried to {what}: check BROKER_VAULT_ADDR and that the server is up"
+        )
+    if isinstance(exc, requests.exceptions.SSLError):
+        return (
+            f"the TLS handshake with {here} failed: check the scheme of "
+            "BROKER_VAULT_ADDR (http or https) and that the broker trusts its certificate"
+        )
+    if isinstance(exc, OSError):  # requests' connection errors included
+        text = str(exc)
+        if "refused" in text.lower():
+            why = "connection refused"
+        elif "resolution" in text or "not known" in text or "nodename" in text:
+            why = "its host name does not resolve"
+        else:
+            why = type(exc).__name__
+        return (
+            f"{here} cannot be reached ({why}): check BROKER_VAULT_ADDR and that the server "
+            "is running"
+        )
+    if isinstance(exc, hvac.exceptions.VaultNotInitialized):
+        return f"{here} is not initialised: initialise and unseal it (bao operator init)"
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return (
+            f"{here} is sealed or not the active node: unseal it (bao operator unseal), or "
+            "point BROKER_VAULT_ADDR at the active node"
+        )
+    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
+        return f"{here} is rate-limiting the broker (429): it could not {what}"
+    if isinstance(exc, hvac.exceptions.InternalServerError | hvac.exceptions.BadGateway):
+        return f"{here} failed to {what} ({_vault_says(exc)}): see the server's log"
+    if _route_missing(exc):
+        if f'"{mount}/' in str(exc):
+            return (
+                f"Transit is not mounted at {mount} on {addr}: enable it (bao secrets enable "
+                f"-path={mount} transit) or set BROKER_VAULT_TRANSIT_MOUNT to where it is "
+                "mounted"
+            )
+        if "auth/approle" in str(exc):
+            return (
+                f"AppRole is not enabled at auth/approle on {addr}: enable it (bao auth "
+                "enable approle) or log in with BROKER_VAULT_TOKEN"
+            )
+    if approle and what == APPROLE_LOGIN:
+        return (
+            f"{here} refused the AppRole login ({_vault_says(exc)}): check "
+            "BROKER_VAULT_ROLE_ID and BROKER_VAULT_SECRET_ID, and that AppRole is enabled "
+            "at auth/approle"
+        )
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        if need is None or need == LOOKUP_SELF:
+            return (
+                f"{here} refused the broker's token: it is invalid, expired or revoked (or "
+                "lacks the default policy, which lets it look itself up): set a valid "
+                "BROKER_VAULT_TOKEN, or log in with AppRole (BROKER_VAULT_ROLE_ID and "
+                "BROKER_VAULT_SECRET_ID)"
+            )
+        grant = need.grant or need.path
+        return (
+            f"the broker's Vault token may not {what}: its policies lack `{need.capability}` "
+            f"on `{need.path}`; grant `{need.capability}` on `{grant}` (docs/custody.md "
+            "shows the whole policy; its paths follow BROKER_VAULT_TRANSIT_MOUNT and "
+            "BROKER_VAULT_KEY_NAME)"
+        )
+    return f"{here} refused to let the broker {what}: {_vault_says(exc)}"
 
 
 class _TokenExpired(Exception):
@@ -120,6 +247,7 @@ class Transit:
 
     def __init__(self, settings: Settings) -> None:
         self.mount = settings.vault_transit_mount
+        self.addr = settings.vault_addr
         self.timeout = settings.vault_timeout
         self._role_id = settings.vault_role_id
         self._secret_id = settings.vault_secret_id
@@ -138,6 +266,8 @@ class Transit:
         )
         self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="vault")
         self._down_until = 0.0
+        # Why the last call failed, repeated by the calls the back-off refuses.
+        self.last_cause: str | None = None
         self._authenticated = False
         self._auth_lock: asyncio.Lock | None = None
         self._expires_at: float | None = None  # monotonic; None: the token never expires
@@ -152,42 +282,76 @@ class Transit:
 
     # -- calling Vault ---------------------------------------------------------------------
 
+    def _cause(self, exc: BaseException, what: str, need: Need | None) -> str:
+        return diagnose(
+            exc,
+            what=what,
+            need=need,
+            addr=self.addr,
+            mount=self.mount,
+            timeout=self.timeout,
+            approle=self.approle,
+        )
+
+    def _refused(self, cause: str) -> VaultUnavailable:
+        """Log why Vault refused, remember it for readiness, and make the 503."""
+        self.last_cause = cause
+        log.error("%s", cause)
+        return VaultUnavailable(cause=cause)
+
     async def call(
         self,
         what: str,
         fn: Callable[[Any], T],
         *,
+        need: Need | None = None,
         probe: bool = False,
         passthrough: tuple[type[Exception], ...] = (),
     ) -> T:
         """Run ``fn(client)`` on the pool; every failure becomes ``VaultUnavailable``.
 
-        ``passthrough`` names Vault answers the caller handles itself (a missing key).
-        ``probe`` ignores the back-off: readiness and renewal must find out for themselves.
+        ``need`` names the capability and path the call needs, so a refusal can say what the
+        policy lacks. ``passthrough`` names Vault answers the caller handles itself (a
+        missing key; never a missing mount). ``probe`` ignores the back-off: readiness and
+        renewal must find out for themselves.
         """
         if self._closed:
-            raise VaultUnavailable()
+            raise VaultUnavailable(cause="the broker is shutting down its Vault client")
         if not probe and time.monotonic() < self._down_until:
-            raise VaultUnavailable()
+            raise VaultUnavailable(cause=self.last_cause)
         await self._ensure_authenticated()
         relogged = False
         while True:
             stale = self.client.token
             try:
                 return await self._run(what, fn)
-            except hvac.exceptions.Forbidden:
-                if not self.approle or relogged:
-                    log.error("Vault refused %s: permission denied for the broker's token", what)
-                    raise VaultUnavailable() from None
-                # An AppRole token can have lapsed while Vault was away: log in again, once.
-                log.warning("Vault refused %s: permission denied; logging in again", what)
-                await self._login(replacing=stale)
-                relogged = True
-            except passthrough:
-                raise
+            except hvac.exceptions.Forbidden as exc:
+                if self.approle and not relogged:
+                    # An AppRole token can have lapsed while Vault was away: log in again,
+                    # once. Refused again with a fresh token, it is the policy.
+                    log.warning("Vault refused to let the broker %s; logging in again", what)
+                    await self._login(replacing=stale)
+                    relogged = True
+                    continue
+                raise self._refused(await self._why_forbidden(exc, what, need)) from None
             except hvac.exceptions.VaultError as exc:
-                log.error("Vault refused %s: %s", what, exc)
-                raise VaultUnavailable() from None
+                if isinstance(exc, passthrough) and not _route_missing(exc):
+                    raise
+                raise self._refused(self._cause(exc, what, need)) from None
+
+    async def _why_forbidden(self, exc: BaseException, what: str, need: Need | None) -> str:
+        """A 403 is a token Vault no longer accepts, or a policy without the capability: a
+        static token that can still look itself up is valid, so it is the policy."""
+        if self.approle:
+            return self._cause(exc, what, need)
+        try:
+            await self._run(SELF_LOOKUP, lambda c: c.auth.token.lookup_self())
+        except VaultUnavailable as down:
+            return down.cause or self._cause(exc, what, need)
+        except hvac.exceptions.VaultError as lookup:
+            self._authenticated = False  # look it up again first next time
+            return self._cause(lookup, SELF_LOOKUP, LOOKUP_SELF)
+        return self._cause(exc, what, need)
 
     async def _run(self, what: str, fn: Callable[[Any], T]) -> T:
         """One blocking hvac call, off the event loop, bounded by ``vault_timeout``.
@@ -201,8 +365,10 @@ class Transit:
             result = await asyncio.wait_for(future, self.timeout)
         except _TRANSPORT as exc:
             self._down_until = time.monotonic() + lifecycle.FAILURE_BACKOFF
-            log.warning("Vault unreachable during %s: %s", what, type(exc).__name__)
-            raise VaultUnavailable() from None
+            cause = self._cause(exc, what, None)
+            self.last_cause = cause
+            log.warning("%s", cause)
+            raise VaultUnavailable(cause=cause) from None
         self._down_until = 0.0
         return result
 
@@ -228,10 +394,9 @@ class Transit:
                 await self._login_locked()
             else:
                 try:
-                    response = await self._run("token lookup", lambda c: c.auth.token.lookup_self())
+                    response = await self._run(SELF_LOOKUP, lambda c: c.auth.token.lookup_self())
                 except hvac.exceptions.VaultError as exc:
-                    log.error("Vault refused the broker's token (%s)", type(exc).__name__)
-                    raise VaultUnavailable() from None
+                    raise self._refused(self._cause(exc, SELF_LOOKUP, LOOKUP_SELF)) from None
                 data = response["data"]
                 ttl = float(data.get("ttl") or 0)
                 self._full_ttl = max(float(data.get("creation_ttl") or 0), ttl)
@@ -255,13 +420,12 @@ class Transit:
         role_id, secret_id = self._role_id, self._secret_id
         try:
             response = await self._run(
-                "AppRole login",
+                APPROLE_LOGIN,
                 lambda c: c.auth.approle.login(role_id, secret_id, mount_point=APPROLE_MOUNT),
             )
         except hvac.exceptions.VaultError as exc:
             # The message is Vault's ("invalid role or secret ID"), never the credentials.
-            log.error("Vault AppRole login failed: %s", exc)
-            raise VaultUnavailable() from None
+            raise self._refused(self._cause(exc, APPROLE_LOGIN, None)) from None
         auth = response["auth"]
         self._full_ttl = float(auth.get("lease_duration") or 0)
         self._set_lease(self._full_ttl, bool(auth.get("renewable")))
@@ -312,7 +476,7 @@ class Transit:
             )
             raise _TokenExpired
         try:
-            response = await self._run("token renewal", lambda c: c.auth.token.renew_self())
+            response = await self._run("renew its token", lambda c: c.auth.token.renew_self())
         except hvac.exceptions.VaultError as exc:
             if self.approle:
                 log.warning("Vault token renewal refused (%s); logging in again", exc)
@@ -349,7 +513,7 @@ class Transit:
         if self.approle and self._authenticated and time.monotonic() >= self._down_until:
             # The token is this process's own: revoke it rather than leave it to expire.
             try:
-                await self._run("token revocation", lambda c: c.auth.token.revoke_self())
+                await self._run("revoke its token", lambda c: c.auth.token.revoke_self())
             except (VaultUnavailable, hvac.exceptions.VaultError):
                 log.info("could not revoke the broker's Vault token at shutdown")
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -360,7 +524,7 @@ class Transit:
     async def create_key(self, name: str, key_type: str) -> dict[str, Any]:
         mount = self.mount
         response = await self.call(
-            "key creation",
+            "create a Transit key",
             lambda c: c.secrets.transit.create_key(
                 name,
                 key_type=key_type,
@@ -368,6 +532,7 @@ class Transit:
                 allow_plaintext_backup=False,
                 mount_point=mount,
             ),
+            need=Need("update", f"{mount}/keys/{name}", f"{mount}/keys/{key_glob(name)}"),
         )
         if isinstance(response, dict) and response.get("data", {}).get("keys"):
             data: dict[str, Any] = response["data"]
@@ -378,8 +543,9 @@ class Transit:
     async def read_key(self, name: str, *, probe: bool = False) -> dict[str, Any]:
         mount = self.mount
         response = await self.call(
-            "key read",
+            "read a Transit key",
             lambda c: c.secrets.transit.read_key(name, mount_point=mount),
+            need=Need("read", f"{mount}/keys/{name}", f"{mount}/keys/{key_glob(name)}"),
             probe=probe,
             passthrough=(hvac.exceptions.InvalidPath,),
         )
@@ -395,18 +561,18 @@ class Transit:
         if alg == "ES256":
             extra = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
         response = await self.call(
-            "signing",
+            "sign with Transit",
             lambda c: c.secrets.transit.sign_data(
                 name, hash_input=payload, key_version=version, mount_point=mount, **extra
             ),
+            need=Need("update", f"{mount}/sign/{name}", f"{mount}/sign/{key_glob(name)}"),
             probe=probe,
             passthrough=(hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest),
         )
         try:
             return transit_signature(response["data"]["signature"], version, alg)
         except (KeyError, TypeError, ValueError) as exc:
-            log.error("Transit key %s gave an unusable signature: %s", name, exc)
-            raise VaultUnavailable() from None
+            raise self._refused(f"Transit key {name} gave an unusable signature: {exc}") from None
 
     async def destroy(self, name: str) -> None:
         """Delete a Transit key for good; a key already gone counts as destroyed."""
@@ -414,15 +580,19 @@ class Transit:
         missing = (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest)
         try:
             await self.call(
-                "key deletion",
+                "allow deleting a Transit key",
                 lambda c: c.secrets.transit.update_key_configuration(
                     name, deletion_allowed=True, mount_point=mount
+                ),
+                need=Need(
+                    "update", f"{mount}/keys/{name}/config", f"{mount}/keys/{key_glob(name)}/config"
                 ),
                 passthrough=missing,
             )
             await self.call(
-                "key deletion",
+                "delete a Transit key",
                 lambda c: c.secrets.transit.delete_key(name, mount_point=mount),
+                need=Need("delete", f"{mount}/keys/{name}", f"{mount}/keys/{key_glob(name)}"),
                 passthrough=missing,
             )
         except missing:
@@ -431,5 +601,6 @@ class Transit:
                 await self.read_key(name)
             except hvac.exceptions.InvalidPath:
                 return
-            log.error("Transit refused to delete key %s", name)
-            raise VaultUnavailable() from None
+            raise self._refused(
+                f"Transit refused to delete key {name} on {self.addr}: see the server's log"
+            ) from None

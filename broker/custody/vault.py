@@ -80,8 +80,13 @@ class VaultSigner:
         except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest) as exc:
             # Destroyed under us (compromised on another replica): re-read the active key.
             self._on_missing()
-            log.error("Transit refused to sign with %s: %s", self.transit_key, exc)
-            raise VaultUnavailable() from None
+            cause = (
+                f"Transit refused to sign with {self.transit_key}, the key of signing key "
+                f"{self.kid} ({exc.errors[0] if exc.errors else 'no such key'}): if it is "
+                "gone for good, rotate with compromised=true to replace it"
+            )
+            log.error("%s", cause)
+            raise VaultUnavailable(cause=cause) from None
 
     def __repr__(self) -> str:
         return f"VaultSigner(kid={self.kid!r}, alg={self.alg!r}, key={self.transit_key!r})"
@@ -115,8 +120,9 @@ class VaultCustody(LifecycleCustody):
         try:
             public = transit_public_key(data, version, self.algorithm)
         except ValueError as exc:
-            log.error("Transit key %s has an unusable public key: %s", name, exc)
-            raise VaultUnavailable() from None
+            cause = f"Transit key {name} has an unusable public key: {exc}"
+            log.error("%s", cause)
+            raise VaultUnavailable(cause=cause) from None
         jwk = published_jwk(public, self.algorithm)
         return NewKey(
             kid=jwk["kid"], alg=self.algorithm, public_jwk=jwk, backend_ref=f"{name}:v{version}"

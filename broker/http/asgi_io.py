@@ -25,13 +25,13 @@ from litestar.exceptions import (
     ClientException,
     MethodNotAllowedException,
     SerializationException,
-    ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from broker.errors import InvalidInput
+from broker.http.strict_bodies import invalid_body
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -81,16 +81,6 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _invalid(exc: msgspec.ValidationError) -> ValidationException:
-    """The app's usual 400 ``invalid-request``, naming the offending parameter."""
-    message, _, path = str(exc).partition(" - at `$")
-    key = path.rstrip("`").lstrip(".") or "data"
-    return ValidationException(
-        detail="the request is not valid",
-        extra=[{"message": message, "key": key, "source": "body"}],
-    )
-
-
 def decode_json(body: bytes, type_: type[Any] = object) -> Any:
     """Decode and shape-check a JSON body: a malformed one is the app's usual 400
     ``malformed-body``, a wrongly shaped one its usual 400 ``invalid-request``."""
@@ -98,7 +88,7 @@ def decode_json(body: bytes, type_: type[Any] = object) -> Any:
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_body(exc) from None
     except msgspec.DecodeError as exc:
         raise ClientException("the body is not valid JSON") from SerializationException(
             type(exc).__name__
@@ -112,7 +102,7 @@ def shape_form(form: dict[str, str], type_: type[T]) -> T:
     try:
         return msgspec.convert(form, type_)
     except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_body(exc) from None
 
 
 # ASCII digits only, and few enough that ``int`` never sees a long string.

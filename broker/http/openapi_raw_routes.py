@@ -1,10 +1,14 @@
-"""The OpenAPI description of the routes served as bare ASGI handlers.
+"""The OpenAPI description of the routes served as bare ASGI handlers, and of the bodies
+Litestar does not read.
 
 Litestar documents only its HTTP route handlers; ``POST /v1/keys`` and ``POST
 /v1/introspect`` are ``@asgi`` handlers for speed (``broker.http.asgi_io``), so they are
 described here from the same msgspec structs their handlers decode and encode, using
-msgspec's own JSON Schema of them. ``document_problems`` then adds their error answers like
-every other operation's.
+msgspec's own JSON Schema of them. ``POST /v1/token`` and ``POST /v1/revoke`` are Litestar
+routes that read their OAuth form themselves (RFC 6749 §3.1: a parameter given twice is
+refused), so Litestar sees no body to document; their forms are added here the same way.
+Clients, and fuzzers walking the document, then know every body the broker reads.
+``document_problems`` then adds the error answers like every other operation's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from litestar.openapi.spec import (
 )
 
 from broker.http.asgi_io import FORM, JSON
-from broker.issuance.schemas import IntrospectionForm, IntrospectionOut, IssuedKeyOut, KeyRequest
+from broker.issuance.schemas import (
+    IntrospectionForm,
+    IntrospectionOut,
+    IssuedKeyOut,
+    KeyRequest,
+    RevocationForm,
+    TokenExchangeForm,
+)
 
 _REF = "#/components/schemas/{name}"
 # JSON Schema keywords whose Litestar ``Schema`` field is a different spelling.
@@ -41,6 +52,14 @@ _FIELD = {
     "additionalProperties": "additional_properties",
     "exclusiveMinimum": "exclusive_minimum",
     "exclusiveMaximum": "exclusive_maximum",
+}
+
+
+# Litestar routes that read a form themselves (``broker.issuance.routes``), and the struct
+# publishing its parameters.
+_OWN_FORMS: dict[str, type[msgspec.Struct]] = {
+    "/v1/token": TokenExchangeForm,
+    "/v1/revoke": RevocationForm,
 }
 
 
@@ -75,9 +94,16 @@ def _answer(description: str, struct: type[msgspec.Struct]) -> OpenAPIResponse:
 
 
 def document_raw_routes(doc: OpenAPI) -> None:
-    """Add the bare ASGI routes' operations and schemas to ``doc`` (in place)."""
+    """Add the bare ASGI routes' operations, the forms of the routes that read their own,
+    and their schemas to ``doc`` (in place)."""
     assert doc.components is not None
-    structs = (KeyRequest, IssuedKeyOut, IntrospectionForm, IntrospectionOut)
+    structs = (
+        KeyRequest,
+        IssuedKeyOut,
+        IntrospectionForm,
+        IntrospectionOut,
+        *_OWN_FORMS.values(),
+    )
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     schemas: dict[str, Any] = dict(doc.components.schemas or {})
     for name, spec in components.items():
@@ -109,4 +135,10 @@ def document_raw_routes(doc: OpenAPI) -> None:
             },
         )
     )
+    for path, struct in _OWN_FORMS.items():
+        operation = paths[path].post
+        assert operation is not None, path
+        assert operation.request_body is None, f"{path}: Litestar documents a body now"
+        own = OpenAPIMediaType(schema=_ref(struct))
+        operation.request_body = RequestBody(required=True, content={FORM: own, JSON: own})
     doc.paths = dict(sorted(paths.items()))

@@ -1,4 +1,5 @@
-"""Incidents for operators (``/v1/admin/incidents``) and leak reports (``POST /v1/leaks``).
+"""Incidents for operators (``/v1/admin/incidents``), their webhook alerts
+(``/v1/admin/alerts``) and leak reports (``POST /v1/leaks``).
 
 Handlers that can open incidents run their own transaction so that alerts go out only
 after it commits.
@@ -13,8 +14,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.http.deps import requires
-from broker.incidents import service
+from broker.incidents import outbox, service
+from broker.incidents.outbox import AlertStatus
 from broker.incidents.schemas import (
+    AlertOut,
     IncidentCreate,
     IncidentNote,
     IncidentOut,
@@ -22,8 +25,8 @@ from broker.incidents.schemas import (
     LeakOut,
     LeakReport,
 )
-from broker.incidents.webhook import send_alerts
-from broker.models import Incident
+from broker.incidents.webhook import send_alerts, wake_deliverer
+from broker.models import Incident, OutboundAlert
 from broker.operators.service import OperatorPrincipal, Role
 from broker.revocation.routes import to_selector
 from broker.rules.base import Severity
@@ -50,6 +53,23 @@ def incident_out(row: Incident) -> IncidentOut:
         resolved_at=row.resolved_at,
         resolved_by=row.resolved_by,
         resolution_comment=row.resolution_comment,
+    )
+
+
+def alert_out(row: OutboundAlert) -> AlertOut:
+    return AlertOut(
+        id=row.id,
+        incident=row.incident_id,
+        type=row.event,
+        status=row.status,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        queued_at=row.queued_at,
+        next_attempt_at=row.next_attempt_at if row.status == AlertStatus.PENDING else None,
+        last_attempt_at=row.last_attempt_at,
+        last_error=row.last_error,
+        delivered_at=row.delivered_at,
+        given_up_at=row.given_up_at,
     )
 
 
@@ -142,6 +162,51 @@ class IncidentController(Controller):
         return incident_out(row)
 
 
+class AlertController(Controller):
+    path = "/v1/admin/alerts"
+    tags = ["incidents"]
+
+    @requires(Role.AUDITOR)
+    @get("/", summary="Webhook alerts and where their delivery stands, newest first")
+    async def list_alerts(
+        self,
+        db: NamedDependency[AsyncSession],
+        operator: NamedDependency[OperatorPrincipal],
+        status: FromQuery[str | None] = None,
+        incident: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 100,
+    ) -> list[AlertOut]:
+        rows = await outbox.list_alerts(db, status=status, incident_id=incident, limit=limit)
+        return [alert_out(r) for r in rows]
+
+    @requires(Role.AUDITOR)
+    @get("/{alert_id:str}", summary="One webhook alert")
+    async def get_alert(
+        self,
+        alert_id: FromPath[str],
+        db: NamedDependency[AsyncSession],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> AlertOut:
+        return alert_out(await outbox.get_alert(db, alert_id))
+
+    @requires(Role.APPROVER)
+    @post(
+        "/{alert_id:str}/retry",
+        summary="Queue a given-up webhook alert again (same id, attempts counted afresh)",
+        status_code=HTTP_200_OK,
+    )
+    async def retry_alert(
+        self,
+        alert_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> AlertOut:
+        async with runtime.transaction() as session:
+            row = await outbox.retry(session, alert_id, actor=operator.actor)
+        wake_deliverer(runtime)
+        return alert_out(row)
+
+
 @requires(Role.AUDITOR)
 @post(
     "/v1/leaks",
@@ -173,4 +238,4 @@ async def report_leaked_credential(
     )
 
 
-ROUTES = [IncidentController, report_leaked_credential]
+ROUTES = [IncidentController, AlertController, report_leaked_credential]

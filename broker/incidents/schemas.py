@@ -62,3 +62,21 @@ class LeakOut(msgspec.Struct):
     jti: str | None
     still_valid: bool
     incident: IncidentOut
+
+
+class AlertOut(msgspec.Struct):
+    """An alert in the outbox: where its delivery stands. Never the URL, a header or the
+    body sent (the incident is read at ``/v1/admin/incidents/{incident}``)."""
+
+    id: str
+    incident: str
+    type: str
+    status: str
+    attempts: int
+    created_at: datetime
+    queued_at: datetime
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_error: str | None
+    delivered_at: datetime | None
+    given_up_at: datetime | None

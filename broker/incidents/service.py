@@ -7,8 +7,10 @@ arrives, and a service-wide revocation is repeated only for keys issued since th
 Writers serialise on the audit trail's lock, which they take anyway, so two replicas
 handling the same firing at once update one incident.
 
-Every change is audited in the caller's transaction. Alerts (webhook deliveries) are
-returned to the caller, to be sent only after that transaction commits.
+Every change is audited in the caller's transaction. So is its alert: with a webhook
+configured, the alert is written to the outbox (``outbox``) in that same transaction, and
+delivered from there (``webhook``); the caller is handed it too, to log it and wake the
+deliverer once the transaction commits.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from broker.db import utcnow
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.identity.service import quarantine_service
 from broker.identity.source_blocks import Mode, active_block, block_source, normalise_source
+from broker.incidents import outbox
 from broker.incidents.firing import Action, Firing, Severity
 from broker.models import Incident, IssuedKey, Service
 from broker.revocation.selector import Selector
@@ -54,10 +57,12 @@ LIVE = (IncidentStatus.OPEN.value, IncidentStatus.ACKNOWLEDGED.value)
 @dataclass(frozen=True)
 class Alert:
     """An incident worth telling people about now: ``event`` is ``incident.opened``,
-    ``incident.escalated`` or ``incident.action``."""
+    ``incident.escalated`` or ``incident.action``. ``id`` is its idempotency key in the
+    outbox; None when no webhook is configured (then it is only logged)."""
 
     event: str
     incident: dict[str, Any]
+    id: str | None = None
 
 
 def incident_document(incident: Incident) -> dict[str, Any]:
@@ -76,6 +81,15 @@ def incident_document(incident: Incident) -> dict[str, Any]:
         "opened_at": incident.opened_at.isoformat(),
         "updated_at": incident.updated_at.isoformat(),
     }
+
+
+def _alert(session: AsyncSession, settings: Settings, event: str, incident: Incident) -> Alert:
+    """The alert for a change, queued in the change's own transaction when there is a
+    webhook to deliver it to: it commits, or rolls back, with the change."""
+    document = incident_document(incident)
+    if not settings.alert_webhook_url:
+        return Alert(event, document)
+    return Alert(event, document, outbox.enqueue(session, event, document).id)
 
 
 def _count(event: str, incident: Incident) -> None:
@@ -294,7 +308,7 @@ async def raise_incident(
             },
         )
         _count("opened", incident)
-        return Alert("incident.opened", incident_document(incident))
+        return _alert(session, settings, "incident.opened", incident)
 
     incident = existing
     incident.hits += 1
@@ -334,7 +348,7 @@ async def raise_incident(
     )
     if event == "incident.escalated":
         _count("escalated", incident)
-    return Alert(event, incident_document(incident)) if event else None
+    return _alert(session, settings, event, incident) if event else None
 
 
 def _selector_subject(selector: Selector) -> str:
@@ -401,7 +415,7 @@ async def open_by_hand(
         },
     )
     _count("opened", incident)
-    return incident, Alert("incident.opened", incident_document(incident))
+    return incident, _alert(session, settings, "incident.opened", incident)
 
 
 async def get_incident(session: AsyncSession, incident_id: str) -> Incident:

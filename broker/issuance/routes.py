@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from litestar import Request, Response, post
@@ -29,21 +29,20 @@ from broker.issuance.introspection import Introspection, introspect, revoke_own_
 from broker.issuance.schemas import (
     MAX_TTL_SECONDS,
     MAX_USES,
+    GrantType,
     IntrospectionForm,
     IntrospectionOut,
     IssuedKeyOut,
     KeyRequest,
+    SubjectTokenType,
     TokenExchangeOut,
 )
 from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
 from broker.runtime import Runtime, runtime_of
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
-SUBJECT_TOKEN_TYPES = {
-    "urn:ietf:params:oauth:token-type:jwt",
-    "urn:ietf:params:oauth:token-type:id_token",
-    "urn:ietf:params:oauth:token-type:access_token",
-}
+# The values the published form (``TokenExchangeForm``) names are the values accepted.
+TOKEN_EXCHANGE: str = get_args(GrantType)[0]
+SUBJECT_TOKEN_TYPES: frozenset[str] = frozenset(get_args(SubjectTokenType))
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 
 

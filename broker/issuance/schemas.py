@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -111,3 +111,60 @@ class IntrospectionForm(msgspec.Struct):
         str | None,
         msgspec.Meta(description="The address that presented the key to the caller, if known."),
     ] = None
+
+
+GrantType = Literal["urn:ietf:params:oauth:grant-type:token-exchange"]
+SubjectTokenType = Literal[
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:access_token",
+]
+# Numbers arrive as text in a form; the handler reads them with ``whole_number``.
+_WholeNumberText = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")]
+
+
+class TokenExchangeForm(msgspec.Struct):
+    """The RFC 8693 request, as form fields or a JSON object of strings
+    (``broker.http.asgi_io.parse_form``). The handler reads the parameters itself, to
+    answer each refusal with its RFC 6749 error code; this struct is what the OpenAPI
+    document publishes for them, with the same required parameters and values."""
+
+    grant_type: GrantType
+    subject_token: Annotated[
+        str,
+        msgspec.Meta(min_length=1, description="The workload's JWT (a service account token)."),
+    ]
+    subject_token_type: SubjectTokenType
+    authorization_details: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                'RFC 9396: a JSON array with one object of type "pii_access" naming the '
+                "fields and the purpose"
+            )
+        ),
+    ]
+    # Optional parameters are strings or absent (``UNSET``: never null, which a form cannot
+    # say and the JSON form refuses).
+    audience: Annotated[
+        str | msgspec.UnsetType,
+        msgspec.Meta(description="The resource service's id (or give it as resource)."),
+    ] = msgspec.UNSET
+    resource: str | msgspec.UnsetType = msgspec.UNSET
+    ttl_seconds: Annotated[
+        _WholeNumberText | msgspec.UnsetType,
+        msgspec.Meta(description=f"1 to {MAX_TTL_SECONDS}; expires_in is read when absent"),
+    ] = msgspec.UNSET
+    expires_in: _WholeNumberText | msgspec.UnsetType = msgspec.UNSET
+    max_uses: Annotated[
+        _WholeNumberText | msgspec.UnsetType, msgspec.Meta(description=f"1 to {MAX_USES}")
+    ] = msgspec.UNSET
+    jkt: Thumbprint | msgspec.UnsetType = msgspec.UNSET
+
+
+class RevocationForm(msgspec.Struct):
+    """The RFC 7009 request, as form fields or a JSON object of strings; documented for
+    the OpenAPI document, read by the handler itself like the token exchange's."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, description="The key to revoke.")]
+    token_type_hint: str | msgspec.UnsetType = msgspec.UNSET

@@ -2,6 +2,10 @@
 
 A shared job store is not safe across processes; instead every replica schedules every job
 and ``run_once`` makes sure only one of them runs it per slot.
+
+When the scheduler starts it logs the effective signing-key rotation period (custody's
+``Windows``, the arithmetic the rotation job itself follows): a period that the JWKS
+max-age or the job's own interval stretches is said there, with the setting to change.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from broker.jobs.run_once import Job, run_once
 from broker.jobs.schedule import default_jobs
+from broker.logs import get_logger
 from broker.runtime import Runtime
+
+log = get_logger("broker.jobs")
 
 
 def _schedule(scheduler: AsyncIOScheduler, runtime: Runtime, job: Job) -> None:
@@ -45,6 +52,24 @@ class JobSchedule:
         self.scheduler: AsyncIOScheduler | None = None
 
 
+def log_rotation_pace(runtime: Runtime) -> None:
+    """Say once, as the jobs start, how often signing keys will really rotate: a warning
+    when it is not ``BROKER_ROTATION_PERIOD``, naming the setting that stretches it."""
+    windows = runtime.custody.windows
+    effective = windows.effective_period
+    fields = {
+        "rotation_period_seconds": runtime.settings.rotation_period,
+        "effective_rotation_period_seconds": (
+            effective.total_seconds() if effective is not None else None
+        ),
+        "stretched_by": ",".join(windows.stretched_by) or None,
+    }
+    if windows.stretched_by:
+        log.warning(windows.explain(), **fields)
+    else:
+        log.info(windows.explain(), **fields)
+
+
 def new_job_schedule(runtime: Runtime) -> JobSchedule:
     return JobSchedule(default_jobs(runtime))
 
@@ -60,6 +85,7 @@ async def scheduler_running(runtime: Runtime) -> AsyncIterator[AsyncIOScheduler 
         _schedule(scheduler, runtime, job)
     schedule.scheduler = scheduler
     scheduler.start()
+    log_rotation_pace(runtime)
     try:
         yield scheduler
     finally:

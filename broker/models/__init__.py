@@ -8,10 +8,12 @@ from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
 from broker.models.operator import Operator
+from broker.models.outbound_alert import OutboundAlert
 from broker.models.policy import Policy, PolicyApproval, PolicyVersion
 from broker.models.revocation import RevocationEntry
 from broker.models.rule import RuleHit, RuleSetting, ServiceActivity
 from broker.models.service import Service, ServiceBinding, ServiceSecret
+from broker.models.setting_fingerprint import SettingFingerprint
 from broker.models.signing_key import SigningKey
 from broker.models.source_block import SourceBlock
 from broker.models.usage import UsageEvent
@@ -25,6 +27,7 @@ __all__ = [
     "IssuedKey",
     "JobRun",
     "Operator",
+    "OutboundAlert",
     "PiiField",
     "Policy",
     "PolicyApproval",
@@ -38,6 +41,7 @@ __all__ = [
     "ServiceActivity",
     "ServiceBinding",
     "ServiceSecret",
+    "SettingFingerprint",
     "SigningKey",
     "SourceBlock",
     "UsageEvent",

@@ -15,7 +15,10 @@ class RevocationEntry(SQLModel, table=True):
     purged newest row (a plain rowid would), so a follower's cursor never skips an entry.
     ``issued_before`` is always set: a revocation covers keys issued up to the moment it was
     made (or an earlier cut-off the operator gave), never keys issued afterwards, which is
-    what lets ``expires_after`` be computed and the row be dropped. The one exception is a
+    what lets ``expires_after`` be computed and the row be dropped. It is exact to the
+    millisecond (the start of the millisecond after the revocation; ``UTCDateTime`` keeps
+    microseconds on SQLite and PostgreSQL alike), and a key is covered when its issue time
+    (``broker.claims.issued_at_ms``) is before it. The one exception is a
     compromised signing key (``selector.UNBOUNDED``, year 9999): its thief can sign keys
     with any issue time, so its entry covers them all and is kept for a fixed retention.
     """

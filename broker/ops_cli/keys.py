@@ -13,7 +13,8 @@ from broker.ops_cli.output import when
 @click.command("list")
 @remote_options
 def list_keys(remote: Remote) -> None:
-    """Signing keys, newest first, with their states and rotation times."""
+    """Signing keys, newest first, with their states and rotation times, and when the next
+    scheduled rotation is due."""
     rows = remote.http.get("/v1/admin/signing-keys")
     if remote.as_json:
         return remote.out.json(rows)
@@ -32,6 +33,19 @@ def list_keys(remote: Remote) -> None:
             for k in rows
         ),
         empty="no signing keys yet (the broker makes them when it starts)",
+    )
+    active = next((k for k in rows if k["state"] == "active"), None)
+    if active is None:
+        return None
+    due = active.get("next_rotation_at")
+    if due is None:
+        remote.out.note(f"active key {active['kid']}: no scheduled rotation")
+        return None
+    waiting = [k for k in rows if k["state"] == "next"]
+    successor = min(waiting, key=lambda k: str(k["created_at"]))["kid"] if waiting else "-"
+    remote.out.note(
+        f"next rotation: {when(due)} ({active['kid']} -> {successor}), made by the "
+        "key-advance job on its first run from then"
     )
 
 

@@ -80,8 +80,9 @@ class RevocationAdminController(Controller):
         "/",
         summary="Revoke every key matching a selector",
         description=(
-            "One entry revokes every matching key issued up to now (or before "
-            "`selector.issued_before`), however many. Members are ANDed; at least one of "
+            "One entry revokes every matching key issued up to now, to the millisecond (or "
+            "before `selector.issued_before`), however many; a key issued after the answer "
+            "is never covered. Members are ANDed; at least one of "
             "jti, service, audience, field, purpose, policy, kid is required. A `field` also "
             "covers its sub-fields; `policy` is an id (every version) or `id@version`."
         ),

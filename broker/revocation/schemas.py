@@ -38,7 +38,11 @@ class SelectorIn(msgspec.Struct, forbid_unknown_fields=True):
             datetime,
             msgspec.Meta(
                 tz=True,
-                description="only keys issued before this time (default: the revocation time)",
+                description=(
+                    "only keys issued before this time, taken to the millisecond (rounded "
+                    "up); without it, or when it is later: keys issued up to the revocation's "
+                    "own millisecond"
+                ),
             ),
         ]
         | None
@@ -51,7 +55,16 @@ class RevocationCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SelectorOut(msgspec.Struct, omit_defaults=True):
-    issued_before: datetime
+    issued_before: Annotated[
+        datetime,
+        msgspec.Meta(
+            description=(
+                "keys issued strictly before this instant are covered; millisecond precision "
+                "(a key's issue time is the millisecond in its UUIDv7 jti, or the start of "
+                "its iat second when the jti is not a UUIDv7)"
+            )
+        ),
+    ]
     jti: str | None = None
     service: str | None = None
     audience: str | None = None
@@ -64,9 +77,12 @@ class SelectorOut(msgspec.Struct, omit_defaults=True):
 class RevocationOut(msgspec.Struct):
     """One entry of the feed: a key matching ``selector`` is revoked.
 
-    ``selector.issued_before`` is always present (the revocation time unless an earlier
-    cut-off was given): keys issued later are not covered. ``expires_after`` is when the
-    entry stops mattering; followers may forget it then.
+    ``selector.issued_before`` is always present: the start of the millisecond after the
+    revocation, unless an earlier cut-off was given. A key issued before it (its UUIDv7
+    jti's millisecond; the start of its ``iat`` second for any other jti) is covered, a key
+    issued in that millisecond or later is not. An SDK that compares whole-second ``iat``
+    with it covers every key of the cut's second and earlier: more, never fewer.
+    ``expires_after`` is when the entry stops mattering; followers may forget it then.
 
     ``compromised_kid`` names a signing key declared compromised: the entry's selector is
     that ``kid`` with ``issued_before`` 9999-12-31T23:59:59Z (every key it signs, whatever

@@ -2,9 +2,11 @@
 
 A selector names any of a key's ``jti``, service (``sub``), audience, a field, the purpose,
 the policy (``id`` for every version, ``id@version`` for one) and the signing ``kid``; every
-member given must match (they are ANDed). ``issued_before`` bounds it in time. An empty
-selector is refused: it would revoke either nothing or everything, and neither is what an
-operator typing one meant.
+member given must match (they are ANDed). ``issued_before`` bounds it in time, to the
+millisecond: a key is covered when it was issued strictly before it, its issue time being
+``broker.claims.issued_at_ms`` (the UUIDv7 ``jti``'s millisecond; the start of the ``iat``
+second for a key whose jti is not a UUIDv7). An empty selector is refused: it would revoke
+either nothing or everything, and neither is what an operator typing one meant.
 
 Matching many entries against a key is done by ``SelectorIndex``: each selector is filed
 under one of its members (its *anchor*), and a key looks up only the entries anchored on its
@@ -16,10 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import field as dataclass_field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from broker.claims import FIELD_NAME_MAX, PURPOSE_NAME_MAX, PiiAccess
+from broker.claims import FIELD_NAME_MAX, PURPOSE_NAME_MAX, PiiAccess, issued_at_ms
 from broker.errors import InvalidInput
 
 MEMBERS = ("jti", "service", "audience", "field", "purpose", "policy", "kid")
@@ -40,14 +43,36 @@ _TOKEN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
 # a real date rather than a missing bound so that every follower, old SDKs included, matches
 # it with the same comparison as any other entry.
 UNBOUNDED = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _POLICY = re.compile(r"^[A-Za-z0-9._-]+(@[1-9][0-9]{0,8})?$")
 
 T = TypeVar("T")
 
 
+def ms_ceiling(moment: datetime) -> int:
+    """``moment`` in Unix milliseconds, rounded up: a key, issued on a whole millisecond, was
+    issued before ``moment`` exactly when it was issued before this."""
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return -(-micros // 1000)
+
+
+def cut_after(moment: datetime) -> datetime:
+    """The ``issued_before`` of a revocation made at ``moment``: the start of the next
+    millisecond, so keys issued in ``moment``'s millisecond or earlier are covered and keys
+    issued in any later millisecond are not."""
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return _EPOCH + (micros // 1000 + 1) * _MS
+
+
 @dataclass(frozen=True, slots=True)
 class KeyFacts:
-    """What a selector can be matched against, taken from a verified key's claims."""
+    """What a selector can be matched against, taken from a verified key's claims.
+
+    ``issued_at`` is the key's ``iat`` (whole seconds); ``issued_ms`` is when it was issued
+    to the millisecond (``broker.claims.issued_at_ms`` of its jti and ``iat``), worked out
+    once here so the verified-key cache keeps it with the key.
+    """
 
     jti: str
     service: str
@@ -57,6 +82,10 @@ class KeyFacts:
     policy: str | None  # "policy-id@version"
     kid: str
     issued_at: datetime
+    issued_ms: int = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "issued_ms", issued_at_ms(self.jti, self.issued_at.timestamp()))
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], access: PiiAccess, kid: str) -> KeyFacts:
@@ -92,6 +121,8 @@ class Selector:
     policy: str | None = None
     kid: str | None = None
     issued_before: datetime | None = None
+    # ``issued_before`` in Unix milliseconds (rounded up), for matching without datetime work.
+    before_ms: int | None = dataclass_field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -120,6 +151,8 @@ class Selector:
             )
         if problems:
             raise InvalidInput("; ".join(problems), problems=problems)
+        if self.issued_before is not None:
+            object.__setattr__(self, "before_ms", ms_ceiling(self.issued_before))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Selector:
@@ -154,7 +187,7 @@ class Selector:
         return out
 
     def with_issued_before(self, cutoff: datetime) -> Selector:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         values["issued_before"] = cutoff
         return Selector(**values)
 
@@ -212,7 +245,7 @@ class Selector:
                     return False
             elif facts.policy.split("@", 1)[0] != self.policy:
                 return False
-        return self.issued_before is None or facts.issued_at < self.issued_before
+        return self.before_ms is None or facts.issued_ms < self.before_ms
 
 
 def anchors_of(facts: KeyFacts) -> Iterable[tuple[str, str]]:

@@ -4,11 +4,17 @@ No litestar here: routes, the incident rules, compromised-key rotation and the C
 ``revoke``. The row is written in the caller's transaction, with its audit event; the
 moment that transaction commits, this process's streams are woken (``feed.commit_signal``)
 and, on PostgreSQL, every other replica's (``notify.notify_revocation``).
+
+The cut is exact to the millisecond. A revocation made at T covers keys issued in T's
+millisecond or earlier (``issued_before`` is the start of the next millisecond), and
+``revoke`` does not return before this host's clock has reached that next millisecond: a
+key minted after the revocation returned (its UUIDv7 jti made later) is never covered.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from sqlalchemy import delete, event, func
@@ -24,6 +30,7 @@ from broker.audit import AuditAction, record
 # see cursor N+1 before N. One lock, always first, also means no lock-order deadlock with
 # callers that record their own audit events before revoking.
 from broker.audit.service import _AUDIT_LOCK
+from broker.claims import issued_at_ms
 from broker.custody.base import RotationResult, SigningCustody
 from broker.db import advisory_xact_lock, utcnow
 from broker.errors import InvalidInput
@@ -39,7 +46,7 @@ from broker.models import (
 )
 from broker.revocation.feed import commit_signal
 from broker.revocation.notify import notify_revocation
-from broker.revocation.selector import UNBOUNDED, Selector
+from broker.revocation.selector import UNBOUNDED, Selector, cut_after, ms_ceiling
 from broker.settings import Settings, get_settings
 
 COMPROMISED_KEY_REASON = "signing key compromised"
@@ -47,10 +54,27 @@ COMPROMISED_KEY_REASON = "signing key compromised"
 COMPROMISE_RETENTION = timedelta(days=7)
 
 
-def _whole_second_after(moment: datetime) -> datetime:
-    """Keys carry ``iat`` in whole seconds: a key issued up to ``moment`` has an ``iat`` below
-    the next whole second."""
-    return moment.replace(microsecond=0) + timedelta(seconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_ms(moment: datetime) -> datetime:
+    """A cut-off given by an operator, on the millisecond grid keys are issued on (rounded
+    up, so it covers exactly the keys it covered before rounding)."""
+    return _EPOCH + timedelta(milliseconds=ms_ceiling(moment))
+
+
+async def _clock_past(cutoff: datetime) -> None:
+    """Return once this host's clock reads ``cutoff`` or later (a millisecond at most).
+
+    A key minted from then on gets a jti at or after ``cutoff``, so a key issued after the
+    revocation returned is never covered, even in the very millisecond it was made. Bounded
+    (about 20 ms) so that a clock stepped back meanwhile cannot hold the revocation up.
+    """
+    for _ in range(10):
+        left = (cutoff - utcnow()).total_seconds()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.002))
 
 
 def _clean_reason(reason: str) -> str:
@@ -149,11 +173,13 @@ async def revoke(
 ) -> RevocationEntry:
     """Revoke every key matching ``selector`` that was issued up to now, in one row.
 
-    Keys issued after this call are not covered (quarantine a service to refuse it new
-    keys). ``settings`` gives the key lifetime bound; routes pass the runtime's, other
-    callers may rely on the process settings. Raises ``InvalidInput`` (nothing written) for
-    a reason that is empty or too long, an ``issued_before`` in the future, or members that
-    name no existing service, audience, field, purpose, policy, signing key or key.
+    Keys issued up to this millisecond are covered; keys issued after this call are not
+    (quarantine a service to refuse it new keys). An ``issued_before`` given is rounded up
+    to the millisecond. ``settings`` gives the key lifetime bound; routes pass the
+    runtime's, other callers may rely on the process settings. Raises ``InvalidInput``
+    (nothing written) for a reason that is empty or too long, an ``issued_before`` in the
+    future, or members that name no existing service, audience, field, purpose, policy,
+    signing key or key.
     """
     settings = settings or get_settings()
     reason = _clean_reason(reason)
@@ -163,17 +189,26 @@ async def revoke(
     if problems:
         raise InvalidInput("; ".join(problems), problems=problems)
     now = utcnow()
-    cutoff = _whole_second_after(now)
+    at_now = cut_after(now)
+    cutoff = at_now
     if selector.issued_before is not None:
         if selector.issued_before > now + timedelta(seconds=settings.clock_leeway):
             raise InvalidInput(
                 "issued_before is in the future: a revocation covers keys already issued; "
                 "quarantine the service to refuse it new keys"
             )
-        cutoff = min(selector.issued_before, cutoff)
+        cutoff = min(_to_ms(selector.issued_before), cutoff)
+    elif selector.jti is not None:
+        # The key exists (checked above), so it was issued before this revocation whatever
+        # the clock of the replica that minted it said: cover it even if that clock ran
+        # ahead of ours. A jti names one key; no later key can be caught by this.
+        key = await session.get(IssuedKey, selector.jti)
+        if key is not None:
+            minted = issued_at_ms(key.jti, key.issued_at.timestamp()) + 1
+            cutoff = max(cutoff, _EPOCH + timedelta(milliseconds=minted))
     bounded = selector.with_issued_before(cutoff)
     expires_after = await _horizon(session, bounded, cutoff, settings)
-    return await _write_entry(
+    entry = await _write_entry(
         session,
         bounded,
         now=now,
@@ -182,6 +217,8 @@ async def revoke(
         actor=actor,
         incident_id=incident_id,
     )
+    await _clock_past(min(cutoff, at_now))
+    return entry
 
 
 async def _write_entry(

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from broker import metrics
-from broker.incidents.webhook import close_sender, send_alerts
+from broker.incidents.webhook import send_alerts
 from broker.logs import get_logger
 from broker.models import UsageEvent
 from broker.rules import windows
@@ -186,7 +186,6 @@ async def signal_worker(runtime: Runtime) -> AsyncIterator[SignalQueue]:
         await queue.stop()
         if state.queue is queue:
             state.queue = None
-        await close_sender(runtime)
 
 
 async def prune_windows(runtime: Runtime, now: datetime) -> str:
