@@ -37,7 +37,7 @@ openapi: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Every benchmark against its peer, bounded in time (about five minutes); writes
+# Every benchmark against its peer, bounded in time (about eight minutes); writes
 # docs/benchmarks.md. Needs wrk (apt-get install wrk); runs needing PostgreSQL are skipped when
 # it cannot be reached.
 .PHONY: bench

@@ -144,16 +144,28 @@ def host_operator(env: dict[str, str], name: str, role: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+# What a run changes from the broker's own defaults. "bench": the broker alone (WARNING
+# logs, so no access-log line per request, and no scheduler). "default": nothing changed,
+# as ``broker serve`` runs when nothing is set: INFO logs with one access-log line per
+# request, and the scheduler on. Its log lines go to a pipe the bench reads and discards,
+# as a container runtime reads a replica's stderr.
+CONFIGS: dict[str, dict[str, str]] = {
+    "bench": {"BROKER_LOG_LEVEL": "WARNING", "BROKER_SCHEDULER_ENABLED": "false"},
+    "default": {},
+}
+
+
 @contextmanager
 def broker(
     database_url: str | None = None,
     workers: int = 1,
     server: str | None = None,
+    config: str = "bench",
     **env_extra: str,
 ) -> Iterator[Broker]:
     """``broker serve`` on loopback: SQLite in a temporary home, or the (empty) PostgreSQL
     database ``database_url`` names. ``server`` picks the ASGI server (default: the
-    broker's own default)."""
+    broker's own default), ``config`` one of ``CONFIGS``."""
     home = Path(tempfile.mkdtemp(prefix="bench-broker-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -164,11 +176,10 @@ def broker(
         BROKER_DATABASE_URL=db,
         BROKER_PORT=str(port),
         BROKER_ISSUER=url,
-        BROKER_LOG_LEVEL="WARNING",
-        BROKER_SCHEDULER_ENABLED="false",
         BROKER_WORKERS=str(workers),
-        **env_extra,
     )
+    env.update(CONFIGS[config])
+    env.update(env_extra)
     if server:
         env["BROKER_SERVER"] = server
     proc = subprocess.Popen(
@@ -207,9 +218,15 @@ def broker(
 
 def _drain(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if os.environ.get("BENCH_SHOW_BROKER_OUTPUT"):
+    if os.environ.get("BENCH_SHOW_BROKER_OUTPUT"):
+        for line in proc.stdout:
             print("broker:", line.rstrip(), flush=True)
+        return
+    # Read in large blocks and throw away: in the default configuration the broker writes a
+    # line per request, and this process shares the machine with the one it measures.
+    fd = proc.stdout.fileno()
+    while os.read(fd, 1 << 16):
+        pass
 
 
 def cpu_seconds(pid: int) -> float:
@@ -228,6 +245,40 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def first_job_runs(url: str, admin: str, timeout: float = 60) -> None:
+    """Wait (bounded) until every job scheduled in the broker has run once: a broker with
+    its scheduler on runs them all a few seconds after it starts."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            jobs = http.get("/v1/admin/jobs", headers={"Authorization": f"Bearer {admin}"})
+            jobs.raise_for_status()
+            scheduled = [job for job in jobs.json() if job["scheduled_here"]]
+            if all(job["last_finished_at"] for job in scheduled):
+                return
+            time.sleep(0.2)
+    print(f"  note: the scheduler's first runs had not all finished after {timeout:.0f} s")
+
+
+def connections_by_process(port: int) -> dict[int, int]:
+    """Established connections to ``port`` on loopback, by the process holding them (the
+    server's workers); empty when ``ss`` (iproute2) is not installed."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    counts: dict[int, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[int(pid)] = counts.get(int(pid), 0) + 1
+    return counts
 
 
 @dataclass

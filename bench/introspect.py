@@ -4,8 +4,16 @@ Broker: ``POST /v1/introspect`` (RFC 7662, form body ``token=...``) by the key's
 service with its client secret, for one valid key. Every answer checks the signature, the
 revocation index, counts one use in the database and feeds the anomaly rules.
 OpenBao: ``POST /v1/auth/token/lookup`` of one child token, with the root token.
-Both get the same load (wrk, 16 connections, 2 threads, same duration). Any non-2xx answer
-fails the run, and the key is checked active before and after it.
+Both get the same load (wrk, 16 connections, 2 threads, same duration) after the same
+short warm-up. Any non-2xx answer fails the run, and the key is checked active before and
+after it.
+
+The broker's warm-up first sends requests on fresh connections, several per worker: with
+several workers the measured run would otherwise meet a worker that has served nothing yet
+(its caches empty, its database connections not yet opened), and those first answers,
+hundreds of milliseconds on a busy machine, are start-up, not introspection. Its workers
+share one listening socket, and how wrk's 16 connections fall across them is printed: the
+busier worker sets the latency.
 
     .venv/bin/python bench/introspect.py [--seconds 10] [--database-url postgresql://...]
                                          [--workers N] [--json PATH]
@@ -20,11 +28,24 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import threading
+import time
 
 import httpx
 
-from bench._harness import AUDIENCE, WrkResult, broker, openbao, setup_world, table, wrk
+from bench._harness import (
+    AUDIENCE,
+    WrkResult,
+    broker,
+    connections_by_process,
+    openbao,
+    setup_world,
+    table,
+    wrk,
+)
 from bench._report import Row, fresh_database, write_rows
+
+WARMUP_SECONDS = 2
 
 
 def bench_broker(seconds: int, database_url: str | None, workers: int) -> WrkResult:
@@ -57,13 +78,30 @@ def bench_broker(seconds: int, database_url: str | None, workers: int) -> WrkRes
         check.raise_for_status()
         if check.json().get("active") is not True:
             raise RuntimeError(f"the key is not active: {check.text[:200]}")
-        result = wrk(
-            f"{b.url}/v1/introspect",
-            method="POST",
-            body=f"token={token}",
-            headers=headers,
-            seconds=seconds,
-        )
+        for _ in range(8 * workers):  # each on a new connection, which any worker may take
+            http.post(
+                "/v1/introspect",
+                headers={**headers, "Connection": "close"},
+                content=f"token={token}",
+            ).raise_for_status()
+        url = f"{b.url}/v1/introspect"
+        body = f"token={token}"
+        wrk(url, method="POST", body=body, headers=headers, seconds=WARMUP_SECONDS)
+        split: dict[int, int] = {}
+
+        def count_connections() -> None:
+            time.sleep(seconds / 2)
+            split.update(connections_by_process(int(b.url.rsplit(":", 1)[1])))
+
+        counter = threading.Thread(target=count_connections, daemon=True)
+        counter.start()
+        result = wrk(url, method="POST", body=body, headers=headers, seconds=seconds)
+        counter.join(timeout=5)
+        if workers > 1 and split:
+            print(
+                "  wrk's connections by worker: "
+                + ", ".join(str(n) for n in sorted(split.values(), reverse=True))
+            )
         after = http.post("/v1/introspect", headers=headers, content=f"token={token}")
         if after.json().get("active") is not True:
             raise RuntimeError("the key stopped being active during the run")
@@ -85,13 +123,11 @@ def bench_openbao(seconds: int) -> WrkResult:
         )
         child.raise_for_status()
         token = child.json()["auth"]["client_token"]
-        return wrk(
-            f"{bao.url}/v1/auth/token/lookup",
-            method="POST",
-            body=json.dumps({"token": token}),
-            headers={**root, "Content-Type": "application/json"},
-            seconds=seconds,
-        )
+        url = f"{bao.url}/v1/auth/token/lookup"
+        body = json.dumps({"token": token})
+        headers = {**root, "Content-Type": "application/json"}
+        wrk(url, method="POST", body=body, headers=headers, seconds=WARMUP_SECONDS)
+        return wrk(url, method="POST", body=body, headers=headers, seconds=seconds)
 
 
 def main() -> None:

@@ -12,9 +12,20 @@ records every key before returning it: the targets are on this one. And as ``bao
 -dev``, which keeps tokens in memory only (a restart loses them): shown beside it, since it
 is what a quick comparison would reach for, but it records nothing.
 
+The broker runs in the bench configuration (WARNING logs, scheduler off: the broker alone)
+and, with ``--configs bench,default``, also in its default one, as ``broker serve`` runs
+with nothing set: INFO logs with an access-log line per request, and the scheduler on. The
+default faces the same peers (the rows marked "default configuration"), and two rows hold
+it against the bench configuration: in keys/s (target: within 10%) and in the broker's CPU
+per key, which a busy machine disturbs less than a rate. The two swap order from one round
+to the next. Like the warm-up, the start of a broker is left out of the default's figures:
+its scheduler runs every job once about five seconds after start (a one-off burst of
+database work, about 0.1 s), so its warm-up waits for those first runs; the later runs
+(key advance every minute) stay in.
+
     .venv/bin/python bench/issue.py [--seconds 10] [--rounds 1] [--workers N]
         [--database-url postgresql://user@host/db] [--server granian|uvicorn]
-        [--json results.json] [--skip-verify]
+        [--configs bench[,default]] [--json results.json] [--skip-verify]
 
 With a PostgreSQL URL the broker runs on a fresh database created on that server for the
 run and dropped afterwards. ``--json`` writes the figures as a list of rows
@@ -37,10 +48,12 @@ from pathlib import Path
 import httpx
 
 from bench._harness import (
+    CONFIGS,
     ROOT,
     WrkResult,
     broker,
     cpu_seconds,
+    first_job_runs,
     openbao,
     setup_world,
     table,
@@ -114,16 +127,24 @@ def bench_openbao(seconds: int, storage: str) -> Run:
         return Run(result.requests_per_s, result.p50_ms, result.p99_ms)
 
 
-def bench_broker(seconds: int, database_url: str | None, workers: int, server: str | None) -> Run:
+def bench_broker(
+    seconds: int,
+    database_url: str | None,
+    workers: int,
+    server: str | None,
+    config: str = "bench",
+) -> Run:
     # A fresh database per run on the PostgreSQL server: the broker bootstraps only into
     # an empty one.
     with (
         fresh_database(database_url) as fresh,
-        broker(fresh, workers=workers, server=server) as b,
+        broker(fresh, workers=workers, server=server, config=config) as b,
     ):
         basic = billing_credentials(b.url, b.admin_token, b.approver_token)
         headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/json"}
         url = f"{b.url}/v1/keys"
+        if config == "default":
+            first_job_runs(b.url, b.admin_token)
         wrk(url, method="POST", body=KEY_BODY, headers=headers, seconds=WARMUP_SECONDS)
         time.sleep(0.5)  # let the warm-up's last responses land before counting
         before = asyncio.run(count_issued(b.database_url))
@@ -150,6 +171,11 @@ def bench_broker(seconds: int, database_url: str | None, workers: int, server: s
 
 def _median(runs: list[Run], attr: str) -> float:
     return statistics.median(float(getattr(r, attr)) for r in runs)
+
+
+def _median_cpu(runs: list[Run]) -> float | None:
+    cpu = [r.cpu_us_per_key for r in runs if r.cpu_us_per_key is not None]
+    return statistics.median(cpu) if cpu else None
 
 
 def rows(broker_runs: list[Run], durable: list[Run], in_memory: list[Run], label: str) -> list[Row]:
@@ -190,10 +216,63 @@ def rows(broker_runs: list[Run], durable: list[Run], in_memory: list[Run], label
     ]
 
 
+def default_config_rows(
+    default: list[Run], bench: list[Run], durable: list[Run], label: str
+) -> list[Row]:
+    """Rows for the broker in its default configuration: against the same durable peer,
+    with the same targets, and against itself in the bench configuration (issue 16: the
+    default may cost at most 10% of the rate; its CPU per key is shown beside it)."""
+    default_label = f"{label}, default configuration"
+    out = [
+        Row(
+            f"issuance keys/s ({default_label})",
+            _median(default, "keys_per_s"),
+            _median(durable, "keys_per_s"),
+            "keys/s",
+            True,
+            ">= 1.5x",
+        ),
+        Row(
+            f"issuance p99 ms ({default_label})",
+            _median(default, "p99_ms"),
+            _median(durable, "p99_ms"),
+            "ms",
+            False,
+            "< 10",
+        ),
+        Row(
+            f"issuance keys/s, default against bench configuration ({label})",
+            _median(default, "keys_per_s"),
+            _median(bench, "keys_per_s"),
+            "keys/s",
+            True,
+            ">= 0.9x",
+        ),
+    ]
+    cpu_default, cpu_bench = _median_cpu(default), _median_cpu(bench)
+    if cpu_default is not None:
+        out.append(
+            Row(
+                f"issuance broker CPU per key, default against bench configuration ({label})",
+                cpu_default,
+                cpu_bench,
+                "us/key",
+                False,
+            )
+        )
+    return out
+
+
 def _cell(row: Row, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.2f}" if row.unit == "ms" else f"{value:,.0f}"
+
+
+def _peer_name(row: Row) -> str:
+    if "against bench configuration" in row.name:
+        return " (bench config)"
+    return " (dev)" if "in-memory" in row.name else " (raft)"
 
 
 def main() -> None:
@@ -205,38 +284,57 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--server", choices=["granian", "uvicorn"], default=None)
+    parser.add_argument(
+        "--configs",
+        default="bench",
+        help="comma-separated broker configurations: bench, default (bench/_harness.CONFIGS)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     parser.add_argument("--skip-verify", action="store_true")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 120 or not 1 <= args.rounds <= 10:
         parser.error("--seconds must be 1..120 and --rounds 1..10 (every run is bounded)")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not configs or "bench" not in configs or not set(configs) <= set(CONFIGS):
+        parser.error(f"--configs takes bench and optionally default, not {args.configs!r}")
 
-    broker_runs: list[Run] = []
+    runs: dict[str, list[Run]] = {config: [] for config in configs}
     durable: list[Run] = []
     in_memory: list[Run] = []
-    for _ in range(args.rounds):
-        broker_runs.append(bench_broker(args.seconds, args.database_url, args.workers, args.server))
+    for round_ in range(args.rounds):
+        # Alternate which configuration goes first, so neither always meets the disk
+        # still flushing the other's run.
+        for config in configs if round_ % 2 == 0 else configs[::-1]:
+            runs[config].append(
+                bench_broker(args.seconds, args.database_url, args.workers, args.server, config)
+            )
         durable.append(bench_openbao(args.seconds, "raft"))
         in_memory.append(bench_openbao(args.seconds, "dev"))
     db = "postgresql" if args.database_url else "sqlite"
     label = f"{db}, {args.workers} worker{'s' if args.workers > 1 else ''}"
+    broker_runs = runs["bench"]
     figures = rows(broker_runs, durable, in_memory, label)
-    returned = sum(r.returned for r in broker_runs)
-    recorded = sum(r.recorded for r in broker_runs)
-    cpu = [r.cpu_us_per_key for r in broker_runs if r.cpu_us_per_key is not None]
+    if "default" in runs:
+        figures += default_config_rows(runs["default"], broker_runs, durable, label)
     print(
         f"key issuance, 16 connections, {args.seconds}s x {args.rounds} round(s), broker on "
-        f"{db} with {args.workers} worker(s), server {args.server or 'default'}; "
-        f"{returned} keys returned, {recorded} recorded"
-        + (f"; broker CPU {statistics.median(cpu):.0f} us/key" if cpu else "")
+        f"{db} with {args.workers} worker(s), server {args.server or 'default'}"
     )
+    for config, each in runs.items():
+        cpu = _median_cpu(each)
+        print(
+            f"  {config} configuration: {sum(r.returned for r in each)} keys returned, "
+            f"{sum(r.recorded for r in each)} recorded"
+            + (f"; broker CPU {cpu:.0f} us/key" if cpu is not None else "")
+        )
     print(
         table(
             [
                 (
-                    row.name.removeprefix("issuance ").split(" (")[0],
+                    row.name.removeprefix("issuance ").split(" (")[0]
+                    + (" (default config)" if "default configuration)" in row.name else ""),
                     _cell(row, row.broker),
-                    _cell(row, row.peer) + (" (dev)" if "in-memory" in row.name else " (raft)"),
+                    _cell(row, row.peer) + _peer_name(row),
                     f"{row.ratio:.2f}x" if row.ratio is not None else "n/a",
                 )
                 for row in figures

@@ -23,6 +23,8 @@ from bench._report import (
     target_met,
     write_rows,
 )
+from bench.all import jobs
+from bench.issue import Run, default_config_rows
 
 MACHINE = {"CPUs (nproc)": "2", "CPU model": "Test CPU", "git commit": "abc123"}
 
@@ -171,3 +173,59 @@ def test_the_machine_is_described_from_the_system_and_git() -> None:
     assert int(about["CPUs (nproc)"]) >= 1
     assert about["CPU model"]
     assert about["git commit"] != "unknown"
+
+
+def test_issuance_is_also_measured_in_the_default_configuration() -> None:
+    """Every issuance run of the suite runs the broker as users do too (INFO access log,
+    scheduler on), beside the bench configuration, against the same peers."""
+    issue = [job for job in jobs(seconds=10, workers=2, keys=10_000) if job.name == "issue"]
+    assert len(issue) == 3
+    for job in issue:
+        at = job.args.index("--configs")
+        assert job.args[at + 1].split(",") == ["bench", "default"], job.args
+
+
+def test_default_configuration_rows_face_the_peer_and_the_bench_configuration() -> None:
+    bench = [Run(2500, 6.0, 20.0, cpu_us_per_key=300), Run(2700, 5.0, 18.0, cpu_us_per_key=310)]
+    durable = [Run(900, 16.0, 42.0), Run(880, 15.0, 40.0)]
+    close = [Run(2400, 6.0, 21.0, cpu_us_per_key=320), Run(2500, 6.5, 22.0, cpu_us_per_key=330)]
+    far = [Run(1800, 9.0, 30.0, cpu_us_per_key=450), Run(1900, 9.0, 31.0, cpu_us_per_key=470)]
+
+    rows = {row.name: row for row in default_config_rows(close, bench, durable, "sqlite, 1 worker")}
+    rate = rows["issuance keys/s (sqlite, 1 worker, default configuration)"]
+    assert (rate.broker, rate.peer, rate.target) == (2450, 890, ">= 1.5x")
+    p99 = rows["issuance p99 ms (sqlite, 1 worker, default configuration)"]
+    assert (p99.broker, p99.peer, p99.higher_is_better, p99.target) == (21.5, 41.0, False, "< 10")
+    gap = rows["issuance keys/s, default against bench configuration (sqlite, 1 worker)"]
+    # Medians of the rounds: 2,450 against 2,600 keys/s is within 10%.
+    assert gap.ratio == pytest.approx(2450 / 2600)
+    assert target_met(gap) is True
+    cpu = rows[
+        "issuance broker CPU per key, default against bench configuration (sqlite, 1 worker)"
+    ]
+    assert (cpu.unit, cpu.higher_is_better, cpu.target) == ("us/key", False, None)
+    assert cpu.ratio == pytest.approx(305 / 325)  # above 1 would mean the default is cheaper
+
+    rows = {row.name: row for row in default_config_rows(far, bench, durable, "sqlite, 1 worker")}
+    assert (
+        target_met(rows["issuance keys/s, default against bench configuration (sqlite, 1 worker)"])
+        is False
+    )
+
+    markdown = render(
+        [Result("SQLite, 1 worker", row) for row in rows.values()], machine=MACHINE, command="x"
+    )
+    table = _table(markdown)
+    gap_line = [line for line in table if line[0].startswith("issuance keys/s, default against")]
+    assert gap_line == [
+        [
+            "issuance keys/s, default against bench configuration (sqlite, 1 worker)",
+            "SQLite, 1 worker",
+            "keys/s",
+            "1,850",
+            "2,600",
+            "0.71x",
+            "≥ 0.9x",
+            "**unmet**",
+        ]
+    ]

@@ -5,13 +5,14 @@ Query strings and headers can carry tokens, so they are never logged.
 This runs on every request, the hot key routes included, so it does as little as it can:
 request ids are a per-process random prefix and a counter (unique, and no system call per
 request, where ``secrets.token_hex`` makes one), latency series are looked up once per
-(method, route) and kept, and a quiet broker never builds a log line.
+(method, route) and kept, a quiet broker never builds a log line, and a broker at INFO
+writes it as a ``HotEvent``: the same JSON line and redaction as any other record, without
+the per-record machinery that made the default configuration issue up to a third fewer keys.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import secrets
 import time
 from typing import Any
@@ -20,12 +21,11 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import metrics
-from broker.logs import get_logger
+from broker.logs import HotEvent
 
-log = get_logger("broker.access")
-# structlog runs its processors before the standard logger drops a record below its level;
-# asking the standard logger first keeps a quiet broker from paying for lines it discards.
-_enabled = logging.getLogger("broker.access").isEnabledFor
+_access = HotEvent(
+    "broker.access", "request", ("method", "path", "status", "duration_ms", "request_id")
+)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ids = itertools.count(1)
 _latency_series: dict[tuple[str, str], Any] = {}
@@ -72,14 +72,7 @@ def access_log_middleware(app: ASGIApp) -> ASGIApp:
             elapsed = time.perf_counter() - started
             method = scope.get("method", "")
             _latency(method, scope.get("path_template")).observe(elapsed)
-            if _enabled(logging.INFO):
-                log.info(
-                    "request",
-                    method=method,
-                    path=scope.get("path"),
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                    request_id=request_id,
-                )
+            if _access.enabled():
+                _access.log(method, scope.get("path"), status, round(elapsed * 1000, 2), request_id)
 
     return middleware

@@ -182,7 +182,7 @@ async def _by_secret(runtime: Runtime, service_id: str, secret: str) -> ServiceI
     # A cached entry is a secret that was found and checked: the lookup below runs only on
     # a miss (or, in the background, to renew a hot entry).
     cached = _cached_secret(cache, digest, service_id, now, runtime.versions[IDENTITY])
-    if cached is not None:
+    if cached is not None and not cache.due(digest):
         return cached
     reads = runtime.parts.get(IdentityCaches).secret_reads
     key = (digest, service_id)
