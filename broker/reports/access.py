@@ -253,7 +253,8 @@ def _facts(key: KeyWindow) -> KeyFacts:
         purpose=key.purpose,
         policy=key.policy,
         kid=key.kid,
-        # Keys carry whole-second ``iat``: that is what a selector's issued_before sees.
+        # The key's ``iat`` (whole seconds), as in the key itself; ``KeyFacts`` takes the
+        # millisecond a selector's issued_before is held to from the UUIDv7 jti.
         issued_at=key.issued_at.replace(microsecond=0),
     )
 
