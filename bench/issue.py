@@ -23,9 +23,23 @@ its scheduler runs every job once about five seconds after start (a one-off burs
 database work, about 0.1 s), so its warm-up waits for those first runs; the later runs
 (key advance every minute) stay in.
 
+The signing algorithm is the broker's default (ES256) unless ``--signing-alg`` names one
+(passed to the broker as ``BROKER_SIGNING_ALG``; its rows then carry the algorithm in their
+label). With ``--against-default`` the broker also runs with the default algorithm, in
+alternation with the chosen one, and a row holds the two against each other.
+
+What RS256 costs: an RSA-2048 PKCS#1 v1.5 signature takes about 0.32 ms of one core here,
+ten times an ES256 (0.03 ms) or Ed25519 (0.03 ms) one (verifying is the other way round:
+0.02 ms against 0.08 and 0.10 ms), and each key is signed once, on the worker's event
+loop. On SQLite with one worker that is about 450 us more broker CPU per key (950 against
+500 us in a 3-second run with ``--against-default``) and about 0.6x the keys/s of ES256
+(1,020 against 1,670), still above the durable OpenBao peer; the "RS256 against default"
+rows of docs/benchmarks.md hold the figures of the full suite.
+
     .venv/bin/python bench/issue.py [--seconds 10] [--rounds 1] [--workers N]
         [--database-url postgresql://user@host/db] [--server granian|uvicorn]
-        [--configs bench[,default]] [--json results.json] [--skip-verify]
+        [--configs bench[,default]] [--signing-alg ES256|RS256|Ed25519|EdDSA]
+        [--against-default] [--json results.json] [--skip-verify]
 
 With a PostgreSQL URL the broker runs on a fresh database created on that server for the
 run and dropped afterwards. ``--json`` writes the figures as a list of rows
@@ -60,6 +74,7 @@ from bench._harness import (
     wrk,
 )
 from bench._report import Row, fresh_database, write_rows
+from broker.custody.base import DEFAULT_ALG, SUPPORTED_ALGS
 
 WARMUP_SECONDS = 2
 KEY_BODY = json.dumps(
@@ -133,12 +148,14 @@ def bench_broker(
     workers: int,
     server: str | None,
     config: str = "bench",
+    signing_alg: str | None = None,
 ) -> Run:
     # A fresh database per run on the PostgreSQL server: the broker bootstraps only into
     # an empty one.
+    alg = {"BROKER_SIGNING_ALG": signing_alg} if signing_alg else {}
     with (
         fresh_database(database_url) as fresh,
-        broker(fresh, workers=workers, server=server, config=config) as b,
+        broker(fresh, workers=workers, server=server, config=config, **alg) as b,
     ):
         basic = billing_credentials(b.url, b.admin_token, b.approver_token)
         headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/json"}
@@ -263,6 +280,32 @@ def default_config_rows(
     return out
 
 
+def against_default_rows(chosen: list[Run], default: list[Run], alg: str, label: str) -> list[Row]:
+    """The chosen signing algorithm against the default one, both in the bench
+    configuration and measured in alternation: keys/s and the broker's CPU per key."""
+    out = [
+        Row(
+            f"issuance keys/s, {alg} against default {DEFAULT_ALG} ({label})",
+            _median(chosen, "keys_per_s"),
+            _median(default, "keys_per_s"),
+            "keys/s",
+            True,
+        )
+    ]
+    cpu_chosen, cpu_default = _median_cpu(chosen), _median_cpu(default)
+    if cpu_chosen is not None:
+        out.append(
+            Row(
+                f"issuance broker CPU per key, {alg} against default {DEFAULT_ALG} ({label})",
+                cpu_chosen,
+                cpu_default,
+                "us/key",
+                False,
+            )
+        )
+    return out
+
+
 def _cell(row: Row, value: float | None) -> str:
     if value is None:
         return "-"
@@ -272,6 +315,8 @@ def _cell(row: Row, value: float | None) -> str:
 def _peer_name(row: Row) -> str:
     if "against bench configuration" in row.name:
         return " (bench config)"
+    if "against default" in row.name:
+        return f" ({DEFAULT_ALG})"
     return " (dev)" if "in-memory" in row.name else " (raft)"
 
 
@@ -289,6 +334,17 @@ def main() -> None:
         default="bench",
         help="comma-separated broker configurations: bench, default (bench/_harness.CONFIGS)",
     )
+    parser.add_argument(
+        "--signing-alg",
+        choices=SUPPORTED_ALGS,
+        default=None,
+        help=f"BROKER_SIGNING_ALG for the broker (default: the broker's, {DEFAULT_ALG})",
+    )
+    parser.add_argument(
+        "--against-default",
+        action="store_true",
+        help="also run the broker with the default signing algorithm and compare",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     parser.add_argument("--skip-verify", action="store_true")
     args = parser.parse_args()
@@ -297,28 +353,42 @@ def main() -> None:
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not configs or "bench" not in configs or not set(configs) <= set(CONFIGS):
         parser.error(f"--configs takes bench and optionally default, not {args.configs!r}")
+    alg = args.signing_alg
+    if args.against_default and alg in (None, DEFAULT_ALG):
+        parser.error(f"--against-default needs --signing-alg other than {DEFAULT_ALG}")
 
     runs: dict[str, list[Run]] = {config: [] for config in configs}
+    # The default signing algorithm, in the bench configuration, for --against-default.
+    default_alg: list[Run] = []
     durable: list[Run] = []
     in_memory: list[Run] = []
     for round_ in range(args.rounds):
         # Alternate which configuration goes first, so neither always meets the disk
         # still flushing the other's run.
-        for config in configs if round_ % 2 == 0 else configs[::-1]:
-            runs[config].append(
-                bench_broker(args.seconds, args.database_url, args.workers, args.server, config)
+        order: list[tuple[str, str | None]] = [(config, alg) for config in configs]
+        if args.against_default:
+            order.append(("bench", None))
+        for config, signing_alg in order if round_ % 2 == 0 else order[::-1]:
+            run = bench_broker(
+                args.seconds, args.database_url, args.workers, args.server, config, signing_alg
             )
+            (runs[config] if signing_alg == alg else default_alg).append(run)
         durable.append(bench_openbao(args.seconds, "raft"))
         in_memory.append(bench_openbao(args.seconds, "dev"))
     db = "postgresql" if args.database_url else "sqlite"
-    label = f"{db}, {args.workers} worker{'s' if args.workers > 1 else ''}"
+    base_label = f"{db}, {args.workers} worker{'s' if args.workers > 1 else ''}"
+    label = f"{base_label}, {alg}" if alg else base_label
     broker_runs = runs["bench"]
     figures = rows(broker_runs, durable, in_memory, label)
     if "default" in runs:
         figures += default_config_rows(runs["default"], broker_runs, durable, label)
+    if default_alg:
+        assert alg is not None
+        figures += against_default_rows(broker_runs, default_alg, alg, base_label)
     print(
         f"key issuance, 16 connections, {args.seconds}s x {args.rounds} round(s), broker on "
-        f"{db} with {args.workers} worker(s), server {args.server or 'default'}"
+        f"{db} with {args.workers} worker(s), server {args.server or 'default'}, signing "
+        f"with {alg or DEFAULT_ALG}"
     )
     for config, each in runs.items():
         cpu = _median_cpu(each)

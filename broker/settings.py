@@ -45,6 +45,16 @@ def parse_duration(value: object) -> int:
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 
+_SIGNING_ALGS = {name.lower(): name for name in ("ES256", "RS256", "Ed25519", "EdDSA")}
+
+
+def _signing_alg(value: object) -> object:
+    """``es256`` or ``ed25519`` as the JOSE identifier it means (JOSE spells them in mixed
+    case); anything else is left to the type's own error, which lists the choices."""
+    if isinstance(value, str):
+        return _SIGNING_ALGS.get(value.strip().lower(), value)
+    return value
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore", frozen=True)
@@ -67,6 +77,13 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     key_backend: Literal["local", "vault"] = "local"
+    # The JOSE algorithm new signing keys are made for (broker/custody/base.py). ES256 is
+    # the default: RFC 9068 validators accept it out of the box and it signs as fast as
+    # Ed25519 (docs/custody.md). A stored key keeps signing with its own algorithm; changing
+    # this is a rotation, with the new key published ahead like any other.
+    signing_alg: Annotated[
+        Literal["ES256", "RS256", "Ed25519", "EdDSA"], BeforeValidator(_signing_alg)
+    ] = "ES256"
     kek_file: Path | None = None
     kek: str | None = Field(default=None, repr=False)
     pepper: str | None = Field(default=None, repr=False)

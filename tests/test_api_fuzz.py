@@ -8,7 +8,9 @@ requests reach the handlers rather than stopping at a 401. Every answer must:
 
 * not be a 5xx;
 * if 4xx, be an RFC 9457 problem (``application/problem+json`` with ``type``, ``title`` and
-  ``status`` equal to the HTTP status);
+  ``status`` equal to the HTTP status); on the OAuth endpoints (``/v1/token``,
+  ``/v1/introspect``, ``/v1/revoke``) an OAuth error instead: ``application/json`` with an
+  ``error`` code and the same problem members;
 * match the served document: status code documented, content type and body as described;
 * never carry the operator token or client secret the request was made with.
 
@@ -59,6 +61,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from broker.http.oauth_errors import is_oauth_endpoint
 from tests.support.processes import BrokerProcess, broker_env
 from tests.support.served import cli_operator
 from tests.support.world import World, basic, bearer, build_world
@@ -97,11 +100,13 @@ class Tally:
     failures: list[str] = field(default_factory=list)
 
 
-def _is_problem(response: Any) -> str | None:
-    """Why a 4xx answer is not an RFC 9457 problem, or None when it is one."""
+def _is_problem(response: Any, path: str) -> str | None:
+    """Why a 4xx answer is not an RFC 9457 problem (an OAuth error carrying the problem
+    members, on an OAuth endpoint), or None when it is one."""
+    oauth = is_oauth_endpoint(path)
     values = response.headers.get("content-type") or [""]
     media = values[0].split(";")[0].strip()
-    if media != "application/problem+json":
+    if media != ("application/json" if oauth else "application/problem+json"):
         return f"content type {media!r}"
     try:
         body = response.json()
@@ -109,6 +114,8 @@ def _is_problem(response: Any) -> str | None:
         return "body is not JSON"
     if not isinstance(body, dict):
         return "body is not an object"
+    if oauth and not isinstance(body.get("error"), str):
+        return "no OAuth error code"
     if not isinstance(body.get("type"), str) or not isinstance(body.get("title"), str):
         return "type or title missing"
     if body.get("status") != response.status_code:
@@ -173,7 +180,7 @@ def _send(case: Any, target: Target, tally: Tally) -> str | None:
     except (Exception, BaseExceptionGroup) as exc:  # a group of check failures
         problems.append(f"{type(exc).__name__}: {str(exc)[:600]}")
     if 400 <= response.status_code < 500:
-        why = _is_problem(response)
+        why = _is_problem(response, case.path)
         if why is not None:
             problems.append(f"4xx is not a problem document: {why}")
     if any(secret in response.text for secret in target.secrets):

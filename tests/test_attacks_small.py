@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.client import KeyVerifier, VerifierUnavailable
+from tests.support.problems import assert_oauth_error
 from tests.support.served import Served, served_broker
 from tests.support.streaming import SSEReader
 from tests.support.world import World, basic, bearer, build_world
@@ -232,7 +233,7 @@ async def test_a_deeply_nested_jwks_is_one_failed_fetch(broker: Broker) -> None:
                 "authorization_details": DETAILS,
             },
         )
-        assert_problem(exchanged, 503)
+        assert_oauth_error(exchanged, 503, "temporarily_unavailable")
         assert hostile.requests == 1
         # The broker is still itself: a valid service gets its key.
         ok = await http.post("/v1/keys", headers=broker.world.billing, json=KEY_REQUEST)
@@ -338,13 +339,11 @@ async def test_key_routes_take_only_ascii_numbers_and_real_thumbprints(broker: B
     for name in ("ttl_seconds", "expires_in", "max_uses"):
         for value in NOT_NUMBERS:
             resp = await http.post("/v1/token", data={**exchange, name: value})
-            body = assert_problem(resp, 400)
-            assert body["error"] == "invalid_request", body
+            body = assert_oauth_error(resp, 400, "invalid_request")
             assert name in body["error_description"]
     for value in NOT_THUMBPRINTS:
         resp = await http.post("/v1/token", data={**exchange, "jkt": value})
-        body = assert_problem(resp, 400)
-        assert body["error"] == "invalid_request", body
+        body = assert_oauth_error(resp, 400, "invalid_request")
         assert "jkt" in body["error_description"]
         keys = await http.post(
             "/v1/keys", headers=world.billing, json={**KEY_REQUEST, "jkt": value}
@@ -353,7 +352,7 @@ async def test_key_routes_take_only_ascii_numbers_and_real_thumbprints(broker: B
     # An audience no service could be is a target the broker does not serve (RFC 8693).
     for audience in ("https://customers.example", "Customers-DB", "c²"):
         resp = await http.post("/v1/token", data={**exchange, "audience": audience})
-        assert assert_problem(resp, 403)["error"] == "invalid_target"
+        assert_oauth_error(resp, 400, "invalid_target")
     # The same values as JSON numbers on /v1/keys are numbers or not by JSON's own grammar.
     for raw in ('"60"', "60.5", "1e400", "-60", "99999999999999999999999"):
         body = json.dumps(KEY_REQUEST)[:-1] + f', "ttl_seconds": {raw}}}'

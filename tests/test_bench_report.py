@@ -179,10 +179,20 @@ def test_issuance_is_also_measured_in_the_default_configuration() -> None:
     """Every issuance run of the suite runs the broker as users do too (INFO access log,
     scheduler on), beside the bench configuration, against the same peers."""
     issue = [job for job in jobs(seconds=10, workers=2, keys=10_000) if job.name == "issue"]
-    assert len(issue) == 3
-    for job in issue:
+    default_alg = [job for job in issue if "--signing-alg" not in job.args]
+    assert len(default_alg) == 3
+    for job in default_alg:
         at = job.args.index("--configs")
         assert job.args[at + 1].split(",") == ["bench", "default"], job.args
+    # And signing with RS256, held against the default algorithm, on SQLite and PostgreSQL.
+    rs256 = [job for job in issue if "--signing-alg" in job.args]
+    assert [job.setup for job in rs256] == [
+        "SQLite, 1 worker, RS256",
+        "PostgreSQL, 1 worker, RS256",
+    ]
+    for job in rs256:
+        assert job.args[job.args.index("--signing-alg") + 1] == "RS256"
+        assert "--against-default" in job.args
 
 
 def test_default_configuration_rows_face_the_peer_and_the_bench_configuration() -> None:

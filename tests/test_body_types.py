@@ -4,7 +4,8 @@ The test reads the OpenAPI document the app serves and, for every operation that
 body, sends what ``tests.support.body_cases`` derives from that operation's schema: the
 whole body and every member at every depth as each JSON type the schema does not allow,
 each required member left out, and the body left out. Each must be refused with a 400 or
-422 RFC 9457 problem document. The cases come from the document, so a route or a member
+422 RFC 9457 problem document (on the OAuth endpoints, a 400 OAuth error carrying the same
+problem members). The cases come from the document, so a route or a member
 added later is covered without a change here.
 
 Requests carry valid credentials (the admin operator's token; a service's Basic
@@ -26,6 +27,7 @@ from litestar import Litestar, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
+from broker.http.oauth_errors import is_oauth_endpoint
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.http.strict_bodies import hold_json_bodies
 from tests.conftest import Operators
@@ -93,13 +95,17 @@ def _path(template: str, values: dict[str, str]) -> str:
 
 
 def _why_not_refused(resp: httpx.Response) -> str | None:
-    """Why ``resp`` is not a 400/422 problem document, or None when it is one."""
-    if resp.status_code not in (400, 422):
+    """Why ``resp`` is not a 400/422 problem document (a 400 OAuth error with the problem
+    members on the OAuth endpoints), or None when it is one."""
+    oauth = is_oauth_endpoint(resp.request.url.path)
+    if resp.status_code not in ((400,) if oauth else (400, 422)):
         return f"status {resp.status_code}"
     media = resp.headers.get("content-type", "").split(";")[0].strip()
-    if media != "application/problem+json":
+    if media != ("application/json" if oauth else "application/problem+json"):
         return f"content type {media!r}"
     body = resp.json()
+    if oauth and not isinstance(body.get("error"), str):
+        return "no OAuth error code"
     if not isinstance(body, dict) or not all(
         isinstance(body.get(k), str) for k in ("type", "title")
     ):

@@ -1,16 +1,26 @@
-"""KeyClient and SyncKeyClient against a real loopback stand-in broker."""
+"""KeyClient and SyncKeyClient against a real loopback stand-in broker (`/v1/keys`) and a
+mock transport playing the token endpoint (`/v1/token`, introspection and revocation with
+each client authentication)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
+import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.client import (
     BrokerUnavailable,
@@ -225,6 +235,7 @@ async def test_problem_responses_become_typed_errors(fake: FakeBroker) -> None:
         assert denied.value.reason == "quarantined"
         assert denied.value.problem_type == "https://pii-broker.dev/problems/quarantined"
         assert denied.value.detail == "service billing-api is quarantined"
+        assert denied.value.oauth_error is None  # an RFC 9457 problem, not an OAuth error
         with pytest.raises(RateLimited) as limited:
             await client.get_key(AUDIENCE, FIELDS, "billing")
         assert limited.value.retry_after == 7
@@ -363,3 +374,365 @@ async def test_service_to_resource_service_round_trip(fake: FakeBroker) -> None:
         assert mask(record, grant) == {"customer": {"email": "a@example.com"}}
         assert grant.jti == issued.jti
         assert grant.service == SERVICE
+
+
+# --- the token endpoint: client_credentials and token exchange --------------------------------
+# The OAuth paths are driven over httpx.MockTransport: these tests pin what goes on the wire
+# and how each answer is read; tests/test_client_oauth.py runs the same paths against the
+# real broker.
+
+TOKEN_SIGNER = Ed25519PrivateKey.generate()
+WORKLOAD_JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2ln"  # never parsed by the SDK
+
+
+def oauth_error(http_status: int, error: str, description: str, **extra: Any) -> Canned:
+    headers = {"Retry-After": "3"} if http_status in (429, 503) else {}
+    body = {"error": error, "error_description": description, **extra}
+    return Canned(http_status, body, headers)
+
+
+class TokenEndpoint:
+    """The broker's OAuth endpoints as a mock transport: records each request (path,
+    headers, form) and issues keys the way `POST /v1/token` answers (RFC 6749 §5.1)."""
+
+    def __init__(self, max_ttl: int = 300) -> None:
+        self.max_ttl = max_ttl
+        self.requests: list[tuple[str, httpx.Headers, dict[str, str]]] = []
+        self.canned: list[Canned] = []
+        self.token_type: str | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        form = dict(parse_qsl(request.content.decode(), keep_blank_values=True))
+        self.requests.append((request.url.path, request.headers, form))
+        if self.canned:
+            canned = self.canned.pop(0)
+            return httpx.Response(canned.status, json=canned.body, headers=canned.headers)
+        if request.url.path == "/v1/introspect":
+            return httpx.Response(200, json={"active": True, "jti": "j"})
+        if request.url.path == "/v1/revoke":
+            return httpx.Response(200)
+        details = json.loads(form["authorization_details"])
+        ttl = min(int(form.get("ttl_seconds") or 300), self.max_ttl)
+        now = int(time.time())
+        claims = {"aud": form["audience"], "jti": uuid.uuid4().hex, "iat": now, "exp": now + ttl}
+        token = jwt.encode(claims, TOKEN_SIGNER, algorithm="EdDSA", headers={"kid": "k-1"})
+        body = {
+            "access_token": token,
+            "token_type": self.token_type or ("DPoP" if form.get("jkt") else "Bearer"),
+            "expires_in": ttl,
+            "authorization_details": [{**details[0], "policy": "pol-1@2"}],
+        }
+        return httpx.Response(200, json=body, headers={"Cache-Control": "no-store"})
+
+    def forms(self, path: str = "/v1/token") -> list[dict[str, str]]:
+        return [form for seen, _, form in self.requests if seen == path]
+
+
+def oauth_client(endpoint: TokenEndpoint, **options: Any) -> KeyClient:
+    options.setdefault("flow", "client_credentials")
+    if "workload_token" not in options:
+        options.setdefault("client_id", SERVICE)
+        options.setdefault("client_secret", SECRET)
+    return KeyClient(
+        "http://broker.test",
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(endpoint)),
+        **options,
+    )
+
+
+async def test_client_credentials_asks_the_token_endpoint_with_authorization_details() -> None:
+    endpoint = TokenEndpoint(max_ttl=100)
+    async with oauth_client(endpoint) as client:
+        issued = await client.get_key(AUDIENCE, FIELDS, "billing", ttl_seconds=120, max_uses=5)
+        assert await client.get_key(AUDIENCE, reversed(FIELDS), "billing") is not issued
+    path, headers, form = endpoint.requests[0]
+    assert path == "/v1/token"
+    assert headers["content-type"] == "application/x-www-form-urlencoded"
+    expected = "Basic " + base64.b64encode(f"{SERVICE}:{SECRET}".encode()).decode()
+    assert headers["authorization"] == expected
+    assert form == {
+        "grant_type": "client_credentials",
+        "audience": AUDIENCE,
+        "authorization_details": json.dumps(
+            [{"type": "pii_access", "fields": sorted(FIELDS), "purpose": "billing"}],
+            separators=(",", ":"),
+        ),
+        "ttl_seconds": "120",
+        "max_uses": "5",
+    }
+    claims = jwt.decode(issued.key, options={"verify_signature": False})
+    assert issued.jti == claims["jti"]
+    assert issued.kid == "k-1"
+    assert issued.audience == AUDIENCE
+    assert issued.fields == tuple(sorted(FIELDS))
+    assert issued.purpose == "billing"
+    assert issued.expires_at == datetime.fromtimestamp(claims["exp"], UTC)
+    assert issued.ttl_clamped  # asked for 120 s, the policy allowed 100
+    assert issued.max_uses == 5
+    assert issued.authorization == f"Bearer {issued.key}"
+
+
+async def test_client_secret_post_sends_the_secret_in_the_form_everywhere() -> None:
+    endpoint = TokenEndpoint()
+    async with oauth_client(endpoint, client_auth="client_secret_post") as client:
+        issued = await client.get_key(AUDIENCE, FIELDS, "billing")
+        assert (await client.introspect(issued.key)).active
+        await client.revoke(issued)
+    assert [path for path, _, _ in endpoint.requests] == [
+        "/v1/token",
+        "/v1/introspect",
+        "/v1/revoke",
+    ]
+    for _, headers, form in endpoint.requests:
+        assert "authorization" not in headers
+        assert form["client_id"] == SERVICE
+        assert form["client_secret"] == SECRET
+    assert endpoint.forms("/v1/revoke")[0]["token"] == issued.key
+    assert endpoint.forms("/v1/introspect")[0]["token"] == issued.key
+
+
+async def test_private_key_jwt_sends_the_workload_token_read_fresh_as_client_assertion(
+    tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first.workload.jwt\n")
+    endpoint = TokenEndpoint()
+    async with oauth_client(
+        endpoint,
+        workload_token=workload_token_file(token_file),
+        client_auth="private_key_jwt",
+        client_id=SERVICE,
+    ) as client:
+        await client.get_key(AUDIENCE, FIELDS, "billing")
+        token_file.write_text("second.workload.jwt\n")  # the kubelet rotated it
+        issued = await client.get_key(AUDIENCE, FIELDS, "fraud-review")
+        await client.introspect(issued.key)
+        await client.revoke(issued)
+    assertions = []
+    for _, headers, form in endpoint.requests:
+        assert "authorization" not in headers
+        assert form["client_assertion_type"] == (
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        )
+        assert form["client_id"] == SERVICE
+        assert "client_secret" not in form
+        assertions.append(form["client_assertion"])
+    assert assertions == ["first.workload.jwt"] + ["second.workload.jwt"] * 3
+
+
+async def test_bearer_workload_token_with_client_credentials() -> None:
+    endpoint = TokenEndpoint()
+    async with oauth_client(endpoint, workload_token=lambda: WORKLOAD_JWT) as client:
+        assert client.client_auth == "bearer"
+        await client.get_key(AUDIENCE, FIELDS, "billing")
+    _, headers, form = endpoint.requests[0]
+    assert headers["authorization"] == f"Bearer {WORKLOAD_JWT}"
+    assert form["grant_type"] == "client_credentials"
+    assert "client_assertion" not in form
+
+
+async def test_token_exchange_sends_the_workload_token_as_subject_token() -> None:
+    endpoint = TokenEndpoint()
+    async with oauth_client(
+        endpoint, flow="token_exchange", workload_token=lambda: WORKLOAD_JWT
+    ) as client:
+        issued = await client.get_key(AUDIENCE, FIELDS, "billing")
+        await client.introspect(issued.key)
+    (_, token_headers, form), (_, introspect_headers, introspect_form) = endpoint.requests
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert form["subject_token"] == WORKLOAD_JWT
+    assert form["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert "authorization" not in token_headers  # the subject token is the identity
+    assert introspect_headers["authorization"] == f"Bearer {WORKLOAD_JWT}"
+    assert introspect_form == {"token": issued.key}
+    # With a client secret beside it, the client authenticates too, as chosen.
+    endpoint = TokenEndpoint()
+    async with oauth_client(
+        endpoint,
+        flow="token_exchange",
+        workload_token=lambda: WORKLOAD_JWT,
+        client_id=SERVICE,
+        client_secret=SECRET,
+        client_auth="client_secret_post",
+    ) as client:
+        await client.get_key(AUDIENCE, FIELDS, "billing")
+    _, headers, form = endpoint.requests[0]
+    assert "authorization" not in headers
+    assert (form["client_id"], form["client_secret"]) == (SERVICE, SECRET)
+    assert form["subject_token"] == WORKLOAD_JWT
+
+
+async def test_holder_bound_key_from_the_token_endpoint() -> None:
+    endpoint = TokenEndpoint()
+    async with oauth_client(endpoint) as client:
+        issued = await client.get_key(AUDIENCE, FIELDS, "billing", jkt="a" * 43)
+        assert endpoint.forms()[0]["jkt"] == "a" * 43
+        assert issued.authorization == f"DPoP {issued.key}"
+        # A Bearer key for a DPoP request is not what was asked for.
+        endpoint.token_type = "Bearer"
+        with pytest.raises(BrokerUnavailable, match="malformed"):
+            await client.get_key(AUDIENCE, FIELDS, "fraud-review", jkt="b" * 43)
+
+
+async def test_oauth_errors_become_the_sdk_errors_with_their_code() -> None:
+    endpoint = TokenEndpoint()
+    endpoint.canned.extend(
+        [
+            oauth_error(401, "invalid_client", "client authentication failed"),
+            oauth_error(
+                400,
+                "invalid_target",
+                "no policy for audience payments-db",
+                type="https://pii-broker.dev/problems/invalid-target",
+                title="Token request refused",
+                status=400,
+                detail="no policy for audience payments-db",
+            ),
+            oauth_error(400, "invalid_authorization_details", "field customer.ssn refused"),
+            oauth_error(400, "unauthorized_client", "service billing-api is quarantined"),
+            oauth_error(429, "slow_down", "over 600/min"),
+            oauth_error(503, "temporarily_unavailable", "key backend unavailable"),
+            oauth_error(500, "server_error", "unexpected"),
+        ]
+    )
+    async with oauth_client(endpoint, retries=0) as client:
+        with pytest.raises(KeyDenied) as unauthenticated:
+            await client.get_key(AUDIENCE, FIELDS, "billing")
+        assert unauthenticated.value.status == 401
+        assert unauthenticated.value.oauth_error == "invalid_client"
+        assert unauthenticated.value.reason == "invalid_client"
+        assert unauthenticated.value.detail == "client authentication failed"
+        with pytest.raises(KeyDenied) as target:
+            await client.get_key(AUDIENCE, FIELDS, "billing")
+        assert target.value.oauth_error == "invalid_target"
+        assert target.value.reason == "invalid-target"  # the problem type, when there is one
+        assert target.value.title == "Token request refused"
+        for code in ("invalid_authorization_details", "unauthorized_client"):
+            with pytest.raises(KeyDenied) as denied:
+                await client.get_key(AUDIENCE, FIELDS, "billing")
+            assert (denied.value.status, denied.value.oauth_error) == (400, code)
+            assert code in str(denied.value)
+        with pytest.raises(RateLimited) as limited:
+            await client.get_key(AUDIENCE, FIELDS, "billing")
+        assert (limited.value.retry_after, limited.value.oauth_error) == (3, "slow_down")
+        for code in ("temporarily_unavailable", "server_error"):
+            with pytest.raises(BrokerUnavailable) as down:
+                await client.get_key(AUDIENCE, FIELDS, "billing")
+            assert down.value.oauth_error == code
+        endpoint.canned.extend(
+            [
+                oauth_error(401, "invalid_client", "client authentication failed"),
+                oauth_error(400, "invalid_request", "token is required"),
+            ]
+        )
+        with pytest.raises(KeyDenied) as introspection:
+            await client.introspect("x.y.z")
+        assert introspection.value.oauth_error == "invalid_client"
+        with pytest.raises(KeyDenied) as revocation:
+            await client.revoke("x.y.z")
+        assert revocation.value.oauth_error == "invalid_request"
+
+
+async def test_oauth_code_survives_retries_of_an_unavailable_broker() -> None:
+    endpoint = TokenEndpoint()
+    endpoint.canned.extend([oauth_error(503, "temporarily_unavailable", "database down")] * 2)
+    endpoint.canned[0].headers["Retry-After"] = "0"
+    endpoint.canned[1].headers["Retry-After"] = "0"
+    async with oauth_client(endpoint, retries=1) as client:
+        with pytest.raises(BrokerUnavailable, match="HTTP 503") as down:
+            await client.get_key(AUDIENCE, FIELDS, "billing")
+    assert down.value.oauth_error == "temporarily_unavailable"
+    assert len(endpoint.requests) == 2
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"access_token": DROP},
+        {"access_token": ""},
+        {"access_token": "not-a-jwt"},
+        {"access_token": "e30.e30.c2ln"},  # no kid, no jti
+        {"expires_in": DROP},
+        {"expires_in": True},
+        {"expires_in": 0},
+        {"expires_in": "60"},
+        {"token_type": "N_A"},
+        {"authorization_details": []},
+        {"authorization_details": [{"type": "other", "fields": ["a"], "purpose": "b"}]},
+        None,  # not an object at all
+    ],
+)
+async def test_malformed_token_responses_are_refused(change: dict[str, Any] | None) -> None:
+    endpoint = TokenEndpoint()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if change is None:
+            return httpx.Response(200, json=["not", "an", "object"])
+        body = endpoint(request).json() | change
+        return httpx.Response(200, json={k: v for k, v in body.items() if v is not DROP})
+
+    client = KeyClient(
+        "http://broker.test",
+        client_id=SERVICE,
+        client_secret=SECRET,
+        flow="client_credentials",
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(answer)),
+    )
+    async with client:
+        with pytest.raises(BrokerUnavailable, match="token response is malformed"):
+            await client.get_key(AUDIENCE, FIELDS, "billing")
+
+
+def test_flow_and_client_auth_are_checked_when_the_client_is_made() -> None:
+    def token() -> str:
+        return WORKLOAD_JWT
+
+    secret = {"client_id": SERVICE, "client_secret": SECRET}
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"flow": "implicit", **secret}, "flow must be one of"),
+        ({"client_auth": "tls_client_auth", **secret}, "client_auth must be one of"),
+        ({"client_auth": "client_secret_post", **secret}, "flow=keys takes"),
+        ({"client_auth": "private_key_jwt", "workload_token": token}, "flow=keys takes"),
+        (
+            {"flow": "client_credentials", "client_auth": "private_key_jwt", **secret},
+            "needs workload_token",
+        ),
+        (
+            {
+                "flow": "client_credentials",
+                "client_auth": "client_secret_post",
+                "workload_token": token,
+            },
+            "needs client_id and client_secret",
+        ),
+        ({"flow": "token_exchange", **secret}, "token_exchange needs workload_token"),
+        (
+            {"flow": "token_exchange", "workload_token": token, "client_auth": "private_key_jwt"},
+            "needs client_id and client_secret",
+        ),
+        (
+            {"flow": "token_exchange", "workload_token": token, "client_auth": "bearer", **secret},
+            "client_secret_",
+        ),
+    ]
+    for options, message in refused:
+        with pytest.raises(ValueError, match=message):
+            KeyClient("http://b", **options)
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="needs workload_token"):
+        SyncKeyClient(
+            "http://b", flow="client_credentials", client_auth="private_key_jwt", **secret
+        )
+    assert threading.active_count() == threads
+    with SyncKeyClient(
+        "http://b", flow="client_credentials", client_auth="client_secret_post", **secret
+    ) as sync:
+        assert (sync._client.flow, sync._client.client_auth) == (
+            "client_credentials",
+            "client_secret_post",
+        )
+    default = KeyClient("http://b", **secret)
+    assert (default.flow, default.client_auth) == ("keys", "client_secret_basic")

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
     load_der_private_key,
 )
 from sqlalchemy import text
@@ -139,7 +137,10 @@ async def test_private_keys_are_never_stored_in_plaintext(
             runtime.secrets.kek, runtime.secrets.kek_id, row.kid, row.private_ciphertext
         )
         key = load_der_private_key(der, password=None)
-        raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        # The private scalar alone (ES256, the default algorithm), as it would sit in a
+        # careless dump.
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        raw = key.private_numbers().private_value.to_bytes(32, "big")
         for secret in (der, raw):
             for form in _encodings(secret):
                 assert form not in dump, f"private key of {row.kid} found in the database"

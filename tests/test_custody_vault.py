@@ -34,6 +34,7 @@ import hvac.exceptions
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import func, text
@@ -43,7 +44,13 @@ from broker.audit import AuditAction
 from broker.custody import lifecycle
 from broker.custody.base import KeyBackendUnavailable, KeyState, unavailable_cause
 from broker.custody.factory import build_custody
-from broker.custody.transit import diagnose, parse_ref, transit_signature
+from broker.custody.transit import (
+    KEY_TYPES,
+    SIGN_PARAMETERS,
+    diagnose,
+    parse_ref,
+    transit_signature,
+)
 from broker.custody.vault import VaultCustody
 from broker.db import utcnow
 from broker.errors import Unavailable
@@ -238,13 +245,16 @@ async def test_private_keys_never_leave_transit(
         assert row.backend_ref is not None
         assert re.fullmatch(rf"{key_prefix}-[0-9a-f]{{16}}:v1", row.backend_ref)
         key = root.secrets.transit.read_key(transit_name(row))["data"]
-        assert key["type"] == "ed25519"
+        assert row.alg == "ES256"  # the default algorithm
+        assert key["type"] == KEY_TYPES[row.alg] == "ecdsa-p256"
         assert key["exportable"] is False
         assert key["allow_plaintext_backup"] is False
-        # What we publish is exactly Transit's public key, named by its thumbprint.
-        raw_public = base64.b64decode(key["keys"]["1"]["public_key"])
-        assert row.public_jwk["x"] == base64.urlsafe_b64encode(raw_public).rstrip(b"=").decode()
-        assert set(jwks[kid]) == {"kty", "crv", "x", "kid", "alg", "use"}
+        # What we publish is exactly Transit's public key (as PyJWT writes it as a JWK),
+        # named by its thumbprint.
+        transit_public = load_pem_public_key(key["keys"]["1"]["public_key"].encode())
+        expected = jwt.algorithms.ECAlgorithm.to_jwk(transit_public, as_dict=True)
+        assert {m: row.public_jwk[m] for m in expected} == expected
+        assert set(jwks[kid]) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
         # Not even Vault's root token can take the private half out.
         with pytest.raises(hvac.exceptions.VaultError):
             root.secrets.transit.export_key(transit_name(row), key_type="signing-key")
@@ -273,16 +283,19 @@ async def test_signatures_are_made_by_the_transit_key(
     custody = vault_custody(runtime)
     signature = await custody.sign(b"signed in Transit")
     row = (await signing_rows(runtime))[signature.kid]
-    # Transit itself confirms the signature is its own key's.
+    assert signature.alg == row.alg == "ES256"
+    # Transit itself confirms the signature is its own key's (asked the way it signed: a
+    # JWS-marshalled ES256 signature is base64url).
     verified = vault_server.client().secrets.transit.verify_signed_data(
         transit_name(row),
         hash_input=base64.b64encode(b"signed in Transit").decode(),
-        signature="vault:v1:" + base64.b64encode(signature.value).decode(),
+        signature="vault:v1:" + base64.urlsafe_b64encode(signature.value).rstrip(b"=").decode(),
+        **SIGN_PARAMETERS[row.alg],
     )
     assert verified["data"]["valid"] is True
     # And a verifier holding only our JWKS agrees.
     jwk = next(k for k in await custody.public_jwks() if k["kid"] == signature.kid)
-    algorithm = jwt.get_algorithm_by_name("EdDSA")
+    algorithm = jwt.get_algorithm_by_name(row.alg)
     assert algorithm.verify(b"signed in Transit", algorithm.from_jwk(jwk), signature.value)
 
 
@@ -632,7 +645,6 @@ class TestOutage:
         yield openbao_persistent
         openbao_persistent.start()  # whatever the test did, leave it running
 
-    @pytest.mark.filterwarnings("ignore:EdDSA is deprecated:UserWarning")
     async def test_issuance_fails_closed_while_openbao_is_down_and_resumes(
         self,
         client: httpx.AsyncClient,
@@ -681,7 +693,7 @@ class TestOutage:
         claims = jwt.decode(
             token,
             jwt.PyJWKSet.from_dict(jwks_doc)[kid],
-            algorithms=["EdDSA"],
+            algorithms=["ES256"],
             audience="customers-db",
             issuer="https://broker.test",
         )

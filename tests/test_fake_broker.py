@@ -9,6 +9,7 @@ import jwt
 import pytest
 
 from tests.support.fake_broker import AUDIENCE, SECRET, SERVICE, FakeBroker, running_broker
+from tests.support.problems import assert_oauth_error
 
 
 @pytest.fixture
@@ -52,3 +53,6 @@ def test_stand_in_issues_documented_key_format(fake: FakeBroker) -> None:
     assert body["expires_at"].endswith("Z")
     refused = httpx.post(f"{fake.issuer}/v1/keys", json={}, auth=(SERVICE, "wrong"))
     assert refused.status_code == 401
+    # The OAuth endpoints refuse with OAuth errors, as the broker does (docs/api.md).
+    wrong = httpx.post(f"{fake.issuer}/v1/introspect", data={"token": "x"}, auth=(SERVICE, "no"))
+    assert_oauth_error(wrong, 401, "invalid_client", challenge="Basic")

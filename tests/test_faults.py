@@ -43,8 +43,10 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from broker.http.oauth_errors import is_oauth_endpoint
 from tests.support.databases import DatabaseTemplates
 from tests.support.private_postgres import PrivatePostgres, unavailable_reason
+from tests.support.problems import assert_oauth_error
 from tests.support.processes import BrokerProcess, broker_env
 from tests.support.served import cli_operator
 from tests.support.world import World, bearer, build_world
@@ -398,8 +400,13 @@ def _freeze(db: Path) -> Callable[[], None]:
 
 
 def _problem_503(resp: httpx.Response) -> None:
+    """The unavailable problem; on an OAuth endpoint (introspection) as the OAuth error
+    ``temporarily_unavailable``, the same problem members beside it."""
     assert resp.status_code == 503, (resp.status_code, resp.text)
-    assert resp.headers["content-type"].startswith("application/problem+json")
+    if is_oauth_endpoint(resp.request.url.path):
+        assert_oauth_error(resp, 503, "temporarily_unavailable")
+    else:
+        assert resp.headers["content-type"].startswith("application/problem+json")
     assert resp.json()["type"] == UNAVAILABLE
 
 

@@ -15,6 +15,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from tests.conftest import Operators
+from tests.support.problems import assert_oauth_error
 from tests.support.world import World, bearer, build_world
 
 PROBLEM = "application/problem+json"
@@ -63,7 +64,6 @@ async def test_key_ids_are_uuidv7_in_issuance_order(
     assert claims["iat"] * 1000 <= issued_ms < (claims["iat"] + 2) * 1000  # signed just after
 
 
-@pytest.mark.filterwarnings("ignore:EdDSA is deprecated:UserWarning")
 async def test_issue_with_secret_and_verify_with_jwks(
     client: httpx.AsyncClient, world: World
 ) -> None:
@@ -79,11 +79,11 @@ async def test_issue_with_secret_and_verify_with_jwks(
     jwks = jwks_resp.json()
     header = jwt.get_unverified_header(token)
     assert header["typ"] == "at+jwt"
-    assert header["alg"] == "EdDSA"
+    assert header["alg"] == "ES256"  # the default BROKER_SIGNING_ALG
     assert header["kid"] == body["kid"]
     pyjwk = jwt.PyJWKSet.from_dict(jwks)[header["kid"]]
     claims = jwt.decode(
-        token, pyjwk, algorithms=["EdDSA"], audience="customers-db", issuer="https://broker.test"
+        token, pyjwk, algorithms=["ES256"], audience="customers-db", issuer="https://broker.test"
     )
     assert claims["sub"] == claims["client_id"] == "billing-api"
     assert claims["jti"] == body["jti"]
@@ -96,7 +96,7 @@ async def test_issue_with_secret_and_verify_with_jwks(
         "policy": f"{world.policy_id}@1",
     }
     # An independent JOSE library agrees, from the published JWKS alone.
-    decoded = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["EdDSA"])
+    decoded = jose_jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["ES256"])
     assert decoded.claims["jti"] == body["jti"]
     assert decoded.header["kid"] == body["kid"]
 
@@ -170,9 +170,14 @@ async def test_key_and_introspection_answers_are_not_cacheable_and_errors_are_pr
     as_json = await client.post("/v1/introspect", headers=world.customers, json={"token": token})
     assert as_json.json()["active"] is True
 
-    def problem(resp: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    def problem(
+        resp: httpx.Response, status: int, slug: str, error: str | None = None
+    ) -> dict[str, Any]:
         assert resp.status_code == status, resp.text
-        assert resp.headers["content-type"].startswith(PROBLEM)
+        if error is None:
+            assert resp.headers["content-type"].startswith(PROBLEM)
+        else:  # an OAuth endpoint: an OAuth error, the problem members beside its code
+            assert_oauth_error(resp, status, error)
         body: dict[str, Any] = resp.json()
         assert body["type"].endswith("/" + slug), body
         assert token not in resp.text
@@ -184,24 +189,25 @@ async def test_key_and_introspection_answers_are_not_cacheable_and_errors_are_pr
         headers={**world.customers, "content-type": "application/x-www-form-urlencoded"},
         content=f"token=abc&token={token}".encode(),
     )
-    assert "more than once" in problem(twice, 422, "invalid-input")["detail"]
+    assert "more than once" in problem(twice, 400, "invalid-input", "invalid_request")["detail"]
     multipart = await client.post(
         "/v1/introspect", headers=world.customers, files={"token": (None, token)}
     )
-    problem(multipart, 415, "unsupported-media-type")
+    problem(multipart, 415, "unsupported-media-type", "invalid_request")
     bad_utf8 = await client.post(
         "/v1/introspect",
         headers={**world.customers, "content-type": "application/x-www-form-urlencoded"},
         content=b"token=%FF%FE",
     )
-    problem(bad_utf8, 422, "invalid-input")
+    problem(bad_utf8, 400, "invalid-input", "invalid_request")
     # The parameters are held to the struct the OpenAPI document publishes for them.
     schema = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
     assert schema["IntrospectionForm"]["required"] == ["token"]
     empty = await client.post("/v1/introspect", headers=world.customers, data={"token": ""})
-    assert problem(empty, 400, "invalid-request")["errors"][0]["key"] == "token"
+    invalid = problem(empty, 400, "invalid-request", "invalid_request")
+    assert invalid["errors"][0]["key"] == "token"
     missing = await client.post("/v1/introspect", headers=world.customers, data={"source": "::1"})
-    assert "token" in problem(missing, 400, "invalid-request")["detail"]
+    assert "token" in problem(missing, 400, "invalid-request", "invalid_request")["detail"]
     problem(
         await client.post("/v1/keys", headers=world.billing, content=b""), 400, "malformed-body"
     )
@@ -218,9 +224,9 @@ async def test_key_and_introspection_answers_are_not_cacheable_and_errors_are_pr
         413,
         "payload-too-large",
     )
-    for path in ("/v1/keys", "/v1/introspect"):
+    for path, error in (("/v1/keys", None), ("/v1/introspect", "invalid_request")):
         resp = await client.get(path, headers=world.billing)
-        problem(resp, 405, "method-not-allowed")
+        problem(resp, 405, "method-not-allowed", error)
         assert resp.headers["allow"] == "POST"
 
 
@@ -316,7 +322,7 @@ async def test_token_exchange_rfc8693(client: httpx.AsyncClient, world: World) -
     assert 0 < body["expires_in"] <= 300
     assert (await _introspect(client, world, body["access_token"]))["active"] is True
     refused = await client.post("/v1/token", data={**form, "audience": "billing-api"})
-    assert refused.status_code == 403
+    assert refused.status_code == 400  # RFC 6749 §5.2: 400 for all but invalid_client
     assert refused.json()["error"] == "invalid_target"
     bad_grant = await client.post("/v1/token", data={**form, "grant_type": "password"})
     assert bad_grant.status_code == 400

@@ -121,6 +121,8 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): "public",
     ("GET", "/.well-known/jwks.json"): "public",
     ("GET", "/.well-known/pii-broker"): "public",
+    ("GET", "/.well-known/oauth-authorization-server"): "public",
+    ("GET", "/.well-known/oauth-authorization-server/{issuer_path:path}"): "public",
     ("GET", "/schema"): "public",
     ("GET", "/schema/openapi.json"): "public",
     ("GET", "/schema/{path:str}"): "public",

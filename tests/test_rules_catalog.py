@@ -471,7 +471,8 @@ async def test_forgery_probe_counts_per_presenting_address(anomaly: Anomaly) -> 
         headers=anomaly.world.customers,
         data={"token": forged, "source": "not-an-address"},
     )
-    assert bad.status_code == 422
+    assert bad.status_code == 400  # an OAuth endpoint: 400 invalid_request
+    assert bad.json()["error"] == "invalid_request"
 
 
 async def test_forgery_probe_counts_bad_tokens_at_introspection(anomaly: Anomaly) -> None:

@@ -1,19 +1,28 @@
-"""Discovery documents and the signing-key admin routes, over HTTP."""
+"""Discovery documents (JWKS, RFC 8414 metadata) and the signing-key admin routes, over HTTP."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
+import pytest
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from sqlmodel import select
 
 from broker.audit import AuditAction
+from broker.client.dpop import DPOP_ALGORITHMS
+from broker.custody.base import SUPPORTED_ALGS
 from broker.db import make_engine, make_sessionmaker
+from broker.identity.workload_jwt import ALLOWED_ALGORITHMS
 from broker.issuance.minting import mint
 from broker.models import AuditEvent
 from broker.runtime import Runtime
+from broker.system.wellknown import DPOP_SIGNING_ALGS
 from tests.conftest import Operators
-from tests.support.problems import assert_problem
+from tests.support.problems import assert_oauth_error, assert_problem
+from tests.support.world import build_world
 
 H = Operators.header
 
@@ -26,16 +35,15 @@ async def test_jwks_document_and_cache_control(client: Any, runtime: Runtime) ->
     assert set(body) == {"keys"}
     assert len(body["keys"]) == 2  # the active key and the published next key
     for jwk in body["keys"]:
-        assert jwk["kty"] == "OKP"
-        assert jwk["crv"] == "Ed25519"
-        assert jwk["alg"] == "EdDSA"
+        assert jwk["alg"] == runtime.settings.signing_alg
+        assert jwk["kty"] == {"ES256": "EC", "RS256": "RSA"}.get(jwk["alg"], "OKP")
         assert jwk["use"] == "sig"
         assert jwk["kid"]
         assert "d" not in jwk
     # A key minted now verifies with nothing but the published document.
     token, kid = await mint(runtime.custody, {"sub": "billing-api"})
     key = jwt.PyJWKSet.from_dict(body)[kid]
-    assert jwt.decode(token, key, algorithms=["EdDSA"]) == {"sub": "billing-api"}
+    assert jwt.decode(token, key, algorithms=[key.algorithm_name]) == {"sub": "billing-api"}
 
 
 async def test_cache_max_age_is_below_the_rotation_overlap(
@@ -58,23 +66,186 @@ async def test_cache_max_age_is_below_the_rotation_overlap(
     assert (young.signs_after - young.created_at).total_seconds() >= max_age
 
 
-async def test_metadata_document(client: Any, runtime: Runtime) -> None:
-    resp = await client.get("/.well-known/pii-broker")
-    assert resp.status_code == 200
+METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/pii-broker")
+ISSUER = "https://broker.test"
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+async def _metadata(client: Any, path: str = METADATA_PATHS[0]) -> dict[str, Any]:
+    resp = await client.get(path)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers["cache-control"].startswith("public, max-age=")
-    meta = resp.json()
-    issuer = "https://broker.test"
-    assert meta["issuer"] == issuer
-    assert meta["jwks_uri"] == f"{issuer}/.well-known/jwks.json"
-    assert meta["keys_endpoint"] == f"{issuer}/v1/keys"
-    assert meta["token_endpoint"] == f"{issuer}/v1/token"
-    assert meta["introspection_endpoint"] == f"{issuer}/v1/introspect"
-    assert meta["revocation_endpoint"] == f"{issuer}/v1/revoke"
-    assert meta["revocations_endpoint"] == f"{issuer}/v1/revocations"
-    assert "urn:ietf:params:oauth:grant-type:token-exchange" in meta["grant_types_supported"]
-    assert meta["authorization_details_types_supported"] == ["pii_access"]
-    assert meta["access_token_signing_alg_values_supported"] == ["EdDSA"]
-    assert set(meta["dpop_signing_alg_values_supported"]) >= {"EdDSA", "ES256"}
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def test_metadata_document_at_both_paths(client: Any, runtime: Runtime) -> None:
+    """RFC 8414 §3's path and the broker's older one serve one document, every member."""
+    meta = await _metadata(client)
+    assert await _metadata(client, METADATA_PATHS[1]) == meta
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    published = {k["alg"] for k in jwks["keys"]}
+    assert meta == {
+        "issuer": ISSUER,
+        "jwks_uri": f"{ISSUER}/.well-known/jwks.json",
+        "token_endpoint": f"{ISSUER}/v1/token",
+        "introspection_endpoint": f"{ISSUER}/v1/introspect",
+        "revocation_endpoint": f"{ISSUER}/v1/revoke",
+        "response_types_supported": [],
+        "grant_types_supported": [
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": list(ALLOWED_ALGORITHMS),
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ALLOWED_ALGORITHMS),
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ALLOWED_ALGORITHMS),
+        "authorization_details_types_supported": ["pii_access"],
+        "access_token_signing_alg_values_supported": [a for a in SUPPORTED_ALGS if a in published],
+        "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
+        "service_documentation": f"{ISSUER}/schema",
+        "keys_endpoint": f"{ISSUER}/v1/keys",
+        "revocations_endpoint": f"{ISSUER}/v1/revocations",
+        "revocations_stream_endpoint": f"{ISSUER}/v1/revocations/stream",
+        "usage_endpoint": f"{ISSUER}/v1/usage",
+    }
+    # The algorithms are those the published keys sign with, nothing more.
+    assert meta["access_token_signing_alg_values_supported"] == [runtime.settings.signing_alg]
+
+
+async def test_metadata_passes_the_rfc8414_checks(client: Any, runtime: Runtime) -> None:
+    """What RFC 8414 §2 and §3.3 ask of the document, checked here and by Authlib's own
+    validator (every member but one: Authlib takes an empty ``response_types_supported``
+    for a missing one, while RFC 8414 §2 only requires the member, and an empty list is
+    the truth of a server without an authorization endpoint)."""
+    meta = await _metadata(client)
+    issuer = urlsplit(meta["issuer"])
+    assert meta["issuer"] == runtime.settings.issuer  # §3.3: what clients compare
+    assert issuer.scheme == "https" or issuer.hostname in ("127.0.0.1", "localhost", "::1")
+    assert not issuer.query
+    assert not issuer.fragment
+    for required in ("issuer", "token_endpoint", "response_types_supported"):
+        assert required in meta, required
+    assert isinstance(meta["response_types_supported"], list)
+    assert "authorization_endpoint" not in meta
+    assert not {"authorization_code", "implicit"} & set(meta["grant_types_supported"])
+    for key, value in meta.items():
+        if key.endswith(("_endpoint", "_uri")) or key == "service_documentation":
+            assert value.startswith(meta["issuer"] + "/"), key
+        if key.endswith("_supported"):
+            assert isinstance(value, list), key
+            assert all(isinstance(v, str) for v in value), key
+        if key.endswith("_alg_values_supported"):
+            assert value, key
+            assert "none" not in value, key
+    for prefix in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        if "private_key_jwt" in meta[f"{prefix}_auth_methods_supported"]:
+            assert meta[f"{prefix}_auth_signing_alg_values_supported"], prefix
+    checked = AuthorizationServerMetadata(meta)
+    for key in AuthorizationServerMetadata.REGISTRY_KEYS:
+        if key != "response_types_supported":
+            getattr(checked, f"validate_{key}")()
+    with pytest.raises(ValueError, match="response_types_supported"):
+        checked.validate()
+
+
+async def test_every_advertised_endpoint_answers(client: Any) -> None:
+    """Each URL in the document reaches the route it names: documents answer, the OAuth
+    endpoints refuse a caller without credentials as OAuth endpoints do, the broker's own
+    endpoints with a problem (no 404, no 405)."""
+    meta = await _metadata(client)
+
+    def path(key: str) -> str:
+        return str(meta[key]).removeprefix(meta["issuer"])
+
+    for key in ("jwks_uri", "service_documentation"):
+        assert (await client.get(path(key))).status_code == 200, key
+    details = [{"type": "pii_access", "fields": ["customer.email"], "purpose": "billing"}]
+    form = {
+        "grant_type": "client_credentials",
+        "audience": "customers-db",
+        "authorization_details": json.dumps(details),
+        "token": "abc",
+    }
+    for key in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        resp = await client.post(path(key), data=form)
+        assert_oauth_error(resp, 401, "invalid_client")
+    assert_problem(await client.post(path("keys_endpoint"), json={}), 401)
+    assert_problem(await client.post(path("usage_endpoint"), json={}), 401)
+    assert_problem(await client.get(path("revocations_endpoint")), 401)
+    assert_problem(await client.get(path("revocations_stream_endpoint")), 401)
+
+
+async def test_every_advertised_grant_and_client_authentication_works(
+    client: Any, operators: Operators
+) -> None:
+    """The grants and client authentication methods the document names are the ones the
+    token endpoint takes: a key for each, and for each way the client authenticates."""
+    world = await build_world(client, operators.admin, operators.approver)
+    meta = await _metadata(client)
+    details = json.dumps(
+        [{"type": "pii_access", "fields": ["customer.email"], "purpose": "billing"}]
+    )
+    asked = {"audience": "customers-db", "authorization_details": details}
+    credentials = {"grant_type": "client_credentials", **asked}
+    ways = {
+        ("client_credentials", "client_secret_basic"): (world.billing, credentials),
+        ("client_credentials", "client_secret_post"): (
+            {},
+            {**credentials, "client_id": "billing-api", "client_secret": world.billing_secret},
+        ),
+        # A workload JWT as an RFC 7523 client assertion, signed with the service's key.
+        ("client_credentials", "private_key_jwt"): (
+            {},
+            {
+                **credentials,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": world.workload.token(),
+            },
+        ),
+        ("urn:ietf:params:oauth:grant-type:token-exchange", None): (
+            {},
+            {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": world.workload.token(),
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                **asked,
+            },
+        ),
+    }
+    assert {grant for grant, _ in ways} == set(meta["grant_types_supported"])
+    assert {m for _, m in ways if m} == set(meta["token_endpoint_auth_methods_supported"])
+    for (grant, method), (headers, form) in ways.items():
+        resp = await client.post(meta["token_endpoint"], headers=headers, data=form)
+        assert resp.status_code == 200, (grant, method, resp.text)
+        assert resp.json()["token_type"] == "Bearer"
+
+
+async def test_metadata_of_an_issuer_with_a_path(client: Any, runtime: Runtime) -> None:
+    """RFC 8414 §3.1: an issuer with a path is discovered with the path after the
+    well-known segment; no other path answers there."""
+    assert (await client.get(f"{METADATA_PATHS[0]}/pii")).status_code == 404
+    settings = runtime.settings
+    runtime.settings = settings.model_copy(update={"issuer": "https://broker.test/pii"})
+    try:
+        meta = await _metadata(client, f"{METADATA_PATHS[0]}/pii")
+        assert meta["issuer"] == "https://broker.test/pii"
+        assert meta["token_endpoint"] == "https://broker.test/pii/v1/token"
+        assert await _metadata(client) == meta
+        assert_problem(await client.get(f"{METADATA_PATHS[0]}/other"), 404, "not-found")
+    finally:
+        runtime.settings = settings
+
+
+async def test_dpop_algorithms_are_the_sdk_verifiers(client: Any) -> None:
+    """Resource services check DPoP proofs with the SDK; the server may not import it, so
+    the advertised list is tied to the SDK's here."""
+    meta = await _metadata(client)
+    assert meta["dpop_signing_alg_values_supported"] == list(DPOP_ALGORITHMS)
+    assert tuple(DPOP_SIGNING_ALGS) == DPOP_ALGORITHMS
 
 
 async def test_signing_key_routes_need_the_right_role(

@@ -25,6 +25,8 @@ from broker.client.errors import (
 from broker.client.grant import Grant
 from broker.client.jwks import JWKSCache
 from broker.client.keyclient import (
+    ClientAuth,
+    Flow,
     Introspection,
     IssuedKey,
     KeyClient,
@@ -38,8 +40,10 @@ from broker.client.verifier import KeyVerifier
 __all__ = [
     "REDACTED",
     "BrokerUnavailable",
+    "ClientAuth",
     "ClientError",
     "DPoPChecker",
+    "Flow",
     "Grant",
     "Introspection",
     "InvalidKey",

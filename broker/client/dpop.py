@@ -39,6 +39,10 @@ from broker.client.jwks import check_algorithms, load_jwk
 from broker.client.numbers import finite_number
 
 DPOP_TYP = "dpop+jwt"
+# Holder-key algorithms a proof may use unless the resource service says otherwise: the
+# kinds of key `make_dpop_proof` signs with (Ed25519 under either of its names, P-256).
+# Apart from the algorithms of the broker's own keys: a holder key is the client's.
+DPOP_ALGORITHMS = ("EdDSA", "Ed25519", "ES256")
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
     "OKP": ("crv", "kty", "x"),
@@ -196,7 +200,7 @@ class DPoPChecker:
     def __init__(
         self,
         *,
-        algorithms: Iterable[str] = ("EdDSA", "ES256"),
+        algorithms: Iterable[str] = DPOP_ALGORITHMS,
         window: float = 60.0,
         future_leeway: float = 5.0,
         max_proof_bytes: int = 4096,

@@ -49,6 +49,8 @@ _EC = (EllipticCurvePublicKey,)
 _RSA = (RSAPublicKey,)
 _ALG_KEYS: dict[str, tuple[str, frozenset[str] | None, tuple[type[Any], ...]]] = {
     "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"}), _OKP),
+    # RFC 9864's fully-specified name: Ed25519 keys only, where EdDSA also admits Ed448.
+    "Ed25519": ("OKP", frozenset({"Ed25519"}), (Ed25519PublicKey,)),
     "ES256": ("EC", frozenset({"P-256"}), _EC),
     "ES384": ("EC", frozenset({"P-384"}), _EC),
     "ES512": ("EC", frozenset({"P-521"}), _EC),
@@ -70,7 +72,11 @@ _INFERRED_ALG = {
 # Members that only a private JWK has. A JWKS (or a DPoP proof) carrying one is a leak.
 PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
+# PyJWT's implementations by name, in a dict of the SDK's own (PyJWT's registry is left
+# as it is). PyJWT names Ed25519 verification only EdDSA; under RFC 9864's name it is the
+# same verification, and `_ALG_KEYS` limits it to Ed25519 keys.
 _PYJWT_ALGORITHMS: dict[str, Algorithm] = get_default_algorithms()
+_PYJWT_ALGORITHMS["Ed25519"] = _PYJWT_ALGORITHMS["EdDSA"]
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|$)", re.IGNORECASE)
 

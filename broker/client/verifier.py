@@ -32,7 +32,7 @@ from typing import Any, TypeGuard
 import httpx
 
 from broker.client.claims import MalformedClaims, pii_access
-from broker.client.dpop import DPoPChecker
+from broker.client.dpop import DPOP_ALGORITHMS, DPoPChecker
 from broker.client.errors import InvalidKey, Reason, VerificationError, VerifierUnavailable
 from broker.client.grant import Grant
 from broker.client.jwks import JWKSCache, VerificationKey, check_algorithms
@@ -45,6 +45,11 @@ FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "crit"})
 _TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _MAX_KID = 256
 _MAX_TIME = 2**40  # far beyond any real expiry; keeps datetime conversion in range
+# Every algorithm the broker can sign keys with (its BROKER_SIGNING_ALG choices): a broker
+# changing algorithm keeps publishing the old key while keys it signed live, so a verifier
+# accepting all four follows the change without a redeploy. A tie test keeps this equal to
+# the server's list.
+BROKER_ALGORITHMS = ("ES256", "RS256", "Ed25519", "EdDSA")
 
 
 def _b64(segment: str) -> bytes:
@@ -108,7 +113,7 @@ class KeyVerifier:
         audience: str,
         *,
         jwks_url: str | None = None,
-        algorithms: Iterable[str] = ("EdDSA", "ES256"),
+        algorithms: Iterable[str] = BROKER_ALGORITHMS,
         leeway: float = 30.0,
         jwks_max_age_cap: float = 300.0,
         min_refetch_interval: float = 10.0,
@@ -175,7 +180,7 @@ class KeyVerifier:
             sync_http_client=sync_http_client,
         )
         self.dpop = DPoPChecker(
-            algorithms=self._algorithms if dpop_algorithms is None else dpop_algorithms,
+            algorithms=DPOP_ALGORITHMS if dpop_algorithms is None else dpop_algorithms,
             window=dpop_window,
             replay_cache_size=dpop_replay_cache_size,
         )

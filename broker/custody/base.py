@@ -18,10 +18,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker.custody.rotation import Windows
 from broker.errors import Unavailable
 
-# JOSE algorithms a custody backend may sign with. EdDSA is Ed25519; ES256 is P-256, whose
-# signatures are the raw 64-byte r||s form of RFC 7518 section 3.4, never DER.
-SUPPORTED_ALGS = ("EdDSA", "ES256")
-SIGNATURE_LENGTH = {"EdDSA": 64, "ES256": 64}
+# JOSE algorithms a custody backend may sign with (``BROKER_SIGNING_ALG``), the default
+# first. ES256 is P-256, whose signatures are the raw 64-byte r||s form of RFC 7518 section
+# 3.4, never DER; RS256 is RSA-2048 with PKCS#1 v1.5 and SHA-256 (RFC 7518 section 3.3), the
+# one algorithm RFC 9068 section 2.1 makes every resource server support; Ed25519 is the
+# fully-specified identifier RFC 9864 gives Ed25519 keys, and EdDSA the polymorphic one it
+# deprecates, kept for verifiers that know only it. Which of the two an Ed25519 key signs as
+# is the key's own ``alg`` (its row), never guessed from the key.
+SUPPORTED_ALGS = ("ES256", "RS256", "Ed25519", "EdDSA")
+DEFAULT_ALG = "ES256"
+SIGNATURE_LENGTH = {"ES256": 64, "RS256": 256, "Ed25519": 64, "EdDSA": 64}
 
 
 # Called with the transaction that declares a signing key compromised, and its kid: whatever

@@ -30,6 +30,7 @@ def build_custody(
             sessions,
             kek=secrets.kek,
             kek_id=secrets.kek_id,
+            algorithm=settings.signing_alg,
             refresh_interval=refresh_interval,
         )
     if settings.key_backend == "vault":
@@ -37,7 +38,9 @@ def build_custody(
         # Imported here: hvac and requests are only loaded by brokers that use Vault.
         from broker.custody.vault import VaultCustody
 
-        return VaultCustody(settings, sessions, refresh_interval=refresh_interval)
+        return VaultCustody(
+            settings, sessions, algorithm=settings.signing_alg, refresh_interval=refresh_interval
+        )
     raise SettingsError(
         f"invalid setting BROKER_KEY_BACKEND: {settings.key_backend!r} is not a key backend; "
         "use 'local' or 'vault'"

@@ -11,15 +11,24 @@ import hashlib
 import json
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+# The RSA modulus every RS256 key of ours has: 2048 bits, so a 256-byte signature.
+RSA_BITS = 2048
+RSA_EXPONENT = 65537
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _uint(value: int) -> str:
+    """An RSA integer as RFC 7518 section 6.3.1 wants it: big-endian, no leading zeros."""
+    return b64url(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big"))
 
 
 def public_jwk(public_key: PublicKey) -> dict[str, Any]:
@@ -37,10 +46,17 @@ def public_jwk(public_key: PublicKey) -> dict[str, Any]:
             "x": b64url(numbers.x.to_bytes(32, "big")),
             "y": b64url(numbers.y.to_bytes(32, "big")),
         }
-    raise ValueError("only Ed25519 and P-256 signing keys are supported")
+    if isinstance(public_key, rsa.RSAPublicKey):
+        rsa_numbers = public_key.public_numbers()
+        return {"kty": "RSA", "n": _uint(rsa_numbers.n), "e": _uint(rsa_numbers.e)}
+    raise ValueError("only Ed25519, P-256 and RSA signing keys are supported")
 
 
-_THUMBPRINT_MEMBERS = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y")}
+_THUMBPRINT_MEMBERS = {
+    "OKP": ("crv", "kty", "x"),
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+}
 
 
 def thumbprint(jwk: dict[str, Any]) -> str:
@@ -51,16 +67,33 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 
 def published_jwk(public_key: PublicKey, alg: str) -> dict[str, Any]:
-    """The JWK as it appears in our JWKS: public members, ``kid`` (thumbprint), ``alg``, ``use``."""
+    """The JWK as it appears in our JWKS: public members, ``kid`` (thumbprint), ``alg``, ``use``.
+
+    Raises ``ValueError`` when the key is not of the kind ``alg`` signs with: a JWK must
+    never name an algorithm its key cannot verify.
+    """
+    if not fits(public_key, alg):
+        raise ValueError(f"a {type(public_key).__name__} is not a {alg} key")
     jwk = public_jwk(public_key)
     jwk.update({"kid": thumbprint(jwk), "alg": alg, "use": "sig"})
     return jwk
 
 
-def alg_for(public_key: PublicKey) -> str:
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "EdDSA"
-    return "ES256"
+def fits(public_key: object, alg: str) -> bool:
+    """Whether ``public_key`` is the kind of key ``alg`` signs with, as this broker makes them.
+
+    The other direction (which algorithm a key is for) is not a function: an Ed25519 key
+    may be published as ``Ed25519`` or as ``EdDSA``. The ``alg`` stored with the key says.
+    """
+    if alg in ("Ed25519", "EdDSA"):
+        return isinstance(public_key, ed25519.Ed25519PublicKey)
+    if alg == "ES256":
+        return isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+            public_key.curve, ec.SECP256R1
+        )
+    if alg == "RS256":
+        return isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size == RSA_BITS
+    return False
 
 
 def ecdsa_der_to_jose(der: bytes, size: int = 32) -> bytes:

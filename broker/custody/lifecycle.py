@@ -17,6 +17,16 @@ its in-memory view of the active key:
   signing: other replicas may sign with it for up to R more, its last key then lives T_key,
   verifiers accept it for L beyond that, and C is the reference's margin on top.
 * a compromised key leaves the JWKS in the same transaction that replaces it.
+
+A change of ``BROKER_SIGNING_ALG`` is a rotation like any other. Keys already made keep
+the algorithm they were made for (their row's ``alg``). The custody publishes a next key of
+the configured algorithm, C + R ahead as always, and promotes it as soon as it may sign
+rather than at the end of the rotation period; until then the active key of the old
+algorithm keeps signing, and once retiring it stays published as long as any retiring key.
+A ``next`` key of another algorithm (made before the change, or by a replica still
+configured otherwise during a rolling restart) has never signed, so no verifier needs it:
+it stays published until its replacement may sign, so that a replica still on the old
+setting never finds itself without a next key, and is then retired.
 """
 
 from __future__ import annotations
@@ -37,7 +47,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker import metrics
 from broker.audit import AuditAction, record
 from broker.custody.base import (
+    DEFAULT_ALG,
     PUBLISHED_STATES,
+    SUPPORTED_ALGS,
     CompromiseHook,
     KeyBackendUnavailable,
     KeyState,
@@ -127,8 +139,16 @@ class LifecycleCustody(ABC):
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         *,
+        algorithm: str = DEFAULT_ALG,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     ) -> None:
+        if algorithm not in SUPPORTED_ALGS:
+            raise ValueError(
+                f"unsupported signing algorithm {algorithm!r}; use one of "
+                f"{', '.join(SUPPORTED_ALGS)}"
+            )
+        # The algorithm new keys are made for; a stored key signs with its own row's alg.
+        self.algorithm = algorithm
         self.settings = settings
         self.sessions = sessions
         self.refresh_interval = refresh_interval
@@ -289,13 +309,7 @@ class LifecycleCustody(ABC):
                 await session.exec(select(SigningKey).order_by(col(SigningKey.created_at).desc()))
             )
         active = next((r for r in rows if r.state == KeyState.ACTIVE), None)
-        nxt = min(
-            (r for r in rows if r.state == KeyState.NEXT), key=lambda r: r.created_at, default=None
-        )
-        due = self.windows.rotation_due(
-            active.activated_at if active is not None else None,
-            nxt.signs_after if nxt is not None else None,
-        )
+        due = self._rotation_due(active, self._next_of(rows))
         return [info(r, due if r is active else None) for r in rows]
 
     async def check(self) -> None:
@@ -331,18 +345,29 @@ class LifecycleCustody(ABC):
                     changes.append(f"retired {row.kid}")
             changes += await self._ensure(session, now)
             active, nxt = await self._active_and_next(session)
-            due = self.windows.rotation_due(
-                active.activated_at if active is not None else None,
-                nxt.signs_after if nxt is not None else None,
-            )
+            due = self._rotation_due(active, nxt)
             if active is not None and nxt is not None and due is not None and due <= now:
+                details = {"previous_kid": active.kid, "next_kid": ""}
+                if active.alg != nxt.alg:
+                    details.update({"previous_alg": active.alg, "alg": nxt.alg})
+                    log.warning(
+                        "signing algorithm changes from %s to %s (BROKER_SIGNING_ALG=%s): %s "
+                        "now signs, published since %s; every replica must be configured "
+                        "the same, or they rotate back and forth",
+                        active.alg,
+                        nxt.alg,
+                        self.algorithm,
+                        nxt.kid,
+                        nxt.created_at.isoformat(),
+                    )
                 new_next = await self._promote(session, active, nxt, now, actor=SYSTEM_ACTOR)
+                details["next_kid"] = new_next.kid
                 await record(
                     session,
                     AuditAction.SIGNING_KEY_ROTATED_SCHEDULED,
                     actor=SYSTEM_ACTOR,
                     subject=f"signing_key:{nxt.kid}",
-                    details={"previous_kid": active.kid, "next_kid": new_next.kid},
+                    details=details,
                 )
                 changes.append(f"rotated {active.kid} -> {nxt.kid}")
         if changes:
@@ -484,17 +509,33 @@ class LifecycleCustody(ABC):
             earliest = max(earliest, row.retire_after)
         return earliest <= now
 
+    def _rotation_due(self, active: SigningKey | None, nxt: SigningKey | None) -> datetime | None:
+        """When ``advance`` replaces the active key with ``nxt``.
+
+        By the schedule (``Windows.rotation_due``); but an active key of another algorithm
+        than the configured one is replaced as soon as the next key may sign, published
+        C + R ahead like every next key, whether or not scheduled rotation is on.
+        """
+        if active is None or nxt is None:
+            return None
+        if active.alg != self.algorithm and nxt.alg == self.algorithm:
+            return nxt.signs_after
+        return self.windows.rotation_due(active.activated_at, nxt.signs_after)
+
+    def _next_of(self, rows: list[SigningKey]) -> SigningKey | None:
+        """The next key a rotation promotes: the oldest of the configured algorithm."""
+        return min(
+            (r for r in rows if r.state == KeyState.NEXT and r.alg == self.algorithm),
+            key=lambda r: r.created_at,
+            default=None,
+        )
+
     async def _active_and_next(
         self, session: AsyncSession
     ) -> tuple[SigningKey | None, SigningKey | None]:
         rows = await self._published(session)
         active = next((r for r in rows if r.state == KeyState.ACTIVE), None)
-        nxt = min(
-            (r for r in rows if r.state == KeyState.NEXT),
-            key=lambda r: r.created_at,
-            default=None,
-        )
-        return active, nxt
+        return active, self._next_of(rows)
 
     async def _ensure(
         self, session: AsyncSession, now: datetime, *, actor: str = SYSTEM_ACTOR
@@ -502,8 +543,15 @@ class LifecycleCustody(ABC):
         changes: list[str] = []
         rows = await self._published(session)
         first_ever = not rows
-        active, nxt = await self._active_and_next(session)
+        active = next((r for r in rows if r.state == KeyState.ACTIVE), None)
         if active is None:
+            # The next key published longest, whatever its algorithm: the most verifiers
+            # have it (a compromise cannot wait for a key of the configured algorithm).
+            nxt = min(
+                (r for r in rows if r.state == KeyState.NEXT),
+                key=lambda r: r.created_at,
+                default=None,
+            )
             if nxt is not None:
                 nxt.state = KeyState.ACTIVE
                 nxt.activated_at = now
@@ -516,19 +564,58 @@ class LifecycleCustody(ABC):
                     details={"kid": nxt.kid, "reason": "no active key"},
                 )
                 changes.append(f"activated {nxt.kid}")
-                nxt = None
             else:
                 row = await self._create(
                     session, KeyState.ACTIVE, now, signs_after=now, actor=actor
                 )
                 changes.append(f"created active {row.kid}")
-            _, nxt = await self._active_and_next(session)
+        _, nxt = await self._active_and_next(session)
         if nxt is None:
             signs_after = now if first_ever else now + self.windows.publish_ahead
             row = await self._create(
                 session, KeyState.NEXT, now, signs_after=signs_after, actor=actor
             )
             changes.append(f"created next {row.kid}")
+        changes += await self._retire_replaced_next(session, now, actor=actor)
+        return changes
+
+    async def _retire_replaced_next(
+        self, session: AsyncSession, now: datetime, *, actor: str
+    ) -> list[str]:
+        """Retire next keys of another algorithm once a key of the configured one made
+        after them may sign: they never signed, so no verifier needs them, and until then
+        a replica still configured with their algorithm had a next key to find."""
+        rows = await self._published(session)
+        ready = [
+            r.created_at
+            for r in rows
+            if r.alg == self.algorithm
+            and (
+                r.state == KeyState.ACTIVE or (r.state == KeyState.NEXT and self._may_sign(r, now))
+            )
+        ]
+        changes: list[str] = []
+        for row in rows:
+            if row.state != KeyState.NEXT or row.alg == self.algorithm:
+                continue
+            if not any(made >= row.created_at for made in ready):
+                continue
+            row.state = KeyState.RETIRED
+            row.retired_at = now
+            self._forget(row)
+            session.add(row)
+            await record(
+                session,
+                AuditAction.SIGNING_KEY_RETIRED,
+                actor=actor,
+                subject=f"signing_key:{row.kid}",
+                details={
+                    "kid": row.kid,
+                    "alg": row.alg,
+                    "reason": f"never signed; replaced by a {self.algorithm} next key",
+                },
+            )
+            changes.append(f"retired next {row.kid} ({row.alg}, replaced by {self.algorithm})")
         return changes
 
     async def _promote(

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -24,8 +24,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, record
 from broker.custody import keywrap
-from broker.custody.base import SUPPORTED_ALGS, Signer
-from broker.custody.jwk import alg_for, ecdsa_der_to_jose, published_jwk
+from broker.custody.base import DEFAULT_ALG, Signer
+from broker.custody.jwk import RSA_BITS, RSA_EXPONENT, ecdsa_der_to_jose, fits, published_jwk
 from broker.custody.lifecycle import (
     DEFAULT_REFRESH_INTERVAL,
     LifecycleCustody,
@@ -41,25 +41,32 @@ from broker.settings import Settings
 
 log = logging.getLogger("broker.custody")
 
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+_SHA256 = hashes.SHA256()
+_ECDSA_SHA256 = ec.ECDSA(_SHA256)
+_PKCS1V15 = padding.PKCS1v15()
 
 
 class LocalSigner:
-    """A decrypted private key; kept only by the custody's in-memory cache."""
+    """A decrypted private key and the algorithm its row says it signs with; kept only by
+    the custody's in-memory cache."""
 
-    __slots__ = ("_ecdsa", "_key", "alg", "kid")
+    __slots__ = ("_key", "alg", "kid")
 
-    def __init__(self, kid: str, key: PrivateKey) -> None:
+    def __init__(self, kid: str, key: PrivateKey, alg: str) -> None:
+        if not fits(key.public_key(), alg):
+            raise ValueError(f"signing key {kid} is not a {alg} key")
         self.kid = kid
-        self.alg = alg_for(key.public_key())
+        self.alg = alg
         self._key = key
-        self._ecdsa = ec.ECDSA(hashes.SHA256())
 
     async def sign(self, data: bytes) -> bytes:
         key = self._key
         if isinstance(key, ed25519.Ed25519PrivateKey):
             return key.sign(data)
-        return ecdsa_der_to_jose(key.sign(data, self._ecdsa))
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(data, _PKCS1V15, _SHA256)
+        return ecdsa_der_to_jose(key.sign(data, _ECDSA_SHA256))
 
     def __repr__(self) -> str:
         return f"LocalSigner(kid={self.kid!r}, alg={self.alg!r})"
@@ -75,23 +82,22 @@ class LocalCustody(LifecycleCustody):
         *,
         kek: bytes,
         kek_id: str,
-        algorithm: str = "EdDSA",
+        algorithm: str = DEFAULT_ALG,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     ) -> None:
-        if algorithm not in SUPPORTED_ALGS:
-            raise ValueError(f"unsupported signing algorithm {algorithm!r}")
-        super().__init__(settings, sessions, refresh_interval=refresh_interval)
+        super().__init__(settings, sessions, algorithm=algorithm, refresh_interval=refresh_interval)
         self._kek = kek
         self.kek_id = kek_id
-        self.algorithm = algorithm
 
     def __repr__(self) -> str:
         return f"LocalCustody(kek_id={self.kek_id!r}, algorithm={self.algorithm!r})"
 
     async def _generate(self) -> NewKey:
         private: PrivateKey
-        if self.algorithm == "EdDSA":
+        if self.algorithm in ("Ed25519", "EdDSA"):
             private = ed25519.Ed25519PrivateKey.generate()
+        elif self.algorithm == "RS256":
+            private = rsa.generate_private_key(public_exponent=RSA_EXPONENT, key_size=RSA_BITS)
         else:
             private = ec.generate_private_key(ec.SECP256R1())
         jwk = published_jwk(private.public_key(), self.algorithm)
@@ -116,14 +122,17 @@ class LocalCustody(LifecycleCustody):
             log.error("cannot unwrap the active signing key: %s", exc)
             raise Unavailable("the active signing key cannot be decrypted with this KEK") from None
         key = load_der_private_key(der, password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-            raise Unavailable(f"signing key {row.kid} is of an unsupported type")
+        if not isinstance(
+            key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        ) or not fits(key.public_key(), row.alg):
+            log.error("signing key %s is not a %s key", row.kid, row.alg)
+            raise Unavailable(f"signing key {row.kid} is not a key its algorithm signs with")
         # The kid is the public key's thumbprint: a row whose public half was swapped would
         # publish one key and sign with another. Refuse it rather than mint unverifiable keys.
-        if published_jwk(key.public_key(), alg_for(key.public_key()))["kid"] != row.kid:
+        if published_jwk(key.public_key(), row.alg)["kid"] != row.kid:
             log.error("signing key %s does not match its published public key", row.kid)
             raise Unavailable("the active signing key does not match its public key")
-        return LocalSigner(row.kid, key)
+        return LocalSigner(row.kid, key, row.alg)
 
 
 @dataclass(frozen=True)

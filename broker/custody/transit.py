@@ -31,20 +31,30 @@ from typing import Any, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from requests.adapters import HTTPAdapter
 
 from broker.custody import lifecycle
-from broker.custody.base import KeyBackendUnavailable
-from broker.custody.jwk import PublicKey
+from broker.custody.base import SIGNATURE_LENGTH, KeyBackendUnavailable
+from broker.custody.jwk import PublicKey, fits
 from broker.settings import Settings
 
 log = logging.getLogger("broker.custody")
 
 T = TypeVar("T")
 
-KEY_TYPES = {"EdDSA": "ed25519", "ES256": "ecdsa-p256"}
+# The Transit key type each algorithm signs with, and what its ``sign`` call needs besides
+# the input: ES256 hashes with SHA-256 and asks for the JWS ``r || s`` form (the default is
+# DER); RS256 hashes with SHA-256 and pads with PKCS#1 v1.5 (the default is PSS); Ed25519
+# signs the input itself (PureEdDSA), with nothing to choose.
+KEY_TYPES = {"ES256": "ecdsa-p256", "RS256": "rsa-2048", "Ed25519": "ed25519", "EdDSA": "ed25519"}
+SIGN_PARAMETERS: dict[str, dict[str, str]] = {
+    "ES256": {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"},
+    "RS256": {"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"},
+    "Ed25519": {},
+    "EdDSA": {},
+}
 APPROLE_MOUNT = "approle"
 POOL_THREADS = 16
 # Never sleep less than this between two renewals, however short the token's TTL.
@@ -209,8 +219,9 @@ def parse_ref(ref: str) -> tuple[str, int]:
 def transit_signature(value: str, version: int, alg: str) -> bytes:
     """``vault:vN:<base64>`` to the raw JOSE signature, refusing another version's.
 
-    Ed25519 comes back in standard base64; ECDSA asked for ``marshaling_algorithm=jws``
-    comes back as base64url of ``r || s``. Either way the JWS wants the raw 64 bytes.
+    Ed25519 and RSA come back in standard base64; ECDSA asked for
+    ``marshaling_algorithm=jws`` comes back as base64url of ``r || s``. Either way the JWS
+    wants the raw bytes: 64 of them, 256 for RSA-2048.
     """
     prefix = f"vault:v{version}:"
     if not value.startswith(prefix):
@@ -223,7 +234,7 @@ def transit_signature(value: str, version: int, alg: str) -> bytes:
             raw = base64.b64decode(body, validate=True)
     except (ValueError, binascii.Error):
         raise ValueError("Transit returned a signature that is not base64") from None
-    if len(raw) != 64:
+    if len(raw) != SIGNATURE_LENGTH[alg]:
         raise ValueError(f"Transit returned a {len(raw)}-byte {alg} signature")
     return raw
 
@@ -234,11 +245,11 @@ def transit_public_key(key_data: dict[str, Any], version: int, alg: str) -> Publ
     if not isinstance(entry, dict) or not entry.get("public_key"):
         raise ValueError(f"Transit key has no public key at version {version}")
     encoded: str = entry["public_key"]
-    if alg == "EdDSA":
+    if KEY_TYPES[alg] == "ed25519":
         return ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
     key = load_pem_public_key(encoded.encode())
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("Transit key is not a P-256 key")
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey) or not fits(key, alg):
+        raise ValueError(f"Transit key is not a {alg} key")
     return key
 
 
@@ -557,9 +568,7 @@ class Transit:
     ) -> bytes:
         mount = self.mount
         payload = base64.b64encode(data).decode("ascii")
-        extra: dict[str, str] = {}
-        if alg == "ES256":
-            extra = {"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}
+        extra = SIGN_PARAMETERS[alg]
         response = await self.call(
             "sign with Transit",
             lambda c: c.secrets.transit.sign_data(

@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction, record
-from broker.custody.base import SUPPORTED_ALGS, KeyState, Signer
+from broker.custody.base import DEFAULT_ALG, KeyState, Signer
 from broker.custody.jwk import published_jwk
 from broker.custody.lifecycle import (
     BACKEND_ERRORS,
@@ -101,13 +101,10 @@ class VaultCustody(LifecycleCustody):
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        algorithm: str = "EdDSA",
+        algorithm: str = DEFAULT_ALG,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     ) -> None:
-        if algorithm not in SUPPORTED_ALGS:
-            raise ValueError(f"unsupported signing algorithm {algorithm!r}")
-        super().__init__(settings, sessions, refresh_interval=refresh_interval)
-        self.algorithm = algorithm
+        super().__init__(settings, sessions, algorithm=algorithm, refresh_interval=refresh_interval)
         self.transit = Transit(settings)
 
     def __repr__(self) -> str:
@@ -119,11 +116,11 @@ class VaultCustody(LifecycleCustody):
         version = int(data.get("latest_version") or 1)
         try:
             public = transit_public_key(data, version, self.algorithm)
+            jwk = published_jwk(public, self.algorithm)
         except ValueError as exc:
             cause = f"Transit key {name} has an unusable public key: {exc}"
             log.error("%s", cause)
             raise VaultUnavailable(cause=cause) from None
-        jwk = published_jwk(public, self.algorithm)
         return NewKey(
             kid=jwk["kid"], alg=self.algorithm, public_jwk=jwk, backend_ref=f"{name}:v{version}"
         )
@@ -151,12 +148,13 @@ class VaultCustody(LifecycleCustody):
             )
         try:
             public = transit_public_key(data, version, row.alg)
+            kid = published_jwk(public, row.alg)["kid"]
         except ValueError as exc:
             log.error("Transit key %s has an unusable public key: %s", name, exc)
             raise Unavailable(f"signing key {row.kid} does not match its Transit key") from None
         # The kid is the thumbprint of what we publish: a Transit key that was replaced
         # under the same name would sign tokens nobody can verify.
-        if published_jwk(public, row.alg)["kid"] != row.kid:
+        if kid != row.kid:
             log.error("Transit key %s does not match signing key %s", name, row.kid)
             raise Unavailable(f"signing key {row.kid} does not match its Transit key")
         return VaultSigner(row.kid, row.alg, self.transit, name, version, self.invalidate)

@@ -9,7 +9,9 @@ access log, and everything else to Litestar as before.
 
 What the router did for them is done here: the route template is set for the latency
 metric, and an error raised before the answer started becomes the same RFC 9457 problem
-every other route gives, from the same exception handlers (``problems.EXCEPTION_HANDLERS``).
+every other route gives, from the same exception handlers (``problems.EXCEPTION_HANDLERS``);
+on ``/v1/introspect``, an OAuth endpoint, those handlers answer it as an OAuth error
+(``oauth_errors``), as they do for ``/v1/token`` and ``/v1/revoke``.
 ``openapi_raw_routes`` documents them.
 """
 

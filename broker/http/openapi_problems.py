@@ -7,6 +7,11 @@ when the app is built: each operation's error responses become ``application/pro
 with the shared ``Problem`` schema, and the errors every route of its kind can give are
 listed (authentication, roles, unknown ids and limits on ``/v1``, conflicts and body size on
 writes, 503 everywhere a database or key backend stands behind the answer).
+
+The OAuth endpoints (``/v1/token``, ``/v1/introspect``, ``/v1/revoke``) answer errors as
+OAuth errors (``broker.http.oauth_errors``): their error responses are ``application/json``
+with the ``OAuthError`` schema, and list the statuses RFC 6749 §5.2 leaves them (no 403,
+404, 409 or 422: those refusals are 400 there, named by ``error``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from litestar.openapi.spec import (
     Reference,
     Schema,
 )
+
+from broker.http.oauth_errors import OAUTH_MEDIA_TYPE, is_oauth_endpoint
 
 PROBLEM_MEDIA = "application/problem+json"
 
@@ -43,6 +50,26 @@ PROBLEM_SCHEMA = Schema(
     },
 )
 
+OAUTH_ERROR_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    title="OAuthError",
+    description=(
+        "An OAuth error (RFC 6749 §5.2) with the RFC 9457 problem members beside `error`."
+    ),
+    required=["error", "error_description", "type", "title", "status"],
+    properties={
+        "error": Schema(
+            type=OpenAPIType.STRING,
+            description=(
+                "RFC 6749 §5.2 code, or invalid_target (RFC 8693), "
+                "invalid_authorization_details (RFC 9396), slow_down, temporarily_unavailable"
+            ),
+        ),
+        "error_description": Schema(type=OpenAPIType.STRING),
+        **(PROBLEM_SCHEMA.properties or {}),
+    },
+)
+
 _WHY = {
     "400": "Malformed request (bad JSON, bad parameter)",
     "401": "Missing or refused credentials",
@@ -61,8 +88,26 @@ _AUTHENTICATED = ("401", "403", "404", "422", "429")
 _WRITES = ("409", "413")
 
 
+# What an OAuth endpoint can answer: RFC 6749 §5.2 puts every refusal but the client's
+# authentication under 400; 413 and 415 keep their status (``oauth_errors``).
+_OAUTH = ("400", "401", "413", "415", "429", "500", "503")
+_OAUTH_WHY = {
+    "400": "invalid_request, unsupported_grant_type, invalid_target, "
+    "invalid_authorization_details or unauthorized_client",
+    "401": "invalid_client: missing or refused client credentials; "
+    "WWW-Authenticate in the scheme the client used",
+    "413": "invalid_request: body too large",
+    "415": "invalid_request: body in a media type the endpoint does not read",
+    "429": "slow_down: over a limit; see Retry-After",
+    "500": "server_error (never with details)",
+    "503": "temporarily_unavailable: database or key backend unavailable; see Retry-After",
+}
+
+
 def _codes(path: str, method: str) -> set[str]:
     codes = set(_EVERYWHERE)
+    if "{" in path:  # a path parameter naming nothing the broker has
+        codes.add("404")
     if path.startswith("/v1/"):
         codes.update(_AUTHENTICATED)
         if method in ("post", "put", "patch", "delete"):
@@ -75,6 +120,17 @@ def _problem(description: str) -> OpenAPIResponse:
         description=description,
         content={
             PROBLEM_MEDIA: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
+        },
+    )
+
+
+def _oauth_error(description: str) -> OpenAPIResponse:
+    return OpenAPIResponse(
+        description=description,
+        content={
+            OAUTH_MEDIA_TYPE: OpenAPIMediaType(
+                schema=Reference(ref="#/components/schemas/OAuthError")
+            )
         },
     )
 
@@ -94,10 +150,17 @@ def document_problems(doc: OpenAPI) -> None:
     assert doc.components is not None
     schemas = doc.components.schemas if isinstance(doc.components.schemas, dict) else {}
     schemas["Problem"] = PROBLEM_SCHEMA
+    schemas["OAuthError"] = OAUTH_ERROR_SCHEMA
     doc.components.schemas = schemas
     for path, method, operation in _operations(doc):
         responses = dict(operation.responses or {})
-        codes = _codes(path, method) | {c for c in responses if c[:1] in "45"}
-        for code in sorted(codes):
-            responses[code] = _problem(_WHY.get(code, "Error"))
+        if is_oauth_endpoint(path):
+            # Only what the endpoint can answer: a 403 or 422 Litestar listed is a 400 here.
+            responses = {c: r for c, r in responses.items() if c[:1] not in "45"}
+            for code in _OAUTH:
+                responses[code] = _oauth_error(_OAUTH_WHY[code])
+        else:
+            codes = _codes(path, method) | {c for c in responses if c[:1] in "45"}
+            for code in sorted(codes):
+                responses[code] = _problem(_WHY.get(code, "Error"))
         operation.responses = responses

@@ -8,7 +8,8 @@ msgspec's own JSON Schema of them. ``POST /v1/token`` and ``POST /v1/revoke`` ar
 routes that read their OAuth form themselves (RFC 6749 §3.1: a parameter given twice is
 refused), so Litestar sees no body to document; their forms are added here the same way.
 Clients, and fuzzers walking the document, then know every body the broker reads.
-``document_problems`` then adds the error answers like every other operation's.
+``document_problems`` then adds the error answers like every other operation's (OAuth
+errors on ``/v1/token``, ``/v1/introspect`` and ``/v1/revoke``, problems elsewhere).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from broker.issuance.schemas import (
     IssuedKeyOut,
     KeyRequest,
     RevocationForm,
-    TokenExchangeForm,
+    TokenForm,
 )
 
 _REF = "#/components/schemas/{name}"
@@ -58,7 +59,7 @@ _FIELD = {
 # Litestar routes that read a form themselves (``broker.issuance.routes``), and the struct
 # publishing its parameters.
 _OWN_FORMS: dict[str, type[msgspec.Struct]] = {
-    "/v1/token": TokenExchangeForm,
+    "/v1/token": TokenForm,
     "/v1/revoke": RevocationForm,
 }
 
@@ -130,7 +131,7 @@ def document_raw_routes(doc: OpenAPI) -> None:
             request_body=RequestBody(required=True, content={FORM: form, JSON: form}),
             responses={
                 "200": _answer("Whether the key is active, and its grant", IntrospectionOut),
-                # Described as a problem answer by ``document_problems``, like every error.
+                # Described as an OAuth error by ``document_problems``, like every error here.
                 "415": OpenAPIResponse(description="Unsupported media type"),
             },
         )

@@ -1,5 +1,10 @@
 """Every error leaves the broker as an RFC 9457 problem document, mapped here and only here.
 
+On the OAuth endpoints (``/v1/token``, ``/v1/introspect``, ``/v1/revoke``) the same problem
+is handed to ``oauth_errors``, which answers it as an OAuth error (``application/json`` with
+``error`` and ``error_description``, the problem members beside them): OAuth clients read
+nothing else.
+
 Details name what was wrong with the request; they never echo submitted values, because
 those may be secrets or PII. Unexpected errors become a bare 500 whose log line carries the
 exception type and request id, not its message (driver messages can quote parameters).
@@ -24,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from broker.errors import PROBLEM_BASE, BrokerError
+from broker.http.oauth_errors import is_oauth_endpoint, oauth_error_response
 from broker.logs import get_logger
 
 log = get_logger("broker.http")
@@ -48,6 +54,8 @@ def problem(
         "instance": request.url.path,
     }
     body.update(extra)
+    if is_oauth_endpoint(request.scope["path"]):
+        return oauth_error_response(request, body, headers)
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 

@@ -5,6 +5,12 @@ usage). Each step runs in its own short transaction: a JWKS fetch never holds a 
 connection, and a refusal is audited in a transaction of its own so that it is kept even
 though the request fails. Refusals name the reason in the problem type but never which of
 "unknown service" and "wrong secret" it was.
+
+The OAuth endpoints (token, introspection, revocation) also take the credentials RFC 6749
+§2.3 lets a client put in the form: ``client_id`` + ``client_secret`` (client_secret_post)
+and an RFC 7523 client assertion. Each is checked by the same code as its header twin (the
+secret by ``_by_secret``, the assertion by ``_by_jwt``), refused, audited and signalled the
+same way; only the method the identity names differs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import binascii
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -26,7 +32,7 @@ from sqlmodel import col, select
 from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
-from broker.errors import Unauthenticated, Unavailable
+from broker.errors import BrokerError, Unauthenticated, Unavailable
 from broker.identity import workload_jwt
 from broker.identity.jwks_cache import JwksCache
 from broker.identity.schemas import SERVICE_ID_PATTERN
@@ -48,6 +54,13 @@ SERVICE_DISABLED = "service-disabled"
 SECRET_TOO_OLD = "secret-too-old"  # noqa: S105 (a problem type)
 LAST_SEEN_GRANULARITY = timedelta(minutes=1)
 _MAX_HEADER = workload_jwt.MAX_TOKEN_LENGTH + 16
+# RFC 7523 §2.2: the one assertion type a client authenticates with.
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+# How a service proved itself: HTTP Basic (client_secret_basic), the form's client_id and
+# client_secret (client_secret_post), an RFC 7523 client assertion in the form, or a
+# workload JWT as a Bearer token. The audit trail names it (a key's ``auth``).
+AuthMethod = Literal["secret", "secret_post", "client_assertion", "jwt"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,66 @@ class ServiceIdentity:
     """An authenticated service. ``quarantined`` services authenticate but get no new keys."""
 
     service_id: str
-    method: Literal["jwt", "secret"]
+    method: AuthMethod
     subject: str | None
     quarantined: bool = False
+
+
+class ConflictingCredentials(BrokerError):
+    """More than one client authentication method in one request: RFC 6749 §2.3 forbids
+    it, and the answer is ``invalid_request``, not a failed authentication (nothing was
+    checked, so nothing is audited or signalled)."""
+
+    status = 400
+    type_name = "invalid-request"
+    title = "Invalid request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, error="invalid_request", error_description=detail)
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """The one credential a request carries: the Authorization header, or the form's
+    client_secret_post or client assertion parameters. ``client_id`` is the form's, when
+    it gave one; it must name the service the credential proves."""
+
+    method: Literal["header", "secret_post", "client_assertion", "none"]
+    value: str = ""
+    client_id: str | None = None
+    assertion_type: str | None = None
+
+
+_FORM_METHODS = frozenset({"secret_post", "client_assertion"})
+
+
+def client_credentials(
+    authorization: str | None, form: Mapping[str, str] | None
+) -> ClientCredentials:
+    """Which credential a request presents, read without checking it. A parameter with an
+    empty value counts as absent (RFC 6749 §3.1); two methods at once are refused."""
+    params = form or {}
+    client_id = params.get("client_id") or None
+    presented: list[ClientCredentials] = []
+    if (authorization or "").strip():
+        presented.append(ClientCredentials("header", authorization or "", client_id))
+    if params.get("client_secret"):
+        presented.append(ClientCredentials("secret_post", params["client_secret"], client_id))
+    if params.get("client_assertion") or params.get("client_assertion_type"):
+        presented.append(
+            ClientCredentials(
+                "client_assertion",
+                params.get("client_assertion", ""),
+                client_id,
+                params.get("client_assertion_type") or None,
+            )
+        )
+    if len(presented) > 1:
+        raise ConflictingCredentials(
+            "use one client authentication method: the Authorization header, client_secret "
+            "or client_assertion"
+        )
+    return presented[0] if presented else ClientCredentials("none", client_id=client_id)
 
 
 class _Refused(Exception):
@@ -105,32 +175,65 @@ def jwks_cache(runtime: Runtime) -> JwksCache:
 async def authenticate_service(
     runtime: Runtime, authorization: str | None, *, source: str | None
 ) -> ServiceIdentity:
-    method = "none"
+    """The service an Authorization header proves (Basic client secret or Bearer workload
+    JWT); the routes without an OAuth form (keys, usage, the revocation feed) use this."""
+    return await authenticate_client(
+        runtime, client_credentials(authorization, None), source=source
+    )
+
+
+async def authenticate_client(
+    runtime: Runtime, credentials_: ClientCredentials, *, source: str | None
+) -> ServiceIdentity:
+    """The service ``credentials_`` prove (see ``client_credentials``). Every refusal is
+    audited with the method tried and reaches the rules as an ``AuthFailed`` signal."""
+    # The method a refusal is audited under: the form's methods are known from the names
+    # of their parameters, the header's from its scheme (below).
+    method: str = credentials_.method if credentials_.method in _FORM_METHODS else "none"
     # The credential whose fingerprint a refusal records; hashed only when one is refused.
     presented: str | None = None
     try:
-        scheme, _, value = (authorization or "").strip().partition(" ")
-        value = value.strip()
+        if credentials_.method == "header":
+            scheme, _, value = credentials_.value.strip().partition(" ")
+            value = value.strip()
+        else:
+            scheme, value = "", credentials_.value
         if not value:
             raise _Refused(
                 MISSING_CREDENTIALS,
                 "service credentials are required (HTTP Basic client id and secret, "
+                "client_id and client_secret in the form, a client assertion, "
                 "or Authorization: Bearer <workload JWT>)",
             )
         presented = value
         if len(value) > _MAX_HEADER:
             raise _Refused(INVALID_CLIENT, "the credentials are too long")
-        if scheme.lower() == "basic":
+        if credentials_.method == "secret_post":
+            if credentials_.client_id is None:
+                raise _Refused(INVALID_CLIENT, "client_secret needs the client_id it belongs to")
+            identity = await _by_secret(runtime, credentials_.client_id, value)
+            return replace(identity, method="secret_post")
+        if credentials_.method == "client_assertion":
+            if credentials_.assertion_type != CLIENT_ASSERTION_TYPE:
+                raise _Refused(
+                    INVALID_CLIENT, f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
+                )
+            identity = await _by_jwt(runtime, value, client_assertion=True)
+            identity = replace(identity, method="client_assertion")
+        elif scheme.lower() == "basic":
             method = "secret"
             service_id, secret = _basic(value)
             # The secret's own fingerprint matches the one audited when it was issued, so a
             # retired secret still in use can be traced to its rotation.
             presented = secret
-            return await _by_secret(runtime, service_id, secret)
-        if scheme.lower() == "bearer":
+            identity = await _by_secret(runtime, service_id, secret)
+        elif scheme.lower() == "bearer":
             method = "jwt"
-            return await _by_jwt(runtime, value)
-        raise _Refused(MISSING_CREDENTIALS, "use HTTP Basic or Bearer credentials")
+            identity = await _by_jwt(runtime, value)
+        else:
+            raise _Refused(MISSING_CREDENTIALS, "use HTTP Basic or Bearer credentials")
+        _same_client(identity, credentials_.client_id)
+        return identity
     except _Refused as refused:
         fingerprint = credentials.fingerprint(presented) if presented is not None else None
         await _record_failure(runtime, refused, method, fingerprint, source)
@@ -143,6 +246,20 @@ async def authenticate_service(
         if throttled is not None:
             raise throttled from None
         raise Unauthenticated(refused.detail, reason=refused.reason) from None
+
+
+def _same_client(identity: ServiceIdentity, client_id: str | None) -> None:
+    """A ``client_id`` sent beside another credential must name the service that
+    credential proves (RFC 7523 §3: a client assertion's subject is the client)."""
+    if client_id is not None and client_id != identity.service_id:
+        # Counted against the service named, like a wrong secret for it; the trail also
+        # keeps which service's credentials were sent.
+        claimed = client_id if re.fullmatch(SERVICE_ID_PATTERN, client_id) else None
+        raise _Refused(
+            INVALID_CLIENT,
+            "client_id names another service than the credentials prove",
+            extra={"client_id": claimed, "credentials_of": identity.service_id},
+        )
 
 
 def _basic(value: str) -> tuple[str, str]:
@@ -292,7 +409,23 @@ def secret_cache(runtime: Runtime) -> TTLCache[str, SecretEntry]:
     return runtime.parts.get(IdentityCaches).secrets
 
 
-async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:
+# The endpoints a client assertion is posted to (RFC 7523 §3: "the token endpoint URL of
+# the authorization server MAY be used as a value for an aud element"; clients that sign
+# for each request use the URL they post to).
+_ASSERTION_ENDPOINTS = ("/v1/token", "/v1/introspect", "/v1/revoke")
+
+
+def _broker_audiences(runtime: Runtime) -> list[str]:
+    issuer = runtime.settings.issuer
+    return [issuer, *(issuer + path for path in _ASSERTION_ENDPOINTS)]
+
+
+async def _by_jwt(
+    runtime: Runtime, token: str, *, client_assertion: bool = False
+) -> ServiceIdentity:
+    """The service whose jwt binding ``token`` satisfies; a ``client_assertion`` (RFC 7523)
+    is held to the same bindings, with ``nbf`` optional and ``aud`` naming this broker in
+    any of the ways that RFC allows (``workload_jwt.verify``)."""
     try:
         head = workload_jwt.peek(token)
     except JwtFailure as failure:
@@ -324,7 +457,12 @@ async def _by_jwt(runtime: Runtime, token: str) -> ServiceIdentity:
 
     try:
         matches = await workload_jwt.verify(
-            token, head, candidates, keys_for, leeway=runtime.settings.clock_leeway
+            token,
+            head,
+            candidates,
+            keys_for,
+            leeway=runtime.settings.clock_leeway,
+            assertion_audiences=_broker_audiences(runtime) if client_assertion else None,
         )
     except JwtFailure as failure:
         raise _Refused(failure.reason, failure.detail, extra=context) from None

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Request
 
-from broker.identity.authenticate import ServiceIdentity, authenticate_service
+from broker.identity.authenticate import (
+    ServiceIdentity,
+    authenticate_client,
+    authenticate_service,
+    client_credentials,
+)
 from broker.identity.source_blocks import ensure_source_allowed
 from broker.runtime import Runtime, runtime_of
 
@@ -24,6 +30,23 @@ async def identify_service(
     if not reads:
         await ensure_source_allowed(runtime, source)
     return await authenticate_service(runtime, authorization, source=source)
+
+
+async def identify_client(
+    runtime: Runtime,
+    authorization: str | None,
+    form: Mapping[str, str],
+    source: str | None,
+    *,
+    reads: bool = False,
+) -> ServiceIdentity:
+    """``identify_service`` for the OAuth endpoints, whose form may carry the client's
+    credentials instead of the header (client_secret_post, an RFC 7523 client assertion).
+    Two methods at once are refused before the address or any credential is looked at."""
+    presented = client_credentials(authorization, form)
+    if not reads:
+        await ensure_source_allowed(runtime, source)
+    return await authenticate_client(runtime, presented, source=source)
 
 
 async def require_service(request: Request[Any, Any, Any]) -> ServiceIdentity:

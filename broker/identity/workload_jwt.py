@@ -249,18 +249,32 @@ async def verify(
     keys_for: KeyLookup,
     *,
     leeway: int,
+    assertion_audiences: Sequence[str] | None = None,
 ) -> list[Match]:
     """Verify ``token`` against every candidate; return those it satisfies completely.
 
     Raises the failure from the candidate the token came closest to satisfying when none
     matched. ``keys_for`` returns the candidate's JWKS keys (inline, or fetched and cached).
+
+    ``assertion_audiences`` is given only for an RFC 7523 client assertion: §3 there makes
+    ``nbf`` optional (generic clients, Authlib's among them, send ``iat`` and ``exp`` only)
+    and lets ``aud`` be any value naming this authorization server. Generic clients differ
+    on which (openid-client signs the issuer, Authlib the URL it posts to), so besides the
+    binding's own audience the broker's issuer and its endpoint URLs, which name nothing
+    but this broker, are accepted. A workload identity token presented as such always
+    carries ``nbf`` and the binding's audience.
     """
     matches: list[Match] = []
     best: JwtFailure | None = None
     for candidate in candidates:
         try:
             matches.append(
-                Match(candidate, await _verify_one(token, head, candidate, keys_for, leeway))
+                Match(
+                    candidate,
+                    await _verify_one(
+                        token, head, candidate, keys_for, leeway, assertion_audiences
+                    ),
+                )
             )
         except JwtFailure as failure:
             if best is None or _RANK[failure.reason] > _RANK[best.reason]:
@@ -271,8 +285,19 @@ async def verify(
 
 
 async def _verify_one(
-    token: str, head: Peek, candidate: Candidate, keys_for: KeyLookup, leeway: int
+    token: str,
+    head: Peek,
+    candidate: Candidate,
+    keys_for: KeyLookup,
+    leeway: int,
+    assertion_audiences: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    require_nbf = assertion_audiences is None
+    audience: str | list[str] = (
+        candidate.audience
+        if assertion_audiences is None
+        else [candidate.audience, *assertion_audiences]
+    )
     if head.alg not in candidate.algorithms:
         raise JwtFailure(BAD_SIGNATURE, "the token's algorithm is not allowed for this issuer")
     try:
@@ -293,12 +318,14 @@ async def _verify_one(
             token,
             key=key,
             algorithms=[head.alg],
-            audience=candidate.audience,
+            audience=audience,
             issuer=candidate.issuer,
             leeway=leeway,
             # The times are checked below, as finite numbers first (check_times).
             options={
-                "require": ["exp", "nbf", "iss", "aud", "sub"],
+                "require": ["exp", "nbf", "iss", "aud", "sub"]
+                if require_nbf
+                else ["exp", "iss", "aud", "sub"],
                 "verify_exp": False,
                 "verify_nbf": False,
                 "verify_iat": False,
@@ -308,7 +335,7 @@ async def _verify_one(
         raise _failure_for(exc) from None
     except (ValueError, TypeError, RecursionError):
         raise JwtFailure(BAD_SIGNATURE, "the token is not a well-formed signed JWT") from None
-    check_times(claims, leeway)
+    check_times(claims, leeway, require_nbf=require_nbf)
     subject = claims.get("sub")
     if not isinstance(subject, str) or not fnmatch.fnmatchcase(subject, candidate.subject):
         raise JwtFailure(CLAIMS_MISMATCH, "the token's subject is not bound to a service")
@@ -318,8 +345,15 @@ async def _verify_one(
     return claims
 
 
-def check_times(claims: Mapping[str, Any], leeway: float, now: float | None = None) -> None:
-    """``exp`` and ``nbf`` (required) and ``iat`` (if present) within the leeway of now.
+def check_times(
+    claims: Mapping[str, Any],
+    leeway: float,
+    now: float | None = None,
+    *,
+    require_nbf: bool = True,
+) -> None:
+    """``exp`` and ``nbf`` (required; ``nbf`` only if present when not ``require_nbf``)
+    and ``iat`` (if present) within the leeway of now.
 
     Each must be a finite number before it is compared: NaN passes every ``<`` and ``>``
     test, so a token with ``"exp": NaN`` would never expire.
@@ -327,12 +361,13 @@ def check_times(claims: Mapping[str, Any], leeway: float, now: float | None = No
     for name in ("exp", "nbf", "iat"):
         if name in claims and not finite_number(claims[name]):
             raise JwtFailure(EXPIRED_TOKEN, f"the token's {name} claim is not a finite number")
-    if "exp" not in claims or "nbf" not in claims:
+    if "exp" not in claims or (require_nbf and "nbf" not in claims):
         raise JwtFailure(EXPIRED_TOKEN, "the token has no exp or nbf claim")
     moment = time.time() if now is None else now
     if claims["exp"] <= moment - leeway:
         raise JwtFailure(EXPIRED_TOKEN, "the token has expired")
-    if claims["nbf"] > moment + leeway or claims.get("iat", moment) > moment + leeway:
+    not_before = claims.get("nbf", moment)
+    if not_before > moment + leeway or claims.get("iat", moment) > moment + leeway:
         raise JwtFailure(EXPIRED_TOKEN, "the token is not valid yet")
 
 

@@ -1,7 +1,15 @@
-"""Service-facing routes: ask for a key, exchange a token, introspect, revoke."""
+"""Service-facing routes: ask for a key, the token endpoint (token exchange and
+client_credentials), introspect, revoke.
+
+The three OAuth endpoints authenticate the client from the Authorization header or from the
+form (client_secret_post, an RFC 7523 client assertion): they read the form first, once,
+and hand it to ``identify_client``. Their refusals are ``BrokerError``s; those that carry
+``error`` in their extra (``OAuthError``) are answered with that RFC 6749 code
+(``broker.http.oauth_errors``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, get_args
 
 import msgspec
@@ -12,7 +20,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from litestar.types import Receive, Scope, Send
 
 from broker.claims import MalformedClaims, requested_access
-from broker.errors import BrokerError, Forbidden, InvalidInput
+from broker.errors import BrokerError, Forbidden, InvalidInput, Unauthenticated
 from broker.http.asgi_io import (
     RawRequest,
     decode_json,
@@ -22,8 +30,12 @@ from broker.http.asgi_io import (
     shape_form,
     whole_number,
 )
-from broker.identity.authenticate import ServiceIdentity, authenticate_service
-from broker.identity.deps import identify_service
+from broker.identity.authenticate import (
+    ServiceIdentity,
+    authenticate_client,
+    client_credentials,
+)
+from broker.identity.deps import identify_client, identify_service
 from broker.identity.source_blocks import ensure_source_allowed, normalise_source
 from broker.issuance.introspection import Introspection, introspect, revoke_own_key
 from broker.issuance.schemas import (
@@ -34,14 +46,16 @@ from broker.issuance.schemas import (
     IntrospectionOut,
     IssuedKeyOut,
     KeyRequest,
+    RevocationForm,
+    Slug,
     SubjectTokenType,
-    TokenExchangeOut,
+    TokenOut,
 )
 from broker.issuance.service import IssuedKeyResult, KeyOrder, issue_key
 from broker.runtime import Runtime, runtime_of
 
-# The values the published form (``TokenExchangeForm``) names are the values accepted.
-TOKEN_EXCHANGE: str = get_args(GrantType)[0]
+# The values the published form (``TokenForm``) names are the values accepted.
+TOKEN_EXCHANGE, CLIENT_CREDENTIALS = get_args(GrantType)
 SUBJECT_TOKEN_TYPES: frozenset[str] = frozenset(get_args(SubjectTokenType))
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 
@@ -95,16 +109,28 @@ def _order(data: KeyRequest) -> KeyOrder:
 
 
 class OAuthError(BrokerError):
-    """RFC 6749 error members carried inside an RFC 9457 problem."""
+    """An RFC 6749 §5.2 refusal: ``error`` and ``error_description`` ride in the extra, and
+    ``broker.http.oauth_errors`` answers with that code (and the status RFC 6749 gives it:
+    400, or 401 for ``invalid_client``). ``slug`` keeps the problem type of the refusal it
+    stands for (``no-policy``, ``quarantined``, ``expired-token``), so the causes stay as
+    distinguishable as on every other route."""
 
     status = 400
     type_name = "oauth-error"
-    title = "Token exchange refused"
+    title = "Token request refused"
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
-        super().__init__(description, error=error, error_description=description)
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        *,
+        slug: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(description, error=error, error_description=description, **extra)
         self.status = status
-        self.type_name = error.replace("_", "-")
+        self.type_name = slug or error.replace("_", "-")
 
 
 async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -112,12 +138,49 @@ async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
     return parse_form(content_type, await request.body())
 
 
-def _parse_details(raw: str) -> tuple[frozenset[str], str]:
+def _parse_details(raw: str) -> tuple[frozenset[str], str, list[str]]:
+    """The fields, purpose and RFC 9396 §2.2 ``locations`` of the one pii_access detail."""
     try:
         access = requested_access(raw)
     except MalformedClaims as exc:
         raise OAuthError("invalid_authorization_details", str(exc)) from None
-    return frozenset(access.fields), access.purpose
+    # ``requested_access`` has parsed this very text, so it is a list of one object.
+    locations = json.loads(raw)[0].get("locations")
+    if locations is None:
+        return frozenset(access.fields), access.purpose, []
+    if not (
+        isinstance(locations, list)
+        and locations
+        and all(isinstance(where, str) for where in locations)
+    ):
+        raise OAuthError(
+            "invalid_authorization_details",
+            "locations must be a non-empty list naming the resource service",
+        )
+    return frozenset(access.fields), access.purpose, locations
+
+
+def _target(form: dict[str, str], locations: list[str]) -> str:
+    """The one resource service a key is for, named by ``audience`` (RFC 8693), ``resource``
+    (RFC 8707) or the detail's ``locations`` (RFC 9396 §2.2): whichever are given must all
+    name the same service id, since a key has one audience."""
+    named = {value for value in (form.get("audience"), form.get("resource")) if value}
+    named.update(locations)
+    if not named:
+        raise OAuthError(
+            "invalid_request",
+            "name the resource service as audience, resource or the detail's locations",
+        )
+    if len(named) > 1:
+        raise OAuthError(
+            "invalid_target", "audience, resource and locations name different services"
+        )
+    target = named.pop()
+    try:
+        msgspec.convert(target, Slug)
+    except msgspec.ValidationError:
+        raise OAuthError("invalid_target", "the resource service is not a service id") from None
+    return target
 
 
 def _number(form: dict[str, str], name: str, *, high: int) -> int | None:
@@ -132,12 +195,12 @@ def _number(form: dict[str, str], name: str, *, high: int) -> int | None:
     return value
 
 
-def _exchange_request(
+def _key_request(
     form: dict[str, str], audience: str, fields: frozenset[str], purpose: str
 ) -> KeyRequest:
-    """The exchange's parameters held to ``KeyRequest``, the very struct ``POST /v1/keys``
-    decodes its body into: one check of the audience, the TTL and uses bounds and the
-    ``jkt`` thumbprint for both routes, whichever form the request came in."""
+    """The token request's parameters held to ``KeyRequest``, the very struct ``POST
+    /v1/keys`` decodes its body into: one check of the audience, the TTL and uses bounds and
+    the ``jkt`` thumbprint for both routes, whichever form the request came in."""
     ttl = _number(form, "ttl_seconds", high=MAX_TTL_SECONDS)
     if ttl is None:
         ttl = _number(form, "expires_in", high=MAX_TTL_SECONDS)
@@ -156,66 +219,108 @@ def _exchange_request(
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `$")
         name = path.rstrip("`").lstrip(".").split("[", 1)[0] or "request"
-        error, status = _EXCHANGE_ERRORS.get(name, ("invalid_request", 400))
-        raise OAuthError(error, f"{name}: {message}", status) from None
+        error = _KEY_REQUEST_ERRORS.get(name, "invalid_request")
+        raise OAuthError(error, f"{name}: {message}") from None
 
 
 # RFC 8693 §2.2.2: an audience no service could be is a target the broker will not serve;
 # the fields and purpose came from authorization_details (RFC 9396 §5).
-_EXCHANGE_ERRORS = {
-    "audience": ("invalid_target", 403),
-    "fields": ("invalid_authorization_details", 400),
-    "purpose": ("invalid_authorization_details", 400),
+_KEY_REQUEST_ERRORS = {
+    "audience": "invalid_target",
+    "fields": "invalid_authorization_details",
+    "purpose": "invalid_authorization_details",
 }
+
+
+def _token_request(form: dict[str, str]) -> KeyRequest:
+    """The key a token request asks for, whichever grant; every refusal is an OAuth error."""
+    if "authorization_details" not in form:
+        raise OAuthError("invalid_request", "authorization_details of type pii_access is required")
+    fields, purpose, locations = _parse_details(form["authorization_details"])
+    return _key_request(form, _target(form, locations), fields, purpose)
+
+
+# What a refusal of ``issue_key`` is to an OAuth client: no approved policy between the
+# service and that audience at all is a target the broker will not serve (RFC 8693 §2.2.2);
+# a quarantined service may get no keys (RFC 6749 §5.2 unauthorized_client); anything else
+# the policy refused is what the authorization_details asked for (RFC 9396 §5).
+_REFUSALS = {"no-policy": "invalid_target", "quarantined": "unauthorized_client"}
+
+
+async def _issue(
+    runtime: Runtime, identity: ServiceIdentity, data: KeyRequest, source: str | None
+) -> TokenOut:
+    try:
+        result = await issue_key(runtime, identity, _order(data), source=source)
+    except Forbidden as exc:
+        error = _REFUSALS.get(exc.type_name, "invalid_authorization_details")
+        raise OAuthError(error, exc.detail, slug=exc.type_name, **exc.extra) from None
+    return TokenOut(
+        access_token=result.token,
+        token_type="DPoP" if result.cnf_jkt else "Bearer",
+        expires_in=result.ttl_seconds,
+        authorization_details=result.authorization_details,
+    )
 
 
 @post(
     "/v1/token",
     tags=["keys"],
-    summary="RFC 8693 token exchange for a scoped key",
+    summary="OAuth token endpoint: client_credentials or RFC 8693 token exchange for a key",
     status_code=HTTP_200_OK,
     cache_control=CacheControlHeader(no_store=True),  # RFC 6749 §5.1
 )
-async def token_exchange(
+async def token_endpoint(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
-) -> TokenExchangeOut:
+) -> TokenOut:
+    """RFC 6749 §4.4 client_credentials with RFC 9396 authorization_details (the client
+    authenticates: Basic, client_secret_post, a client assertion or a Bearer workload JWT),
+    or RFC 8693 token exchange (the subject_token is the workload JWT; a client that also
+    authenticates must be the same service). Both go through ``issue_key``, as ``POST
+    /v1/keys`` does: the same policy check, audit, rules and rate limits."""
     form = await _form(request)
-    if form.get("grant_type") != TOKEN_EXCHANGE:
-        raise OAuthError("unsupported_grant_type", f"grant_type must be {TOKEN_EXCHANGE}")
-    subject_token = form.get("subject_token")
-    if not subject_token or form.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        raise OAuthError("invalid_request", "grant_type is required")
+    if grant_type not in (TOKEN_EXCHANGE, CLIENT_CREDENTIALS):
+        raise OAuthError(
+            "unsupported_grant_type",
+            f"grant_type must be {CLIENT_CREDENTIALS} or {TOKEN_EXCHANGE}",
+        )
+    authorization = request.headers.get("authorization")
+    presented = client_credentials(authorization, form)  # two methods: invalid_request
+    subject_token = form.get("subject_token", "")
+    exchange = grant_type == TOKEN_EXCHANGE
+    if exchange and (
+        not subject_token or form.get("subject_token_type") not in SUBJECT_TOKEN_TYPES
+    ):
         raise OAuthError(
             "invalid_request", "subject_token and a JWT subject_token_type are required"
         )
-    audience = form.get("audience") or form.get("resource")
-    if not audience or len(audience) > 63:
-        raise OAuthError("invalid_request", "audience is required")
-    if "authorization_details" not in form:
-        raise OAuthError("invalid_request", "authorization_details of type pii_access is required")
-    fields, purpose = _parse_details(form["authorization_details"])
-    data = _exchange_request(form, audience, fields, purpose)
+    data = _token_request(form)
     source = _source(request)
     await ensure_source_allowed(runtime, source)
-    identity = await authenticate_service(runtime, f"Bearer {subject_token}", source=source)
-    if request.headers.get("authorization"):
-        client = await authenticate_service(
-            runtime, request.headers["authorization"], source=source
-        )
-        if client.service_id != identity.service_id:
-            raise OAuthError(
-                "invalid_client", "client and subject token name different services", 401
-            )
+    if grant_type == CLIENT_CREDENTIALS:
+        identity = await authenticate_client(runtime, presented, source=source)
+        return await _issue(runtime, identity, data, source)
+    client = None
+    if presented.method != "none":
+        client = await authenticate_client(runtime, presented, source=source)
     try:
-        result = await issue_key(runtime, identity, _order(data), source=source)
-    except Forbidden as exc:
-        raise OAuthError("invalid_target", exc.detail, 403) from None
-    return TokenExchangeOut(
-        access_token=result.token,
-        issued_token_type=ACCESS_TOKEN_TYPE,
-        token_type="DPoP" if result.cnf_jkt else "Bearer",
-        expires_in=result.ttl_seconds,
-        authorization_details=result.authorization_details,
-    )
+        identity = await authenticate_client(
+            runtime, client_credentials(f"Bearer {subject_token}", None), source=source
+        )
+    except Unauthenticated as exc:
+        # RFC 8693 §2.2.2: a subject_token that proves nothing is invalid_request (it was
+        # audited and signalled as a failed authentication all the same).
+        raise OAuthError(
+            "invalid_request", f"subject_token: {exc.detail}", slug=exc.type_name
+        ) from None
+    if client is not None and client.service_id != identity.service_id:
+        raise OAuthError("invalid_client", "client and subject token name different services", 401)
+    out = await _issue(runtime, identity, data, source)
+    out.issued_token_type = ACCESS_TOKEN_TYPE
+    return out
 
 
 async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
@@ -225,9 +330,13 @@ async def introspect_key(scope: Scope, receive: Receive, send: Send) -> None:
     request = RawRequest(scope)
     request.require_post()
     runtime = runtime_of(scope)
-    service = await identify_service(runtime, request.authorization, request.client, reads=True)
+    # The form is read before the client is known: it may carry the credentials.
     body = await read_body(receive, runtime.settings.max_body_bytes)
-    form = shape_form(parse_form(request.content_type, body), IntrospectionForm)
+    params = parse_form(request.content_type, body)
+    service = await identify_client(
+        runtime, request.authorization, params, request.client, reads=True
+    )
+    form = shape_form(params, IntrospectionForm)
     presenter = form.source or None
     if presenter is not None:
         presenter = normalise_source(presenter)  # 422 unless an IP address
@@ -267,17 +376,19 @@ def _introspection_out(result: Introspection) -> IntrospectionOut:
     status_code=HTTP_200_OK,
 )
 async def revoke_key(
-    request: Request[Any, Any, Any],
-    service: NamedDependency[ServiceIdentity],
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
 ) -> Response[None]:
-    form = await _form(request)
-    token = form.get("token", "")
-    if not token:
-        raise InvalidInput("token is required")
-    await revoke_own_key(runtime_of(request), service, token)
+    """The client authenticates here rather than through the ``service`` dependency: its
+    credentials may be in the form, which is read once, before them."""
+    params = await _form(request)
+    service = await identify_client(
+        runtime, request.headers.get("authorization"), params, _source(request)
+    )
+    form = shape_form(params, RevocationForm)
+    await revoke_own_key(runtime, service, form.token)
     return Response(None, status_code=HTTP_200_OK)
 
 
-ROUTES = [token_exchange, revoke_key]
+ROUTES = [token_endpoint, revoke_key]
 # Served ahead of the router (``broker.http.hot_routes``).
 HOT_ROUTES = {"/v1/keys": request_key, "/v1/introspect": introspect_key}

@@ -69,12 +69,16 @@ class IssuedKeyOut(msgspec.Struct):
     cnf_jkt: str | None = None
 
 
-class TokenExchangeOut(msgspec.Struct):
+class TokenOut(msgspec.Struct, omit_defaults=True):
+    """RFC 6749 §5.1 with RFC 9396 §7's ``authorization_details``; ``issued_token_type``
+    (RFC 8693 §2.2.1) only for a token exchange. No refresh token and no scope: a key is
+    what its authorization_details say, for its lifetime."""
+
     access_token: str
-    issued_token_type: str
     token_type: str
     expires_in: int
     authorization_details: list[dict[str, Any]]
+    issued_token_type: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class IntrospectionOut(msgspec.Struct, omit_defaults=True):
@@ -97,7 +101,39 @@ class IntrospectionOut(msgspec.Struct, omit_defaults=True):
     uses: int | None = None
 
 
-class IntrospectionForm(msgspec.Struct):
+_Optional = msgspec.UnsetType  # absent, never null: a form cannot say null
+
+
+class ClientAuthForm(msgspec.Struct, kw_only=True):
+    """RFC 6749 §2.3.1 and RFC 7523 §2.2 client authentication in the form, which the OAuth
+    endpoints accept instead of the Authorization header (one method per request). The
+    handlers read these parameters themselves (``broker.identity.authenticate``); this is
+    what the OpenAPI document publishes for them."""
+
+    client_id: Annotated[
+        str | _Optional,
+        msgspec.Meta(description="The service's id; with client_secret (client_secret_post)."),
+    ] = msgspec.UNSET
+    client_secret: Annotated[
+        str | _Optional,
+        msgspec.Meta(description="The service's client secret (client_secret_post)."),
+    ] = msgspec.UNSET
+    client_assertion_type: Annotated[
+        Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] | _Optional,
+        msgspec.Meta(description="RFC 7523: with client_assertion."),
+    ] = msgspec.UNSET
+    client_assertion: Annotated[
+        str | _Optional,
+        msgspec.Meta(
+            description=(
+                "RFC 7523: a JWT checked against the service's jwt bindings, like a Bearer "
+                "workload JWT (private_key_jwt: iss = sub = client_id)"
+            )
+        ),
+    ] = msgspec.UNSET
+
+
+class IntrospectionForm(ClientAuthForm):
     """The RFC 7662 request, as form fields or a JSON object: the handler reads the
     parameters itself (``broker.http.asgi_io.parse_form``) and holds them to this struct,
     which is also what the OpenAPI document publishes, so its limits are the enforced ones."""
@@ -113,7 +149,10 @@ class IntrospectionForm(msgspec.Struct):
     ] = None
 
 
-GrantType = Literal["urn:ietf:params:oauth:grant-type:token-exchange"]
+GrantType = Literal[
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "client_credentials",
+]
 SubjectTokenType = Literal[
     "urn:ietf:params:oauth:token-type:jwt",
     "urn:ietf:params:oauth:token-type:id_token",
@@ -123,48 +162,63 @@ SubjectTokenType = Literal[
 _WholeNumberText = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,18}$")]
 
 
-class TokenExchangeForm(msgspec.Struct):
-    """The RFC 8693 request, as form fields or a JSON object of strings
-    (``broker.http.asgi_io.parse_form``). The handler reads the parameters itself, to
-    answer each refusal with its RFC 6749 error code; this struct is what the OpenAPI
-    document publishes for them, with the same required parameters and values."""
+class TokenForm(ClientAuthForm):
+    """The token endpoint's request, as form fields or a JSON object of strings
+    (``broker.http.asgi_io.parse_form``): RFC 8693 token exchange (``subject_token`` is the
+    workload's JWT) or RFC 6749 §4.4 client_credentials (the client authenticates). The
+    handler reads the parameters itself, to answer each refusal with its RFC 6749 error
+    code; this struct is what the OpenAPI document publishes for them, with the same
+    values."""
 
     grant_type: GrantType
-    subject_token: Annotated[
-        str,
-        msgspec.Meta(min_length=1, description="The workload's JWT (a service account token)."),
-    ]
-    subject_token_type: SubjectTokenType
     authorization_details: Annotated[
         str,
         msgspec.Meta(
             description=(
                 'RFC 9396: a JSON array with one object of type "pii_access" naming the '
-                "fields and the purpose"
+                'fields and the purpose, and optionally "locations": ["<resource service '
+                'id>"] instead of audience'
             )
         ),
     ]
+    subject_token: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1)] | _Optional,
+        msgspec.Meta(description="Token exchange: the workload's JWT (a service account token)."),
+    ] = msgspec.UNSET
+    subject_token_type: Annotated[
+        SubjectTokenType | _Optional, msgspec.Meta(description="Token exchange: required.")
+    ] = msgspec.UNSET
     # Optional parameters are strings or absent (``UNSET``: never null, which a form cannot
     # say and the JSON form refuses).
     audience: Annotated[
-        str | msgspec.UnsetType,
-        msgspec.Meta(description="The resource service's id (or give it as resource)."),
+        str | _Optional,
+        msgspec.Meta(
+            description=(
+                "The resource service's id (or give it as resource, or as the detail's "
+                "locations); all that are given must name the same one."
+            )
+        ),
     ] = msgspec.UNSET
-    resource: str | msgspec.UnsetType = msgspec.UNSET
+    resource: Annotated[
+        str | _Optional, msgspec.Meta(description="RFC 8707: the resource service's id.")
+    ] = msgspec.UNSET
     ttl_seconds: Annotated[
-        _WholeNumberText | msgspec.UnsetType,
+        _WholeNumberText | _Optional,
         msgspec.Meta(description=f"1 to {MAX_TTL_SECONDS}; expires_in is read when absent"),
     ] = msgspec.UNSET
-    expires_in: _WholeNumberText | msgspec.UnsetType = msgspec.UNSET
+    expires_in: _WholeNumberText | _Optional = msgspec.UNSET
     max_uses: Annotated[
-        _WholeNumberText | msgspec.UnsetType, msgspec.Meta(description=f"1 to {MAX_USES}")
+        _WholeNumberText | _Optional, msgspec.Meta(description=f"1 to {MAX_USES}")
     ] = msgspec.UNSET
-    jkt: Thumbprint | msgspec.UnsetType = msgspec.UNSET
+    jkt: Annotated[
+        Thumbprint | _Optional,
+        msgspec.Meta(description="RFC 9449: bind the key to this holder key (token_type DPoP)"),
+    ] = msgspec.UNSET
 
 
-class RevocationForm(msgspec.Struct):
+class RevocationForm(ClientAuthForm):
     """The RFC 7009 request, as form fields or a JSON object of strings; documented for
-    the OpenAPI document, read by the handler itself like the token exchange's."""
+    the OpenAPI document, read by the handler itself like the token endpoint's."""
 
     token: Annotated[str, msgspec.Meta(min_length=1, description="The key to revoke.")]
-    token_type_hint: str | msgspec.UnsetType = msgspec.UNSET
+    token_type_hint: str | _Optional = msgspec.UNSET

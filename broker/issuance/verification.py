@@ -7,11 +7,18 @@ consulted.
 
 A key that passed is remembered by the SHA-256 of its exact text (never the text itself):
 the same bytes always carry the same signature, so a resource service checking the key it
-was shown a hundred times pays for one Ed25519 verification, not a hundred. What can change
+was shown a hundred times pays for one signature verification, not a hundred. What can change
 between two checks is checked again on every one: that the ``kid`` is still among our
 published keys (the same refresh as an uncached check), ``exp``/``nbf`` with the leeway, and
 the audience asked about. Failures are not remembered, so forged tokens cannot fill the
 cache; it holds at most ``VERIFIED_CACHE_SIZE`` keys, the oldest dropped first.
+
+Every algorithm the broker can sign with is accepted (``custody.base.SUPPORTED_ALGS``),
+each only with a key published for it: the algorithm is the published key's ``alg``, and a
+token whose header names another is refused before any signature is checked. PyJWT knows
+Ed25519 keys only by the polymorphic name ``EdDSA``; RFC 9864's ``Ed25519`` is registered on
+a PyJWT object of this module's own (``_DECODER``), never on PyJWT's global one, which the
+SDK and any library sharing the process keep as PyJWT made it.
 """
 
 from __future__ import annotations
@@ -25,16 +32,54 @@ from functools import cached_property
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm, get_default_algorithms
 
 from broker.claims import MalformedClaims, PiiAccess, pii_access
+from broker.custody.base import SUPPORTED_ALGS
 from broker.revocation.selector import KeyFacts
 from broker.runtime import Runtime
 
-ALLOWED_ALGS = ("EdDSA", "ES256")
+ALLOWED_ALGS = SUPPORTED_ALGS
 MAX_TOKEN_BYTES = 8192
 _REQUIRED = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "authorization_details"]
 _FORBIDDEN_HEADERS = {"jku", "x5u", "x5c", "jwk", "crit"}
 VERIFIED_CACHE_SIZE = 8192
+
+
+def _algorithms() -> dict[str, Algorithm]:
+    """PyJWT's implementation of each algorithm we sign with, ``Ed25519`` as ``EdDSA``'s
+    (the same Ed25519 verification under its RFC 9864 name)."""
+    known = get_default_algorithms()
+    return {alg: known["EdDSA" if alg == "Ed25519" else alg] for alg in ALLOWED_ALGS}
+
+
+_ALGORITHMS = _algorithms()
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT that knows ``Ed25519``: its own PyJWS (each PyJWT makes one) gets the name."""
+    decoder = jwt.PyJWT()
+    decoder._jws.register_algorithm("Ed25519", _ALGORITHMS["Ed25519"])
+    return decoder
+
+
+_DECODER = _decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedKey:
+    """One of our published public keys, bound to the one algorithm its JWK names."""
+
+    alg: str
+    key: Any
+
+
+def published_key(jwk: dict[str, Any]) -> PublishedKey:
+    """A key from one of our JWKs; ``ValueError`` unless its ``alg`` is one we sign with."""
+    alg = jwk.get("alg")
+    if alg not in _ALGORITHMS:
+        raise ValueError(f"not a signing algorithm of ours: {alg!r}")
+    return PublishedKey(alg, _ALGORITHMS[alg].from_jwk(jwk))
 
 
 class InvalidKey(Exception):
@@ -66,7 +111,7 @@ class OwnKeyVerifier:
 
     def __init__(self, runtime: Runtime, refresh_interval: float = 1.0) -> None:
         self._runtime = runtime
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, PublishedKey] = {}
         self._refreshed = 0.0
         self._refresh_interval = refresh_interval
         self._verified: dict[bytes, VerifiedClaims] = {}
@@ -79,13 +124,13 @@ class OwnKeyVerifier:
 
     async def _refresh(self) -> None:
         jwks = await self._runtime.custody.public_jwks()
-        self._keys = {jwk["kid"]: jwt.PyJWK(jwk) for jwk in jwks if "kid" in jwk}
+        self._keys = {jwk["kid"]: published_key(jwk) for jwk in jwks if "kid" in jwk}
         self._refreshed = time.monotonic()
 
     def _stale(self) -> bool:
         return time.monotonic() - self._refreshed > self._runtime.settings.jwks_max_age
 
-    async def _key(self, kid: str) -> jwt.PyJWK:
+    async def _key(self, kid: str) -> PublishedKey:
         key = self._keys.get(kid)
         if key is None or self._stale():
             if key is None and time.monotonic() - self._refreshed < self._refresh_interval:
@@ -143,14 +188,14 @@ class OwnKeyVerifier:
         if not isinstance(kid, str) or not kid:
             raise InvalidKey("unknown-kid")
         key = await self._key(kid)
-        if key.algorithm_name != alg:
+        if key.alg != alg:
             raise InvalidKey("disallowed-alg")
         settings = self._runtime.settings
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = _DECODER.decode(
                 token,
-                key=key,
-                algorithms=[alg],
+                key=key.key,
+                algorithms=[key.alg],
                 issuer=settings.issuer,
                 audience=audience,
                 leeway=settings.clock_leeway,

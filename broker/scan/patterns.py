@@ -86,12 +86,12 @@ CREDENTIAL_PREFILTER = re.compile(rb"pkb(?<![0-9A-Za-z]pkb)[os]_[0-9A-Za-z]{49}(
 # A JWS shaped like our keys, with lengths below which our_key_claims refuses anyway: the
 # shortest header it accepts, {"alg":"ES256","typ":"at+jwt","kid":"<43>"}, is 82 bytes (110
 # characters), the claims it accepts are longer than iss, jti and a bare pii_access detail,
-# 74 bytes (99 characters), and our signatures are 86 characters. Segments hold no dot, so
-# taking them possessively loses nothing.
+# 74 bytes (99 characters), and our signatures are 86 characters (ES256, Ed25519) or 342
+# (RS256). Segments hold no dot, so taking them possessively loses nothing.
 JWS_PREFILTER = re.compile(
     rb"eyJ(?<![A-Za-z0-9_.-]eyJ)[A-Za-z0-9_-]{100,4000}+"
     rb"\.eyJ[A-Za-z0-9_-]{77,40000}+"
-    rb"\.[A-Za-z0-9_-]{86}(?![A-Za-z0-9_.-])"
+    rb"\.(?:[A-Za-z0-9_-]{342}|[A-Za-z0-9_-]{86})(?![A-Za-z0-9_.-])"
 )
 # An '@' after a local-part character, then labels and at least two letters of a top-level
 # domain: a run of '@', 'a@a@a' or '@.@.' never leaves the regex engine.
@@ -200,8 +200,12 @@ IBAN_LENGTHS: dict[str, int] = {
 }  # fmt: skip
 
 _KID = re.compile(r"[A-Za-z0-9_-]{43}")  # an RFC 7638 SHA-256 thumbprint, as we name keys
-OUR_ALGS = frozenset({"EdDSA", "ES256"})
-_SIGNATURE_CHARS = 86  # 64-byte EdDSA and ES256 signatures, base64url without padding
+# The algorithms the broker signs with (broker/custody/base.py, which this layer cannot
+# import) and the length of each one's signature, base64url without padding: 64 bytes for
+# ES256 and Ed25519 (under either name), 256 for RS256 with its 2048-bit keys.
+_SIGNATURE_CHARS = {"ES256": 86, "RS256": 342, "Ed25519": 86, "EdDSA": 86}
+OUR_ALGS = frozenset(_SIGNATURE_CHARS)
+_ANY_SIGNATURE_CHARS = frozenset(_SIGNATURE_CHARS.values())
 
 # --- validators ---------------------------------------------------------------------------
 
@@ -310,7 +314,7 @@ def our_key_claims(token: bytes, issuer: str | None = None) -> dict[str, Any] | 
     """
     head, _, rest = token.partition(b".")
     body, _, signature = rest.partition(b".")
-    if len(signature) != _SIGNATURE_CHARS:
+    if len(signature) not in _ANY_SIGNATURE_CHARS:
         return None
     try:
         header = _b64json(head)
@@ -319,10 +323,11 @@ def our_key_claims(token: bytes, issuer: str | None = None) -> dict[str, Any] | 
         return None
     if not isinstance(header, dict) or set(header) != {"alg", "typ", "kid"}:
         return None
-    kid = header.get("kid")
+    kid, alg = header.get("kid"), header.get("alg")
     if (
         header.get("typ") != "at+jwt"
-        or header.get("alg") not in OUR_ALGS
+        or not isinstance(alg, str)
+        or len(signature) != _SIGNATURE_CHARS.get(alg)
         or not isinstance(kid, str)
         or not _KID.fullmatch(kid)
     ):

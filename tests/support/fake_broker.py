@@ -229,6 +229,19 @@ class FakeBroker:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_oauth_error(
+                self, status: int, body: dict[str, Any], headers: dict[str, str]
+            ) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:
                 if self.path == "/.well-known/jwks.json":
                     with fake._lock:
@@ -260,15 +273,22 @@ class FakeBroker:
                 raw = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if not fake._authorized(headers):
-                    self._send(
-                        401,
-                        {
-                            "type": "https://pii-broker.dev/problems/unauthenticated",
-                            "title": "Authentication required",
-                            "status": 401,
-                            "detail": "unknown credentials",
-                        },
-                    )
+                    problem = {
+                        "type": "https://pii-broker.dev/problems/unauthenticated",
+                        "title": "Authentication required",
+                        "status": 401,
+                        "detail": "unknown credentials",
+                    }
+                    if self.path in ("/v1/introspect", "/v1/revoke", "/v1/token"):
+                        # The OAuth endpoints answer an OAuth error (docs/api.md).
+                        self._send_oauth_error(
+                            401,
+                            {"error": "invalid_client", "error_description": problem["detail"]}
+                            | problem,
+                            {"WWW-Authenticate": 'Basic realm="pii-broker"'},
+                        )
+                        return
+                    self._send(401, problem)
                     return
                 if self.path == "/v1/keys":
                     with fake._lock:
