@@ -331,15 +331,11 @@ class LifecycleCustody(ABC):
             changes: list[str] = []
             for row in await self._published(session):
                 if row.state == KeyState.RETIRING and self._may_retire(row, now):
-                    row.state = KeyState.RETIRED
-                    row.retired_at = now
-                    self._forget(row)
-                    session.add(row)
-                    await record(
+                    await self._retire(
                         session,
-                        AuditAction.SIGNING_KEY_RETIRED,
+                        row,
+                        now,
                         actor=SYSTEM_ACTOR,
-                        subject=f"signing_key:{row.kid}",
                         details={"kid": row.kid, "retiring_at": row.retiring_at},
                     )
                     changes.append(f"retired {row.kid}")
@@ -579,6 +575,28 @@ class LifecycleCustody(ABC):
         changes += await self._retire_replaced_next(session, now, actor=actor)
         return changes
 
+    async def _retire(
+        self,
+        session: AsyncSession,
+        row: SigningKey,
+        now: datetime,
+        *,
+        actor: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Unpublish ``row`` for good and forget its key material, audited."""
+        row.state = KeyState.RETIRED
+        row.retired_at = now
+        self._forget(row)
+        session.add(row)
+        await record(
+            session,
+            AuditAction.SIGNING_KEY_RETIRED,
+            actor=actor,
+            subject=f"signing_key:{row.kid}",
+            details=details,
+        )
+
     async def _retire_replaced_next(
         self, session: AsyncSession, now: datetime, *, actor: str
     ) -> list[str]:
@@ -600,15 +618,11 @@ class LifecycleCustody(ABC):
                 continue
             if not any(made >= row.created_at for made in ready):
                 continue
-            row.state = KeyState.RETIRED
-            row.retired_at = now
-            self._forget(row)
-            session.add(row)
-            await record(
+            await self._retire(
                 session,
-                AuditAction.SIGNING_KEY_RETIRED,
+                row,
+                now,
                 actor=actor,
-                subject=f"signing_key:{row.kid}",
                 details={
                     "kid": row.kid,
                     "alg": row.alg,
