@@ -33,6 +33,7 @@ from broker.client import (
 )
 from tests.conftest import Operators
 from tests.support.approvals import approval
+from tests.support.policies import policy_body
 from tests.support.world import (
     WORKLOAD_AUDIENCE,
     WORKLOAD_ISSUER,
@@ -88,19 +89,8 @@ async def _add_reports_db(
         "/v1/admin/policies",
         headers=admin,
         json={
-            "service": "billing-api",
+            **policy_body(fields=EMAIL, comment="billing reads report recipients"),
             "audience": REPORTS,
-            "fields": EMAIL,
-            "purposes": ["billing"],
-            "max_ttl_seconds": 300,
-            "rate_per_minute": 600,
-            "source_cidrs": [],
-            "allowed_hours": None,
-            "max_uses": None,
-            "max_records": None,
-            "valid_until": None,
-            "required_approvals": 1,
-            "comment": "billing reads report recipients",
         },
     )
     assert policy.status_code == 201, policy.text

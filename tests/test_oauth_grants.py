@@ -28,6 +28,7 @@ from broker.audit import AuditAction
 from broker.signals import AuthFailed, Signal
 from tests.conftest import Operators
 from tests.support.approvals import approval
+from tests.support.policies import policy_body
 from tests.support.problems import assert_oauth_error
 from tests.support.stored import audit_events
 from tests.support.world import (
@@ -96,22 +97,8 @@ class GenericClient:
 async def _approved(
     client: httpx.AsyncClient, operators: Operators, service: str, audience: str, **over: Any
 ) -> None:
-    body = {
-        "service": service,
-        "audience": audience,
-        "fields": ["customer.email", "customer.name"],
-        "purposes": ["billing"],
-        "max_ttl_seconds": 300,
-        "rate_per_minute": 600,
-        "source_cidrs": [],
-        "allowed_hours": None,
-        "max_uses": None,
-        "max_records": None,
-        "valid_until": None,
-        "required_approvals": 1,
-        "comment": "for the grants tests",
-        **over,
-    }
+    body = {**policy_body(comment="for the grants tests", **over), "service": service}
+    body["audience"] = audience
     proposed = await client.post("/v1/admin/policies", headers=bearer(operators.admin), json=body)
     assert proposed.status_code == 201, proposed.text
     policy = proposed.json()
