@@ -34,6 +34,7 @@ import pytest
 pytest.register_assert_rewrite("tests.support")
 
 from tests.support.asgi import asgi_client
+from tests.support.browser import driver  # noqa: F401  (the headless Chromium fixture)
 from tests.support.databases import (
     DatabaseTemplates,
     postgres_admin_url,

@@ -16,7 +16,15 @@ from litestar.params import FromPath
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
-from broker.console import actions, pages, signin
+from broker.console import (
+    actions,
+    catalog_pages,
+    operator_pages,
+    pages,
+    policy_pages,
+    service_pages,
+    signin,
+)
 from broker.console.auth import NotSignedIn, posted_values, require_form, require_signed_in
 from broker.console.rendering import STATIC, page
 from broker.console.security import security_headers_middleware
@@ -56,7 +64,17 @@ def console_router() -> Router:
     static = create_static_files_router(path="/static", directories=[STATIC], name="console-static")
     return Router(
         path="/console",
-        route_handlers=[*signin.ROUTES, *pages.ROUTES, *actions.ROUTES, static, not_found],
+        route_handlers=[
+            *signin.ROUTES,
+            *pages.ROUTES,
+            *actions.ROUTES,
+            *policy_pages.ROUTES,
+            *service_pages.ROUTES,
+            *operator_pages.ROUTES,
+            *catalog_pages.ROUTES,
+            static,
+            not_found,
+        ],
         dependencies={
             # The console's own ``operator`` (a session, not a bearer token) stands in for
             # the API's under /console; both check the role the route declares.
