@@ -58,19 +58,6 @@ async def approvals(
 
 
 @requires(Role.AUDITOR)
-@get("/services", name="console-services")
-async def services(
-    operator: NamedDependency[ConsoleOperator],
-    db: NamedDependency[AsyncSession],
-    notice: Notice = None,
-) -> Template:
-    rows = await views.service_rows(db)
-    return page(
-        "services.html", operator, section="services", title="Services", notice=notice, rows=rows
-    )
-
-
-@requires(Role.AUDITOR)
 @get("/incidents", name="console-incidents")
 async def incidents(
     operator: NamedDependency[ConsoleOperator],
@@ -137,4 +124,4 @@ async def audit(
     )
 
 
-ROUTES = [overview, approvals, services, incidents, signing_keys, audit]
+ROUTES = [overview, approvals, incidents, signing_keys, audit]
