@@ -58,6 +58,17 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/all.py
 
+# The SDK alone: the pii-key-broker-sdk wheel (broker.client, needing only httpx, pyjwt and
+# cryptography) for resource services that must not install the server, built from
+# broker/client/pyproject.toml by the development environment's hatchling, without an index.
+# See docs/sdk.md, "Install".
+.PHONY: sdk
+sdk: $(STAMP)
+	rm -f dist/pii_key_broker_sdk-*.whl
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-index --no-deps \
+		--no-build-isolation --wheel-dir dist broker/client
+	@ls dist/pii_key_broker_sdk-*.whl
+
 # The fuzzing, attack and fault suites with many more examples, and counts of what was tried.
 security: $(STAMP)
 	$(BIN)/python tests/security_report.py

@@ -15,10 +15,12 @@ with the default algorithm (ES256); issuance signing with RS256 on SQLite and Po
 verification against raw pyjwt; introspection on SQLite and PostgreSQL (1 and
 ``--workers`` workers) against OpenBao token lookup;
 revocation propagation of ``--keys`` keys against OpenBao parent-token revocation, on
-SQLite and across two PostgreSQL replicas (revoked on one, followed on the other); memory
-per replica against OpenBao; ``broker scan`` throughput. PostgreSQL runs use fresh
-databases on the ``--database-url`` server and are skipped (with a note) when it cannot be
-reached. SQLite runs one worker only: the broker refuses more on it.
+SQLite and across two PostgreSQL replicas (revoked on one, followed on the other), once by
+``service`` selector and once by the emergency brake (their policy suspended, and a key
+request right after refused); memory per replica against OpenBao; ``broker scan``
+throughput. PostgreSQL runs use fresh databases on the ``--database-url`` server and are
+skipped (with a note) when it cannot be reached. SQLite runs one worker only: the broker
+refuses more on it.
 
     make bench
     .venv/bin/python bench/all.py [--seconds 10] [--workers N] [--keys 10000]
@@ -144,6 +146,22 @@ def jobs(seconds: int, workers: int, keys: int) -> list[Job]:
             "PostgreSQL, revoked on replica A, verifier on B",
             "revoke.py",
             ["--keys", str(keys), "--time-limit", "120", "--replicas", "2"],
+            timeout=420,
+            database="server",
+        ),
+        # The emergency brake: the same measure, the keys' policy suspended by an admin.
+        Job(
+            "revoke",
+            "SQLite, 1 replica, policy suspended",
+            "revoke.py",
+            ["--keys", str(keys), "--time-limit", "120", "--via", "suspend"],
+            timeout=420,
+        ),
+        Job(
+            "revoke",
+            "PostgreSQL, policy suspended on replica A, verifier on B",
+            "revoke.py",
+            ["--keys", str(keys), "--time-limit", "120", "--replicas", "2", "--via", "suspend"],
             timeout=420,
             database="server",
         ),
@@ -308,6 +326,11 @@ def main() -> None:
         "`bao server -dev`, which keeps tokens in memory only (a restart loses them).",
         "Introspection and revocation peers: `bao server -dev`, the faster of the two for "
         "them (a lookup reads memory on either storage; a revocation on raft also writes).",
+        "The emergency-brake rows time a policy suspended by an admin (every key issued under "
+        "it revoked through the feed) against the same OpenBao peer, a parent token revoked "
+        "with its children; the 'key request refused' rows are one key request per replica "
+        "sent as soon as the suspend request returned (no retry), timed from that response "
+        "to its 403 (a run where it is not refused fails).",
         "The broker runs in its bench configuration (WARNING logs, scheduler off: the broker "
         "alone) except in the rows marked 'default configuration', where it runs as "
         "`broker serve` does with nothing set: INFO logs with one access-log line per "

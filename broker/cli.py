@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,15 +121,17 @@ def serve(
             "clients use, or BROKER_PORT (--port) to a port"
         )
     configure_logging(settings.log_level)
-    bootstrap_token = _run(
+    bootstrap = _run(
         lambda: prepare(settings, migrate=migrate, before_database=lambda: check_address(settings))
     )
-    if bootstrap_token:
+    if bootstrap:
         click.echo(
             "\nA bootstrap admin was created on this empty database. Its token is shown once:\n\n"
-            f"    {bootstrap_token}\n\n"
-            "Export it as BROKER_TOKEN to use the CLI; "
-            "create named operators and keep this safe.\n",
+            f"    {bootstrap.token}\n\n"
+            f"It expires at {_utc(bootstrap.expires_at)} "
+            f"(BROKER_BOOTSTRAP_TOKEN_TTL, {_span(settings.bootstrap_token_ttl)}). "
+            "Export it as BROKER_TOKEN to use the CLI; create named operators "
+            "(broker operator create NAME --role admin) before then and keep this safe.\n",
             err=False,
         )
     click.echo(
@@ -229,25 +232,51 @@ def operator() -> None:
 @click.option("--role", type=click.Choice(["admin", "approver", "auditor"]), required=True)
 @over_http_when_configured(create_remote)
 def operator_create(name: str, role: str) -> None:
-    """Create an operator and print its token once (only its hash is stored)."""
+    """Create an operator and print its token once (only its hash is stored) and when it
+    expires (BROKER_OPERATOR_TOKEN_TTL from now)."""
     from broker.local_state import PEPPER
     from broker.operators.service import create_operator
     from broker.startup import existing_broker
 
     settings = _settings()
 
-    async def go() -> str:
+    async def go() -> tuple[str, datetime | None]:
         # Hashed with a pepper the replicas do not have, its token would work nowhere.
         async with existing_broker(settings, uses=[PEPPER], check=[PEPPER]) as runtime:
             async with runtime.transaction() as session:
                 created = await create_operator(
-                    session, runtime.secrets.pepper, name, role, actor="cli:local"
+                    session,
+                    runtime.secrets.pepper,
+                    name,
+                    role,
+                    actor="cli:local",
+                    ttl=settings.operator_token_ttl,
                 )
-            return created.token
+            return created.token, created.principal.token_expires_at
 
-    token = _run(go)
+    token, expires_at = _run(go)
     click.echo(f"operator {name!r} created with role {role}. Its token is shown once:", err=True)
     click.echo(token)
+    if expires_at is not None:
+        click.echo(
+            f"It expires at {_utc(expires_at)} (BROKER_OPERATOR_TOKEN_TTL, "
+            f"{_span(settings.operator_token_ttl)}); its holder replaces it before then with "
+            "`broker operator rotate-token`.",
+            err=True,
+        )
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _span(seconds: int) -> str:
+    """``86400`` as ``1 day``, ``5400`` as ``90 minutes``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
 
 
 @main.group()

@@ -133,6 +133,13 @@ JOB_RUNS = Counter(
     ["job", "outcome"],
     registry=REGISTRY,
 )
+OPERATOR_TOKENS_EXPIRING = Gauge(
+    "broker_operator_tokens_expiring",
+    "Enabled operators' tokens that end within BROKER_OPERATOR_TOKEN_WARNING, as the "
+    "expiry check last counted them (it runs hourly on one replica: take the max across "
+    "replicas).",
+    registry=REGISTRY,
+)
 SIGNING_KEY_ROTATIONS = Counter(
     "broker_signing_key_rotations_total",
     "Signing-key rotations, by trigger (scheduled, operator, compromised).",

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     secret_check_interval: Duration = 3600
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     bootstrap_admin: bool = True
+    # Operator tokens (broker/operators/lifecycle.py): every token ends. A new one lasts
+    # BROKER_OPERATOR_TOKEN_TTL unless its holder or an admin asks for less, never longer
+    # than the ceiling; the bootstrap admin's lasts a day, long enough to create named
+    # operators. Tokens ending within the warning window are flagged ahead (audit event,
+    # metric, console banner); a rotation may keep the old token working for an overlap.
+    operator_token_max_ttl: Duration = Field(default=365 * 86400, ge=60)
+    operator_token_ttl: Duration = Field(default=90 * 86400, ge=60)
+    bootstrap_token_ttl: Duration = Field(default=86400, ge=60)
+    operator_token_warning: Duration = 14 * 86400
+    operator_token_max_overlap: Duration = 3600
     auth_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     grants_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -196,6 +206,14 @@ class Settings(BaseSettings):
         if info.data.get("alert_webhook_url") and not value:
             raise ValueError("required when BROKER_ALERT_WEBHOOK_URL is set (alerts are signed)")
         return value or None
+
+    @field_validator("operator_token_ttl", "bootstrap_token_ttl")
+    @classmethod
+    def _token_ttl_within_ceiling(cls, value: int, info: ValidationInfo) -> int:
+        ceiling = info.data.get("operator_token_max_ttl")
+        if ceiling is not None and value > ceiling:
+            raise ValueError("must not exceed BROKER_OPERATOR_TOKEN_MAX_TTL")
+        return value
 
     @field_validator("alert_webhook_backoff_cap")
     @classmethod

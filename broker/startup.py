@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,14 +32,23 @@ from broker.settings import Settings, SettingsError
 BOOTSTRAP_LOCK = 0x706B625F626F6F74  # "pkb_boot"
 
 
+@dataclass(frozen=True)
+class BootstrapAdmin:
+    """The bootstrap admin's token, shown once, and when it ends
+    (``BROKER_BOOTSTRAP_TOKEN_TTL``: long enough to create named operators)."""
+
+    token: str
+    expires_at: datetime
+
+
 async def prepare(
     settings: Settings,
     *,
     migrate: bool,
     before_database: Callable[[], None] | None = None,
-) -> str | None:
+) -> BootstrapAdmin | None:
     """Migrate, record or compare the settings every replica shares, then create the
-    bootstrap admin on an empty database; return its token.
+    bootstrap admin on an empty database; return its token and expiry.
 
     ``before_database`` runs once every setting has been read (the runtime is built) and
     before the database is touched: ``broker serve`` checks there that it can listen.
@@ -67,8 +78,11 @@ async def prepare(
                 "admin",
                 actor="system:bootstrap",
                 bootstrap=True,
+                ttl=settings.bootstrap_token_ttl,
             )
-            return created.token
+            expires_at = created.principal.token_expires_at
+            assert expires_at is not None  # every token made has an expiry
+            return BootstrapAdmin(created.token, expires_at)
     finally:
         await runtime.close()
 

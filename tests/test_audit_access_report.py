@@ -136,6 +136,7 @@ async def test_the_report_answers_who_could_read_a_field(
         "truncated": False,
         "usage_kept_since": report["usage_kept_since"],
         "notes": [],
+        "retired_services": [],
     }
     limited = (await client.get(REPORT, params={"limit": 1}, headers=auditor)).json()
     assert limited["truncated"] is True

@@ -25,6 +25,8 @@ from bench._report import (
 )
 from bench.all import jobs
 from bench.issue import Run, default_config_rows
+from bench.revoke import Refusal, report_rows
+from bench.revoke import Result as Propagation
 
 MACHINE = {"CPUs (nproc)": "2", "CPU model": "Test CPU", "git commit": "abc123"}
 
@@ -239,3 +241,82 @@ def test_default_configuration_rows_face_the_peer_and_the_bench_configuration() 
             "**unmet**",
         ]
     ]
+
+
+def test_revocation_is_measured_by_selector_and_by_the_emergency_brake() -> None:
+    """The suspend runs sit beside the selector runs: the same keys, replicas and time
+    limit, on SQLite and across two PostgreSQL replicas."""
+    revoke = [job for job in jobs(seconds=10, workers=2, keys=10_000) if job.name == "revoke"]
+    assert [job.setup for job in revoke] == [
+        "SQLite, 1 replica",
+        "PostgreSQL, revoked on replica A, verifier on B",
+        "SQLite, 1 replica, policy suspended",
+        "PostgreSQL, policy suspended on replica A, verifier on B",
+    ]
+    for job in revoke:
+        assert job.script == "revoke.py"
+        assert job.args[job.args.index("--keys") + 1] == "10000"
+        via = job.args[job.args.index("--via") + 1] if "--via" in job.args else "selector"
+        assert via == ("suspend" if "suspended" in job.setup else "selector"), job.args
+        on_postgres = job.setup.startswith("PostgreSQL")
+        assert ("--replicas" in job.args) is on_postgres
+        assert job.database == ("server" if on_postgres else "none")
+
+
+def test_emergency_brake_rows_face_openbao_and_name_the_refused_key_request(
+    tmp_path: Path,
+) -> None:
+    ours = Propagation(
+        10_000,
+        issue_seconds=5.0,
+        last_seconds=0.08,
+        all_seconds=1.9,
+        all_rejected=10_000,
+        pass_seconds=1.6,
+        suspend_seconds=0.05,
+        refusals=[
+            Refusal("the replica that suspended", 403, "no-policy", 0.004),
+            Refusal("the other replica", 201, None, 0.006),  # granted: no row, the run fails
+        ],
+    )
+    peer = Propagation(10_000, 20.0, 1.2, 22.5, 10_000, 20.0)
+    path = tmp_path / "rows.json"
+    write_rows(path, report_rows(ours, peer, replicas=2, via="suspend"))
+    rows = read_rows(path)  # as bench/all.py reads them
+    setup = "PostgreSQL, policy suspended on replica A, verifier on B"
+    table = _table(render([Result(setup, row) for row in rows], machine=MACHINE, command="x"))
+    name = "emergency brake: policy of 10,000 keys suspended across replicas"
+    assert table[2:] == [
+        [
+            f"{name}: suspend to last key refused",
+            setup,
+            "s",
+            "0.080",
+            "1.20",
+            "15.00x",
+            "< 1 s",
+            "met",
+        ],
+        [f"{name}: suspend to all keys refused", setup, "s", "1.90", "22.5", "11.84x", "—", "—"],
+        [
+            "emergency brake across replicas: suspend returned to key request refused (403) "
+            "on the replica that suspended",
+            setup,
+            "s",
+            "0.004",
+            "—",
+            "—",
+            "—",
+            "—",
+        ],
+    ]
+
+    # The selector runs keep their rows and target.
+    selector = {row.name: row for row in report_rows(ours, peer, replicas=1, via="selector")}
+    assert list(selector) == [
+        "revocation of 10,000 keys: revoke to last key refused",
+        "revocation of 10,000 keys: revoke to all keys refused",
+    ]
+    assert selector["revocation of 10,000 keys: revoke to last key refused"].target == (
+        ">= 7x, < 0.5"
+    )

@@ -78,6 +78,8 @@ async def _resources(client: httpx.AsyncClient, operators: Operators) -> dict[st
         "incident_id": ids["/v1/admin/incidents"],
         "operator_id": ids["/v1/admin/operators"],
         "source": BLOCKED,
+        "field_name": "customer.email",
+        "purpose_name": "billing",
         "__service_secret": world.billing_secret,
     }
 

@@ -1,16 +1,12 @@
 """The operator CLI against an in-process broker (every route is the real one).
 
-The CLI is synchronous and the broker lives in the test's event loop, so the CLI runs in a
-worker thread and its requests are handed to the loop by ``LoopBridge``; the real-process
-end-to-end tests are in ``test_ops_cli_e2e.py``.
+The CLI runs in a worker thread against the broker in the test's event loop
+(tests.support.cli); the real-process end-to-end tests are in ``test_ops_cli_e2e.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,50 +14,31 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import update
 from sqlmodel import col
 
 from broker import credentials
-from broker.cli import main
 from broker.models import AuditEvent
-from broker.ops_cli.common import Injected
 from tests.conftest import Operators
-from tests.support.asgi import lifespan
+from tests.support.cli import ADDR, Cli, in_process_cli, ok
 from tests.support.world import basic, build_world
-
-ADDR = "http://127.0.0.1:8080"
-
-
-class LoopBridge(httpx.BaseTransport):
-    """A sync transport that runs each request on the broker's event loop."""
-
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        self._loop = loop
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-
-        async def call() -> tuple[int, list[tuple[str, str]], bytes]:
-            forwarded = httpx.Request(
-                request.method, request.url, headers=request.headers, content=body
-            )
-            resp = await self._asgi.handle_async_request(forwarded)
-            content = await resp.aread()
-            return resp.status_code, resp.headers.multi_items(), content
-
-        status, headers, content = asyncio.run_coroutine_threadsafe(call(), self._loop).result(60)
-        return httpx.Response(status, headers=headers, content=content, request=request)
 
 
 @dataclass
-class Cli:
-    app: Any
-    loop: asyncio.AbstractEventLoop
+class OpsCli:
+    """The CLI as one of the test operators (``who``), or with a token given as is."""
+
+    cli: Cli
     ops: Operators
-    home: Path
+
+    @property
+    def app(self) -> Any:
+        return self.cli.app
+
+    @property
+    def home(self) -> Path:
+        return self.cli.home
 
     def token(self, who: str | None) -> str | None:
         if who in ("admin", "approver", "approver2", "auditor"):
@@ -76,44 +53,15 @@ class Cli:
         env: dict[str, str | None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> Result:
-        full_env: dict[str, str | None] = {
-            "BROKER_ADDR": ADDR,
-            "BROKER_TOKEN": self.token(who),
-            "BROKER_CONFIG": None,
-            "BROKER_CACERT": None,
-            "XDG_CONFIG_HOME": str(self.home),
-            **(env or {}),
-        }
-        obj = Injected(transport or LoopBridge(self.app, self.loop))
-        runner = CliRunner()
-        return await asyncio.to_thread(
-            runner.invoke, main, list(args), input=stdin, env=full_env, obj=obj
+        return await self.cli(
+            *args, token=self.token(who), stdin=stdin, env=env, transport=transport
         )
 
 
 @pytest.fixture
-async def cli(runtime: Any, operators: Operators, tmp_path: Path) -> AsyncIterator[Cli]:
-    from broker.app import create_app
-
-    # Server logs must not land in the CLI's captured stdout (CliRunner swaps sys.stdout
-    # for the whole process): keep warnings, on the real stderr.
-    saved = structlog.get_config()
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.__stderr__),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        cache_logger_on_first_use=False,
-    )
-    app = create_app(runtime=runtime, configure_logs=False)
-    try:
-        async with lifespan(app):
-            yield Cli(app, asyncio.get_running_loop(), operators, tmp_path / "config-home")
-    finally:
-        structlog.configure(**saved)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result
+async def cli(runtime: Any, operators: Operators, tmp_path: Path) -> AsyncIterator[OpsCli]:
+    async with in_process_cli(runtime, tmp_path / "config-home") as driven:
+        yield OpsCli(driven, operators)
 
 
 def as_json(result: Result) -> Any:
@@ -133,7 +81,7 @@ comment: invoices need the email
 """
 
 
-async def test_services_fields_purposes(cli: Cli) -> None:
+async def test_services_fields_purposes(cli: OpsCli) -> None:
     created = ok(
         await cli("services", "create", "billing-api", "--name", "Billing API", "--secret")
     )
@@ -187,7 +135,7 @@ async def test_services_fields_purposes(cli: Cli) -> None:
     assert usage.exit_code == 2  # --classification missing
 
 
-async def test_policy_propose_show_approve_and_change(cli: Cli, tmp_path: Path) -> None:
+async def test_policy_propose_show_approve_and_change(cli: OpsCli, tmp_path: Path) -> None:
     for args in (
         ("fields", "create", "customer.email", "--classification", "contact"),
         ("fields", "create", "customer.name", "--classification", "identity"),
@@ -282,7 +230,7 @@ async def test_policy_propose_show_approve_and_change(cli: Cli, tmp_path: Path) 
     assert "max_ttl_seconds" in refused.stderr
 
 
-async def test_policy_withdraw_and_stdin(cli: Cli) -> None:
+async def test_policy_withdraw_and_stdin(cli: OpsCli) -> None:
     ok(await cli("fields", "create", "customer.email", "--classification", "contact"))
     ok(await cli("fields", "create", "customer.name", "--classification", "identity"))
     ok(await cli("purposes", "create", "billing", "--legal-basis", "contract"))
@@ -293,7 +241,7 @@ async def test_policy_withdraw_and_stdin(cli: Cli) -> None:
     assert "is now withdrawn" in withdrawn.stdout
 
 
-async def test_exit_codes_scripts_can_trust(cli: Cli, tmp_path: Path) -> None:
+async def test_exit_codes_scripts_can_trust(cli: OpsCli, tmp_path: Path) -> None:
     # No token: a configuration error.
     missing = await cli("services", "list", who=None)
     assert missing.exit_code == 2
@@ -340,7 +288,7 @@ async def test_exit_codes_scripts_can_trust(cli: Cli, tmp_path: Path) -> None:
         assert cli.ops.auditor not in result.output
 
 
-async def test_config_file_flags_and_precedence(cli: Cli, tmp_path: Path) -> None:
+async def test_config_file_flags_and_precedence(cli: OpsCli, tmp_path: Path) -> None:
     cfg = cli.home / "pii-broker" / "config.toml"
     cfg.parent.mkdir(parents=True)
     cfg.write_text(f'addr = "{ADDR}"\ntoken = "{cli.ops.auditor}"\n')
@@ -371,7 +319,7 @@ async def test_config_file_flags_and_precedence(cli: Cli, tmp_path: Path) -> Non
     ).exit_code == 2
 
 
-async def test_operators_and_signing_keys(cli: Cli, settings: Any) -> None:
+async def test_operators_and_signing_keys(cli: OpsCli, settings: Any) -> None:
     names = {
         o["name"]: o["role"]
         for o in as_json(await cli("operator", "list", "--json", who="auditor"))
@@ -434,7 +382,7 @@ async def test_operators_and_signing_keys(cli: Cli, settings: Any) -> None:
     assert (await cli("keys", "rotate", "--local", "--json")).exit_code == 2
 
 
-async def test_audit_show_verify_export(cli: Cli, runtime: Any, tmp_path: Path) -> None:
+async def test_audit_show_verify_export(cli: OpsCli, runtime: Any, tmp_path: Path) -> None:
     ok(await cli("fields", "create", "customer.email", "--classification", "contact"))
     ok(await cli("purposes", "create", "billing", "--legal-basis", "contract"))
     shown = ok(await cli("audit", "show", "--limit", "2", who="auditor"))
@@ -490,7 +438,7 @@ async def test_audit_show_verify_export(cli: Cli, runtime: Any, tmp_path: Path) 
     assert json.loads(report.stdout)["broken_at"] == rows[3]["seq"]
 
 
-async def test_audit_anchor_catches_a_cut_trail(cli: Cli, runtime: Any) -> None:
+async def test_audit_anchor_catches_a_cut_trail(cli: OpsCli, runtime: Any) -> None:
     ok(await cli("fields", "create", "customer.email", "--classification", "contact"))
     anchor = ok(await cli("audit", "verify", who="auditor")).stdout.strip().rsplit("anchor ", 1)[1]
     seq = int(anchor.split(":")[0])
@@ -507,7 +455,7 @@ async def test_audit_anchor_catches_a_cut_trail(cli: Cli, runtime: Any) -> None:
     assert (await cli("audit", "verify", "--anchor", "12:abc", who="auditor")).exit_code == 2
 
 
-async def test_revocations_incidents_rules(cli: Cli, operators: Operators, runtime: Any) -> None:
+async def test_revocations_incidents_rules(cli: OpsCli, operators: Operators, runtime: Any) -> None:
     from tests.support.asgi import asgi_client
 
     async with asgi_client(cli.app) as client:
@@ -558,7 +506,7 @@ async def test_revocations_incidents_rules(cli: Cli, operators: Operators, runti
     assert out_of_range.exit_code == 1
 
 
-async def test_audit_access_report(cli: Cli, operators: Operators) -> None:
+async def test_audit_access_report(cli: OpsCli, operators: Operators) -> None:
     from tests.support.asgi import asgi_client
 
     async with asgi_client(cli.app) as client:
@@ -582,7 +530,7 @@ async def test_audit_access_report(cli: Cli, operators: Operators) -> None:
     assert (await cli("audit", "access", "--since", "yesterday", who="auditor")).exit_code != 0
 
 
-async def test_blocks_add_list_lift(cli: Cli) -> None:
+async def test_blocks_add_list_lift(cli: OpsCli) -> None:
     added = ok(await cli("blocks", "add", "203.0.113.9", "--reason", "scanner", "--minutes", "5"))
     assert "203.0.113.9 blocked until" in added.stdout
     rows = as_json(await cli("blocks", "list", "--json", who="auditor"))
@@ -596,7 +544,7 @@ async def test_blocks_add_list_lift(cli: Cli) -> None:
 
 
 async def test_scan_report_to_revokes_what_it_found(
-    cli: Cli, operators: Operators, tmp_path: Path
+    cli: OpsCli, operators: Operators, tmp_path: Path
 ) -> None:
     from tests.support.asgi import asgi_client
 
@@ -644,7 +592,7 @@ async def test_scan_report_to_revokes_what_it_found(
         assert len(incidents) >= 2
 
 
-async def test_output_never_renders_control_characters(cli: Cli) -> None:
+async def test_output_never_renders_control_characters(cli: OpsCli) -> None:
     ok(await cli("purposes", "create", "billing", "--legal-basis", "contract\x1b[2J\x07"))
     listed = ok(await cli("purposes", "list"))
     assert "\x1b" not in listed.stdout

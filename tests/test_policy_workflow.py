@@ -509,6 +509,10 @@ async def test_listing_filters_and_not_found(
         "created_at": summary["created_at"],
         "created_by": "admin",
         "terms_digest": (await read(client, operators, a))["versions"][0]["terms_digest"],
+        "state": "active",
+        "suspended_at": None,
+        "suspension_reason": None,
+        "retired_at": None,
     }
     assert_problem(
         await client.get("/v1/admin/policies", params={"status": "pending"}, headers=h), 422

@@ -11,6 +11,7 @@ revocation by selector, an incident opened by hand, and the holder's ``POST /v1/
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -335,3 +336,36 @@ async def test_the_sdk_polling_the_feed_cuts_at_the_millisecond(
         assert follower.mode == "poll"
         assert follower.events == 0
         assert follower.polls > polls
+
+
+async def test_a_suspended_policy_version_covers_a_key_minted_from_a_stale_grant(
+    client: httpx.AsyncClient,
+    runtime: Any,
+    operators: Operators,
+    world: RevocationWorld,
+    url: str,
+) -> None:
+    """A replica whose cached grant outlived the suspension's commit (a late notification)
+    may mint one more key under the suspended version, dated after the cut of the policy's
+    live keys; the version never grants again, so that key is refused too, while a key of
+    another policy issued at the same moment is not."""
+    async with sdk_verifier(url, world) as verifier:
+        await verifier.start()
+        before = await billing_key(client, world)
+        other = await issue(client, world.reports, "customers-db", ["customer.email"], "billing")
+        assert await sdk_accepts(verifier, before)
+        policy_id = before.policy.split("@")[0]
+        ok(
+            await client.post(
+                f"/v1/admin/policies/{policy_id}/suspend",
+                headers={"Authorization": f"Bearer {operators.admin}"},
+                json={"reason": "stale grant test"},
+            ),
+            200,
+        )
+        await until(refused_soon(verifier, before))
+        now_ms = int(time.time() * 1000)
+        stale = await signed_key(runtime, before, jti=uuid7(now_ms + 500), iat=now_ms // 1000)
+        late_other = await signed_key(runtime, other, jti=uuid7(now_ms + 500), iat=now_ms // 1000)
+        assert await sdk_refuses(verifier, stale)
+        assert await sdk_accepts(verifier, late_other)

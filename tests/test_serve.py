@@ -23,9 +23,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.support.approvals import approval
 from tests.support.processes import BrokerProcess, broker_env
-from tests.support.served import cli_operator
+from tests.support.served import billing_world, cli_operator
 
 BROKER = [sys.executable, "-m", "broker"]
 KEY = {"audience": "customers-db", "fields": ["customer.email"], "purpose": "billing"}
@@ -45,64 +44,11 @@ def _ok(resp: httpx.Response, status: int = 201) -> dict[str, Any]:
 def _world(
     http: httpx.Client, admin: str, env: dict[str, str], *, source_cidrs: list[str] | None = None
 ) -> str:
-    """A catalog, two services and an approved policy; returns billing-api's Basic header.
-    The approver is made on the host (``env``): one made by the admin would count as it."""
-    h = {"Authorization": f"Bearer {admin}"}
+    """``billing_world`` approved by an approver made on the host (``env``): one made by the
+    admin would count as it. Returns billing-api's Basic authorization header."""
     approver = cli_operator(env, "appr", "approver")
-    _ok(
-        http.post(
-            "/v1/admin/fields",
-            headers=h,
-            json={"name": "customer.email", "classification": "contact", "description": ""},
-        )
-    )
-    _ok(
-        http.post(
-            "/v1/admin/purposes",
-            headers=h,
-            json={"name": "billing", "description": "", "legal_basis": "contract"},
-        )
-    )
-    billing = _ok(
-        http.post(
-            "/v1/admin/services",
-            headers=h,
-            json={"id": "billing-api", "name": "Billing", "bindings": [{"kind": "secret"}]},
-        )
-    )
-    _ok(
-        http.post(
-            "/v1/admin/services",
-            headers=h,
-            json={"id": "customers-db", "name": "Customers", "bindings": [{"kind": "secret"}]},
-        )
-    )
-    policy = _ok(
-        http.post(
-            "/v1/admin/policies",
-            headers=h,
-            json={
-                "service": "billing-api",
-                "audience": "customers-db",
-                "fields": ["customer.email"],
-                "purposes": ["billing"],
-                "max_ttl_seconds": 300,
-                "rate_per_minute": None,
-                "source_cidrs": source_cidrs or [],
-                "comment": "serve test",
-            },
-        )
-    )
-    _ok(
-        http.post(
-            f"/v1/admin/policies/{policy['id']}/approve",
-            headers={"Authorization": f"Bearer {approver}"},
-            json=approval(policy),
-        ),
-        200,
-    )
-    raw = base64.b64encode(f"billing-api:{billing['client_secret']}".encode()).decode()
-    return f"Basic {raw}"
+    world = billing_world(http, admin, approver, source_cidrs=source_cidrs or [])
+    return world.basic["Authorization"]
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

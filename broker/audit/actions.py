@@ -12,6 +12,12 @@ class AuditAction(StrEnum):
     OPERATOR_LOCKED_OUT = "system:operator_source:locked_out"
     OPERATOR_CONFIRMED = "operator:operator:confirmed"
     OPERATOR_TOKEN_REPLACED = "operator:operator_token:replaced"  # noqa: S105 (an event name)
+    OPERATOR_ROLE_CHANGED = "operator:operator:role_changed"
+    OPERATOR_DISABLED = "operator:operator:disabled"
+    OPERATOR_ENABLED = "operator:operator:enabled"
+    OPERATOR_TOKEN_EXPIRY_SET = "operator:operator_token:expiry_set"  # noqa: S105 (an event name)
+    OPERATOR_TOKEN_ROTATED = "operator:operator_token:rotated"  # noqa: S105 (an event name)
+    OPERATOR_TOKEN_EXPIRING = "system:operator_token:expiring"  # noqa: S105 (an event name)
 
     SERVICE_CREATED = "operator:service:created"
     SERVICE_UPDATED = "operator:service:updated"
@@ -20,6 +26,9 @@ class AuditAction(StrEnum):
     SERVICE_SECRET_ROTATED = "operator:service_secret:rotated"  # noqa: S105 (an event name)
     SERVICE_RELEASED = "operator:service:released"
     SERVICE_QUARANTINED = "system:service:quarantined"
+    SERVICE_QUARANTINED_BY_OPERATOR = "operator:service:quarantined"
+    SERVICE_BINDINGS_REPLACED = "operator:service_bindings:replaced"
+    SERVICE_RETIRED = "operator:service:retired"
     SERVICE_AUTH_FAILED = "service:auth:failed"
     SERVICE_SECRET_AGING = "system:service_secret:aging"  # noqa: S105 (an event name)
     SOURCE_BLOCKED = "system:source:blocked"
@@ -29,6 +38,8 @@ class AuditAction(StrEnum):
 
     FIELD_CREATED = "operator:field:created"
     PURPOSE_CREATED = "operator:purpose:created"
+    FIELD_CHANGED = "operator:field:changed"
+    PURPOSE_CHANGED = "operator:purpose:changed"
 
     POLICY_PROPOSED = "operator:policy:proposed"
     POLICY_APPROVAL_ADDED = "operator:policy:approval_added"
@@ -37,6 +48,9 @@ class AuditAction(StrEnum):
     POLICY_WITHDRAWN = "operator:policy:withdrawn"
     POLICY_SUPERSEDED = "system:policy:superseded"
     POLICY_EXPIRED = "system:policy:expired"
+    POLICY_SUSPENDED = "operator:policy:suspended"
+    POLICY_RESUMED = "operator:policy:resumed"
+    POLICY_RETIRED = "operator:policy:retired"
 
     KEY_ISSUED = "service:key:issued"
     KEY_DENIED = "service:key:denied"

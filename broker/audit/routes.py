@@ -21,6 +21,7 @@ from broker.audit.schemas import (
     GrantOut,
     KeyReadsOut,
     KeyWindowOut,
+    RetiredServiceOut,
 )
 from broker.errors import InvalidInput
 from broker.http.deps import requires
@@ -162,6 +163,7 @@ def report_out(report: AccessReport) -> AccessReportOut:
         truncated=report.truncated,
         usage_kept_since=report.usage_kept_since,
         notes=report.notes,
+        retired_services=[RetiredServiceOut(**vars(r)) for r in report.retired],
     )
 
 

@@ -99,6 +99,15 @@ class AccessSummaryOut(msgspec.Struct):
     records_read: int
 
 
+class RetiredServiceOut(msgspec.Struct):
+    """A service the report names that was retired for good; its history stays listed."""
+
+    service: str
+    retired_at: datetime
+    retired_by: str
+    reason: str
+
+
 class AccessReportOut(msgspec.Struct):
     grants: list[GrantOut]
     keys: list[KeyWindowOut]
@@ -106,3 +115,4 @@ class AccessReportOut(msgspec.Struct):
     truncated: bool
     usage_kept_since: datetime | None
     notes: list[str]
+    retired_services: list[RetiredServiceOut]

@@ -1,9 +1,15 @@
 """PII field and purpose catalogs."""
 
 from broker.catalog.service import (
+    CatalogStatus,
     Classification,
+    PolicyUse,
+    change_field,
+    change_purpose,
     create_field,
     create_purpose,
+    get_field,
+    get_purpose,
     list_fields,
     list_purposes,
     unknown_fields,
@@ -11,9 +17,15 @@ from broker.catalog.service import (
 )
 
 __all__ = [
+    "CatalogStatus",
     "Classification",
+    "PolicyUse",
+    "change_field",
+    "change_purpose",
     "create_field",
     "create_purpose",
+    "get_field",
+    "get_purpose",
     "list_fields",
     "list_purposes",
     "unknown_fields",

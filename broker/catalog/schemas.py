@@ -36,11 +36,47 @@ class FieldCreate(msgspec.Struct, forbid_unknown_fields=True):
     description: str = ""
 
 
+Status = Annotated[
+    str,
+    msgspec.Meta(
+        description="active, deprecated (no new proposal may name it) or retired (for good)"
+    ),
+]
+Reason = Annotated[
+    str, msgspec.Meta(description="Why, for the audit trail (at most 500 characters)")
+]
+
+
+class PolicyUseOut(msgspec.Struct):
+    """A policy whose version in force (or held by its suspension) or pending proposal
+    names the entry."""
+
+    policy: str
+    service: str
+    audience: str
+    state: str
+    version_in_force: int | None
+    pending_version: int | None
+
+
 class FieldOut(msgspec.Struct):
     name: str
     classification: str
     description: str
     created_at: datetime
+    status: str = "active"
+    status_changed_at: datetime | None = None
+    status_changed_by: str | None = None
+    # A deprecated field still named by a policy in force or pending.
+    needs_attention: bool = False
+    used_by: list[PolicyUseOut] = msgspec.field(default_factory=list)
+
+
+class FieldPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    description: str | None = None
+    classification: str | None = None
+    status: Status | None = None
+    reason: Reason | None = None
 
 
 class PurposeCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,3 +92,15 @@ class PurposeOut(msgspec.Struct):
     description: str
     legal_basis: str
     created_at: datetime
+    status: str = "active"
+    status_changed_at: datetime | None = None
+    status_changed_by: str | None = None
+    needs_attention: bool = False
+    used_by: list[PolicyUseOut] = msgspec.field(default_factory=list)
+
+
+class PurposePatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    description: str | None = None
+    legal_basis: str | None = None
+    status: Status | None = None
+    reason: Reason | None = None

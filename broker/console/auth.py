@@ -4,8 +4,8 @@ Each page and form declares the role it needs, as the API's handlers do
 (``@requires(Role.APPROVER)``, ``broker.http.deps``), and takes what it works with:
 ``operator`` (the signed-in operator; pages declare the auditor role, the floor) or
 ``form`` (a posted form from a signed-in operator, its CSRF token checked before the
-role). The operator is re-read on every request, so disabling an operator or changing
-their role takes effect on their open session at once.
+role). The operator is re-read on every request, so disabling an operator, changing their
+role or ending their token takes effect on their open session at once, on every replica.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from litestar.datastructures import Cookie
 
 from broker.console.security import cookie_must_be_secure
 from broker.console.session import csrf_token, sessions_for, tokens_match
+from broker.db import utcnow
 from broker.errors import Forbidden, Unauthenticated
 from broker.http.deps import declared_role, ensure_role
 from broker.models import Operator
-from broker.operators.service import OperatorPrincipal, Role
+from broker.operators.service import OperatorPrincipal, Role, iso, principal_of
 from broker.runtime import runtime_of
 
 SESSION_COOKIE = "pkb_console"
@@ -100,7 +101,14 @@ async def current_operator(request: Request[Any, Any, Any]) -> ConsoleOperator:
     if row is None or row.disabled:
         await sessions.end(session_id)
         raise NotSignedIn("the operator is disabled; sign in again")
-    principal = OperatorPrincipal(row.id, row.name, Role(row.role))
+    now = utcnow()
+    if row.token_expires_at <= now:
+        # A session lasts no longer than the operator's token: it stands for it.
+        await sessions.end(session_id)
+        raise NotSignedIn(
+            f"your operator token expired at {iso(row.token_expires_at)}; sign in with a valid one"
+        )
+    principal = principal_of(row, now=now, warning=runtime.settings.operator_token_warning)
     request.state.operator = principal
     return ConsoleOperator(principal, session_id, csrf_token(runtime.secrets.pepper, session_id))
 

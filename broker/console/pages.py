@@ -6,9 +6,9 @@ them appear only for the roles that may post them, and the posts check the role 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import get
+from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Template
@@ -20,6 +20,7 @@ from broker.console import views
 from broker.console.auth import ConsoleOperator
 from broker.console.chart import Window
 from broker.console.rendering import page
+from broker.errors import InvalidInput
 from broker.http.deps import requires
 from broker.operators.service import Role
 from broker.runtime import Runtime
@@ -76,7 +77,6 @@ async def incidents(
         rows=rows,
         status=status,
         filters=views.INCIDENT_FILTERS,
-        action_items=views.action_items,
         alerts=alerts,
     )
 
@@ -90,23 +90,59 @@ async def signing_keys(
     return page("keys.html", operator, section="keys", title="Signing keys", schedule=schedule)
 
 
+TimeFilter = Annotated[str | None, QueryParameter(max_length=40)]
+
+
 @requires(Role.AUDITOR)
 @get("/audit", name="console-audit")
 async def audit(
+    request: Request[Any, Any, Any],
     operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     action: Filter = None,
     actor: Filter = None,
-    since: Annotated[str | None, QueryParameter(max_length=40)] = None,
-    until: Annotated[str | None, QueryParameter(max_length=40)] = None,
+    since: TimeFilter = None,
+    until: TimeFilter = None,
     before: Annotated[int | None, QueryParameter(ge=1, le=MAX_SEQ)] = None,
+    expand: Annotated[bool, QueryParameter(name="open")] = False,
 ) -> Template:
-    filters = views.AuditFilters(
-        action=(action or "").strip() or None,
-        actor=(actor or "").strip() or None,
-        since=views.parse_time(since, "since"),
-        until=views.parse_time(until, "until", end=True),
-    )
+    """The trail newest first, filtered. A filter the broker cannot read is answered 422;
+    a browser gets the page again with the message beside the form it typed into, other
+    clients the usual problem document."""
+    form = {
+        "action": action or "",
+        "actor": actor or "",
+        "since": since or "",
+        "until": until or "",
+    }
+
+    def older_query(cursor: int) -> dict[str, Any]:
+        """The next page's link: the same filters as typed, continued before ``cursor``."""
+        query: dict[str, Any] = {k: v for k, v in form.items() if v}
+        return {**query, "before": cursor, **({"open": "true"} if expand else {})}
+
+    context: dict[str, Any] = {
+        "actions": [a.value for a in AuditAction],
+        "form": form,
+        "expand": expand,
+        "older_query": older_query,
+        "time_hint": views.TIME_FORMAT_HINT,
+    }
+    try:
+        filters = views.audit_filters(action, actor, since, until)
+    except InvalidInput as exc:
+        if "text/html" not in request.headers.get("accept", ""):
+            raise
+        return page(
+            "audit.html",
+            operator,
+            section="audit",
+            title="Audit trail",
+            status_code=exc.status,
+            result=None,
+            error=exc.detail,
+            **context,
+        )
     result = await views.audit_page(db, filters, before)
     return page(
         "audit.html",
@@ -114,13 +150,8 @@ async def audit(
         section="audit",
         title="Audit trail",
         result=result,
-        actions=[a.value for a in AuditAction],
-        form={
-            "action": action or "",
-            "actor": actor or "",
-            "since": since or "",
-            "until": until or "",
-        },
+        error=None,
+        **context,
     )
 
 

@@ -1,5 +1,9 @@
 """The console's templates: one Jinja environment with autoescaping and strict undefined
-names, and the few filters the pages use for times and durations."""
+names, and the few filters the pages use for times, durations, ids and JSON details.
+
+Every filter that returns markup builds it with ``markupsafe`` from escaped text, so a
+value never becomes markup however it was stored.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,25 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup, escape
 
 from broker.console.auth import ConsoleOperator
-from broker.console.views import pairs
+from broker.console.views import Piece, action_lines, details_of, pairs, when
 from broker.operators.service import Role
+
+__all__ = [
+    "NOTICES",
+    "STATIC",
+    "TEMPLATES",
+    "duration",
+    "ident",
+    "listing",
+    "page",
+    "pieces",
+    "stamp",
+    "template_config",
+    "when",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -34,12 +53,6 @@ NOTICES = {
 }
 
 
-def when(value: datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def duration(value: timedelta | int | float | None) -> str:
     if value is None:
         return "—"
@@ -52,6 +65,43 @@ def duration(value: timedelta | int | float | None) -> str:
     return " ".join(parts[:2]) or "0s"
 
 
+def ident(value: object, mono: bool = False) -> Markup:
+    """An id (a service id, a key's jti, a kid, a digest, a URL) on one line, never broken
+    mid-token: where the room ends the stylesheet shortens it with an ellipsis, the tooltip
+    shows it whole, and a click selects all of it for copying (the full value is in the
+    page, only hidden from view)."""
+    text = "" if value is None else str(value)
+    if mono:
+        return Markup('<code class="id" title="{0}">{0}</code>').format(text)
+    return Markup('<span class="id" title="{0}">{0}</span>').format(text)
+
+
+def stamp(value: datetime | None) -> Markup:
+    """A time as the console writes it (``when``), machine-readable in ``datetime``."""
+    if value is None:
+        return Markup("—")
+    utc = value.astimezone(UTC)
+    date, _, clock = when(utc).partition(" ")
+    # Two unbreakable halves: a narrow column wraps a time between its date and its time
+    # of day, never inside either.
+    return Markup(
+        '<time datetime="{}"><span class="nowrap">{}</span> <span class="nowrap">{}</span></time>'
+    ).format(utc.strftime("%Y-%m-%dT%H:%M:%SZ"), date, clock)
+
+
+def pieces(parts: Any) -> Markup:
+    """Words and the ids between them (``views.Piece``): each id through ``ident``."""
+    out = Markup("")
+    for part in parts:
+        out += ident(part.text) if isinstance(part, Piece) and part.token else escape(part.text)
+    return out
+
+
+def listing(values: Any) -> Markup:
+    """A detail's values (``views.Detail.values``), comma-separated, ids through ``ident``."""
+    return Markup(", ").join(pieces([v]) for v in values)
+
+
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -62,7 +112,14 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     )
     env.filters["when"] = when
     env.filters["duration"] = duration
-    env.filters["pairs"] = pairs
+    env.filters["pairs"] = pairs  # kept for the other parts' templates
+    env.filters["ident"] = ident
+    env.filters["stamp"] = stamp
+    env.filters["pieces"] = pieces
+    env.filters["listing"] = listing
+    env.filters["details"] = details_of
+    env.filters["evidence"] = lambda value: details_of(value, humane=True)
+    env.filters["action_lines"] = action_lines
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

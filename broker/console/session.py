@@ -78,6 +78,11 @@ class ConsoleSessions:
     def _key(self, session_id: str) -> str:
         return _derive(self._pepper, _SESSION_LABEL, session_id)
 
+    def key_of(self, session_id: str) -> str:
+        """The store key of a session (what the table holds), e.g. to keep this one while
+        ending an operator's others."""
+        return self._key(session_id)
+
     async def create(self, operator_id: str) -> str:
         session_id = new_secret()
         now = utcnow()

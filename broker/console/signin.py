@@ -115,9 +115,26 @@ async def login_submit(
             error=f"Too many refused tokens from your address; try again in "
             f"{refused.retry_after} seconds.",
         )
-    except Unauthenticated:
+    except Unauthenticated as refused:
+        expired = refused.type_name == "token-expired"
         return _login_page(
-            request, status_code=401, error="That token was not accepted. Check it and try again."
+            request,
+            status_code=401,
+            error=(
+                f"That token expired at {refused.extra.get('expired_at') or 'an earlier time'}. "
+                "Ask an admin to extend it or to give you a new one."
+                if expired
+                else "That token was not accepted. Check it and try again."
+            ),
+        )
+    if principal.via_previous:
+        # The overlap of a rotation is for scripts still holding the old token; a person
+        # signs in with the new one (and a session opened with the old one could rotate
+        # it again).
+        return _login_page(
+            request,
+            status_code=401,
+            error="That token has been replaced by a newer one: sign in with the new token.",
         )
     sessions = sessions_for(runtime)
     await sessions.prune()

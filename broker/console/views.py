@@ -7,6 +7,7 @@ issuance counts per minute) are small queries here, never a second copy of a rul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,14 @@ from broker.runtime import Runtime
 AUDIT_PAGE = 50
 INCIDENT_LIMIT = 200
 _VALUE_MAX = 300
+
+
+def when(value: datetime | None) -> str:
+    """The console's one way of writing a time: UTC, to the second, saying so. The date
+    filters accept it as written, so a time can be copied from a page into a filter."""
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # -- approvals -------------------------------------------------------------------------------
@@ -88,21 +97,28 @@ async def pending_approvals(session: AsyncSession, who: OperatorPrincipal) -> li
 @dataclass(frozen=True)
 class ServiceRow:
     view: ServiceView
-    status: str  # "quarantined", "disabled" or "active"
+    status: str  # "quarantined", "disabled", "active" or "retired" (identity.ServiceState)
+
+    @property
+    def who_quarantined(self) -> str:
+        return (self.view.service.quarantined_by or "").removeprefix("operator:") or "—"
+
+    @property
+    def who_retired(self) -> str:
+        return (self.view.service.retired_by or "").removeprefix("operator:") or "—"
 
 
 def service_status(view: ServiceView) -> str:
-    if view.service.quarantined:
-        return "quarantined"
-    if view.service.disabled:
-        return "disabled"
-    return "active"
+    return identity.state_of(view.service).value
+
+
+_SERVICE_ORDER = {"quarantined": 0, "disabled": 1, "active": 2, "retired": 3}
 
 
 async def service_rows(session: AsyncSession) -> list[ServiceRow]:
     rows = [ServiceRow(v, service_status(v)) for v in await identity.list_services(session)]
-    # Those needing an operator first, then by id (the service's own order).
-    return sorted(rows, key=lambda r: r.status == "active")
+    # Those needing an operator first, retired ones (history) last, then by id.
+    return sorted(rows, key=lambda r: _SERVICE_ORDER.get(r.status, 4))
 
 
 # -- incidents -------------------------------------------------------------------------------
@@ -128,8 +144,255 @@ def pairs(values: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in out if v]
 
 
-def action_items(actions: Sequence[dict[str, Any]]) -> list[str]:
-    return [_text(a) for a in actions]
+# -- JSON values as lines a person reads (audit details, incident evidence and actions) -----
+
+DETAIL_LINES = 60  # beyond this many lines a value says how many more there are
+_DEPTH = 6
+_FIRST = ("title", "reason", "comment", "why", "error")  # what a reader looks for first
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of text. A ``token`` (an id, a digest, a URL, a name: no space in it) is shown
+    whole on one line, shortened with an ellipsis where the room ends, with its full value
+    in a tooltip and selected whole by a click: never broken across lines mid-token."""
+
+    text: str
+    token: bool
+
+
+@dataclass(frozen=True)
+class Detail:
+    name: str
+    values: tuple[Piece, ...]  # one, or the members of a list
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _VALUE_MAX else text[: _VALUE_MAX - 1] + "…"
+
+
+# A time as the broker stores it in JSON (``datetime.isoformat()``, or the ``Z`` form).
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
+
+
+def _at(moment: datetime) -> Piece:
+    moment = moment.astimezone(UTC)
+    if moment.microsecond:
+        return Piece(moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] + " UTC", False)
+    return Piece(when(moment), False)
+
+
+def _piece(text: str) -> Piece:
+    """A value as shown: a stored time in the console's one format (milliseconds kept
+    where it has them: a revocation's cut-off is exact to the millisecond)."""
+    if _ISO_TIME.fullmatch(text):
+        try:
+            return _at(datetime.fromisoformat(text))
+        except (ValueError, OverflowError):
+            pass  # not a real time after all (a 13th month, year 0): shown as stored
+    text = _clip(visible(text))
+    return Piece(text, bool(text) and not any(c.isspace() for c in text))
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _ordered(value: dict[Any, Any]) -> list[tuple[str, Any]]:
+    items = [(visible(str(k)), v) for k, v in value.items()]
+    first = {name: i for i, name in enumerate(_FIRST)}
+    return sorted(items, key=lambda kv: (first.get(kv[0], len(first)), kv[0]))
+
+
+def _flatten(value: Any, name: str, depth: int, out: list[Detail]) -> None:
+    if isinstance(value, dict):
+        for key, member in _ordered(value):
+            path = f"{name}.{key}" if name else key
+            if depth >= _DEPTH:
+                out.append(Detail(path, (_piece(_text(member)),)))
+            else:
+                _flatten(member, path, depth + 1, out)
+    elif isinstance(value, list | tuple):
+        if all(not isinstance(v, dict | list | tuple) for v in value):
+            pieces = tuple(_piece(_scalar(v)) for v in value if _scalar(v))
+            if pieces:
+                out.append(Detail(name or "values", pieces))
+            return
+        for i, member in enumerate(value, start=1):
+            _flatten(member, f"{name}.{i}" if name else str(i), depth + 1, out)
+    else:
+        text = _scalar(value)
+        if text:
+            out.append(Detail(name or "value", (_piece(text),)))
+
+
+def details_of(value: Any, *, humane: bool = False, limit: int = DETAIL_LINES) -> list[Detail]:
+    """A JSON value as name/value lines, nested members named by their dotted path
+    (``selector.service``, ``bindings.2.issuer``), empty ones left out, a reason or comment
+    first. ``humane`` writes names with spaces (``events in window``) for the incident
+    evidence; the audit trail keeps the names the API and the CLI's ``--json`` print.
+
+    Incident evidence holds key ids, service ids, field names and counts by construction,
+    never a value or a token; audit details likewise."""
+    out: list[Detail] = []
+    _flatten(value, "", 0, out)
+    if humane:
+        out = [Detail(d.name.replace("_", " "), d.values) for d in out]
+    if len(out) > limit:
+        hidden = len(out) - (limit - 1)
+        out = [*out[: limit - 1], Detail("…", (Piece(f"{hidden} more lines not shown", False),))]
+    return out
+
+
+@dataclass(frozen=True)
+class ActionLine:
+    """One thing the broker did about an incident, as a sentence: ``pieces`` alternate
+    words and the ids they name (``Revoked every key of`` + ``billing-api``)."""
+
+    at: datetime | None
+    pieces: tuple[Piece, ...]
+    revocation: int | None  # the revocation entry it wrote (the feed's cursor)
+    failed: bool
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _words(text: str) -> Piece:
+    return Piece(text, False)
+
+
+def _joined(values: Sequence[Piece]) -> list[Piece]:
+    out: list[Piece] = []
+    for i, value in enumerate(values):
+        out += [_words(", "), value] if i else [value]
+    return out
+
+
+def _name(value: Any, otherwise: str) -> list[Piece]:
+    text = _scalar(value)
+    return [_piece(text)] if text else [_words(otherwise)]
+
+
+def _keys(entry: dict[str, Any]) -> str:
+    count = entry.get("keys")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return f"{count} key{'' if count == 1 else 's'}"
+    return "every key"
+
+
+# The members of a revocation selector, as the words that introduce each in a sentence.
+_SELECTOR_WORDS = (
+    ("service", " of "),
+    ("audience", " for audience "),
+    ("field", " carrying field "),
+    ("purpose", " for purpose "),
+    ("policy", " under policy "),
+    ("kid", " signed by key "),
+)
+
+
+def _selector(entry: dict[str, Any]) -> tuple[list[Piece], list[Piece]]:
+    selector = entry.get("selector")
+    selector = selector if isinstance(selector, dict) else {}
+    if selector.get("jti"):
+        target = [_words("key "), _piece(_scalar(selector["jti"]))]
+        return [_words("Revoked "), *target], [_words("revoke "), *target]
+    target = []
+    for member, words in _SELECTOR_WORDS:
+        if selector.get(member):
+            target += [_words(words), _piece(_scalar(selector[member]))]
+    cut = _moment(selector.get("issued_before"))
+    if cut is not None:
+        target += [_words(" issued before "), _at(cut)]
+    return (
+        [_words(f"Revoked {_keys(entry)}"), *target],
+        [_words("revoke every key"), *target],
+    )
+
+
+def _act(entry: dict[str, Any]) -> tuple[list[Piece], list[Piece]]:
+    """(what was done, what was tried): the same act as a sentence and as a phrase for
+    "Could not ...". A failed entry may lack its target: the error then names it."""
+    kind = entry.get("action")
+    if kind == "alert":
+        return [_words("Alerted only: nothing was revoked, quarantined or throttled")], [
+            _words("alert")
+        ]
+    if kind in ("throttle_source", "block_source"):
+        source = _name(entry.get("source"), "the address")
+        until = _moment(entry.get("until"))
+        ends = [_words(" until "), _at(until.replace(microsecond=0))] if until else []
+        if kind == "throttle_source":
+            return [_words("Throttled failing credentials from "), *source, *ends], [
+                _words("throttle "),
+                *source,
+            ]
+        return [_words("Blocked every request from "), *source, *ends], [
+            _words("block "),
+            *source,
+        ]
+    if kind == "revoke_key":
+        key = [_words("key "), *_name(entry.get("jti"), "")] if entry.get("jti") else []
+        return [_words("Revoked "), *(key or [_words("the key")])], [
+            _words("revoke "),
+            *(key or [_words("the key")]),
+        ]
+    if kind in ("revoke_service", "quarantine"):
+        service = _name(entry.get("service"), "the service")
+        done = [_words(f"Revoked {_keys(entry)} of "), *service]
+        tried = [_words("revoke every key of "), *service]
+        if kind == "quarantine":
+            tried.append(_words(" and quarantine it"))
+            if entry.get("quarantined") is False:
+                done.append(_words("; it was already quarantined"))
+            elif "quarantined" in entry:
+                done.append(_words(" and quarantined it"))
+        return done, tried
+    if kind == "revoke_selector":
+        return _selector(entry)
+    rest = {k: v for k, v in entry.items() if k not in ("action", "at", "error")}
+    what = [_piece(_scalar(kind) or "action")]
+    for detail in details_of(rest):
+        what += [_words(f", {detail.name} "), *_joined(detail.values)]
+    return what, what
+
+
+def action_lines(actions: Sequence[Any]) -> list[ActionLine]:
+    """An incident's ``actions`` (what the rule or operator did, oldest first) as sentences
+    such as "Revoked every key of billing-api and quarantined it"."""
+    lines: list[ActionLine] = []
+    for entry in actions:
+        if not isinstance(entry, dict):
+            lines.append(ActionLine(None, (_piece(_text(entry)),), None, False))
+            continue
+        done, tried = _act(entry)
+        error = entry.get("error")
+        revocation = entry.get("revocation")
+        pieces = done
+        if error:
+            why = _words(_clip(visible(str(error))))
+            pieces = [_words("Could not "), *tried, _words(": "), why]
+        lines.append(
+            ActionLine(
+                at=_moment(entry.get("at")),
+                pieces=tuple(pieces),
+                revocation=revocation if isinstance(revocation, int) else None,
+                failed=bool(error),
+            )
+        )
+    return lines
 
 
 async def incident_list(session: AsyncSession, which: str) -> list[Incident]:
@@ -247,24 +510,84 @@ class AuditPageView:
     filters: AuditFilters
 
 
+# What the date filters accept: ISO 8601 in UTC, to the day, hour, minute, second or a
+# fraction of it, with "T" or a space between date and time (the console writes times as
+# "2026-01-31 14:05:09 UTC", so one can be copied from a page into a filter), optionally
+# ending in "Z", "UTC" or an offset such as "+02:00", which is converted to UTC.
+_TIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[T ](?P<hour>\d{2})"
+    r"(?::(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d{1,6}))?)?)?)?"
+    r"\s*(?P<zone>Z|UTC|[+-]\d{2}:?\d{2})?",
+    re.IGNORECASE,
+)
+TIME_FORMAT_HINT = "YYYY-MM-DD, YYYY-MM-DD HH:MM or YYYY-MM-DD HH:MM:SS"
+
+
 def parse_time(value: str | None, name: str, *, end: bool = False) -> datetime | None:
-    """A ``datetime-local`` form value (or ISO 8601), read as UTC unless it says otherwise.
+    """A date filter's text as a UTC time (an offset such as ``+02:00`` is converted).
 
     With ``end`` the value is an inclusive end at the precision given, returned as the
-    exclusive bound just after it: "to 14:05" keeps what happened during 14:05.
+    exclusive bound just after it: "to 14:05" keeps what happened during 14:05, "to
+    2026-01-31" the whole day.
     """
     if value is None or not value.strip():
         return None
     text = value.strip()
+    match = _TIME.fullmatch(text)
+    parsed: datetime | None = None
+    if match is not None:
+        zone = (match["zone"] or "").upper()
+        iso = match["date"] + "T" + (match["hour"] or "00") + ":" + (match["minute"] or "00")
+        iso += ":" + (match["second"] or "00")
+        iso += "." + match["fraction"].ljust(6, "0") if match["fraction"] else ""
+        iso += "" if zone in ("", "Z", "UTC") else zone
+        try:
+            parsed = datetime.fromisoformat(iso)
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        raise InvalidInput(
+            f"{name} must be a time in UTC such as 2026-01-31 14:05 ({TIME_FORMAT_HINT}); "
+            f"got {visible(text)[:40]!r}"
+        )
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a date and time such as 2026-01-31T14:00") from None
-    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    if end and parsed.microsecond == 0:
-        seconds_given = len(text) > 16 and text[16] == ":"
-        parsed += timedelta(seconds=1) if seconds_given else timedelta(minutes=1)
-    return parsed
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{name} is outside the years 1 to 9999 once converted to UTC") from None
+    if not end:
+        return parsed
+    assert match is not None
+    if match["fraction"]:
+        step = timedelta(microseconds=10 ** (6 - len(match["fraction"])))
+    elif match["second"]:
+        step = timedelta(seconds=1)
+    elif match["minute"]:
+        step = timedelta(minutes=1)
+    elif match["hour"]:
+        step = timedelta(hours=1)
+    else:
+        step = timedelta(days=1)
+    try:
+        return parsed + step
+    except OverflowError:
+        return None  # to the end of time: no upper bound
+
+
+def audit_filters(
+    action: str | None, actor: str | None, since: str | None, until: str | None
+) -> AuditFilters:
+    """The audit page's filters as typed, checked: a bad time or an empty range is a 422
+    naming the filter."""
+    filters = AuditFilters(
+        action=(action or "").strip() or None,
+        actor=(actor or "").strip() or None,
+        since=parse_time(since, "from"),
+        until=parse_time(until, "to", end=True),
+    )
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise InvalidInput("the range is empty: from must be before to")
+    return filters
 
 
 async def _seq_bounds(

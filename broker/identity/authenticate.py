@@ -367,6 +367,9 @@ async def _find_secret(
         service = await session.get(Service, service_id)
         if service is None:
             raise refused
+        if service.retired_at is not None:
+            # Its secrets ended when it was retired; this holds even for one that did not.
+            raise _Refused(SERVICE_DISABLED, "the service is retired", service_id=service.id)
         if service.disabled:
             raise _Refused(SERVICE_DISABLED, "the service is disabled", service_id=service.id)
         if secret_refused_after(row.created_at, runtime.settings) <= now:
@@ -467,12 +470,15 @@ async def _by_jwt(
     except JwtFailure as failure:
         raise _Refused(failure.reason, failure.detail, extra=context) from None
     by_service = {m.candidate.service_id: m for m in matches}
-    enabled = [m for m in by_service.values() if not m.candidate.disabled]
+    enabled = [m for m in by_service.values() if not (m.candidate.disabled or m.candidate.retired)]
     if not enabled:
+        # A retired service's bindings are kept as history, and refused: the same answer as
+        # a disabled one's (its credential is genuine, so not a guess for the rules).
+        first = next(iter(by_service.values())).candidate
         raise _Refused(
             SERVICE_DISABLED,
-            "the service is disabled",
-            service_id=next(iter(by_service)),
+            "the service is retired" if first.retired else "the service is disabled",
+            service_id=first.service_id,
             extra=context,
         )
     if len(enabled) > 1:
@@ -515,6 +521,7 @@ async def _candidates(
             jwks_url=b.jwks_url,
             disabled=s.disabled,
             quarantined=s.quarantined,
+            retired=s.retired_at is not None,
         )
         for b, s in rows
     ]

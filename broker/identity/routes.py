@@ -4,25 +4,31 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from litestar import Controller, get, patch, post
+from litestar import Controller, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.cutoff.services import retire_service
 from broker.db import utcnow
 from broker.http.deps import requires
 from broker.identity import service
 from broker.identity.schemas import (
     BindingOut,
+    BindingsChangeOut,
+    BindingsDiff,
+    BindingsReplace,
     SecretIssued,
     SecretOut,
     ServiceCreate,
     ServiceCreated,
     ServiceOut,
+    ServiceQuarantine,
     ServiceRelease,
+    ServiceRetire,
     ServiceUpdate,
 )
-from broker.identity.service import SECRET, ServiceView
+from broker.identity.service import SECRET, ServiceView, state_of
 from broker.models import ServiceBinding, ServiceSecret
 from broker.operators.service import OperatorPrincipal, Role
 from broker.rules.evidence import release_quarantine
@@ -58,14 +64,35 @@ def _service_out(view: ServiceView) -> ServiceOut:
     return ServiceOut(
         id=s.id,
         name=s.name,
+        state=state_of(s).value,
         disabled=s.disabled,
         quarantined=s.quarantined,
         quarantined_at=s.quarantined_at,
+        quarantined_by=s.quarantined_by,
+        quarantine_reason=s.quarantine_reason,
         created_at=s.created_at,
         updated_at=s.updated_at,
         last_seen_at=s.last_seen_at,
+        retired_at=s.retired_at,
+        retired_by=s.retired_by,
+        retirement_reason=s.retirement_reason,
         bindings=[_binding_out(b) for b in view.bindings],
         secrets=[_secret_out(x, now) for x in view.secrets],
+    )
+
+
+def bindings_change_out(outcome: service.BindingsOutcome, *, dry_run: bool) -> BindingsChangeOut:
+    change = outcome.change
+    return BindingsChangeOut(
+        service_id=outcome.view.service.id,
+        applied=outcome.applied,
+        dry_run=dry_run,
+        diff=BindingsDiff(**change.diff),
+        widens=change.widens,
+        widening=list(change.widening),
+        change_digest=change.change_digest,
+        secrets_ended=outcome.secrets_ended,
+        service=_service_out(outcome.view),
     )
 
 
@@ -162,6 +189,75 @@ class ServiceController(Controller):
         comment = data.comment if data is not None else ""
         view = await release_quarantine(db, service_id, actor=operator.actor, comment=comment)
         return _service_out(view)
+
+    @requires(Role.ADMIN)
+    @put(
+        "/{service_id:str}/bindings",
+        summary="Replace the identity bindings; a widening change needs its confirm digest",
+        description=(
+            "The body lists every binding the service is to have (the shapes of "
+            "registration) and, to confirm a change that widens who can act as the service, "
+            "`confirm`: the `change_digest` of exactly this change against the current "
+            "bindings. `?dry_run=true` only answers what would change. A widening change "
+            "without `confirm` is a 409 `unconfirmed-widening`, a `confirm` that does not "
+            "match a 409 `stale-change`; both carry `diff`, `widens`, `widening` and "
+            "`change_digest`. A change that only narrows applies at once."
+        ),
+    )
+    async def replace_bindings(
+        self,
+        service_id: FromPath[str],
+        data: JSONBody[BindingsReplace],
+        db: NamedDependency[AsyncSession],
+        operator: NamedDependency[OperatorPrincipal],
+        dry_run: FromQuery[bool] = False,
+    ) -> BindingsChangeOut:
+        outcome = await service.replace_bindings(
+            db,
+            service_id,
+            data.bindings,
+            actor=operator.actor,
+            confirm=data.confirm,
+            dry_run=dry_run,
+        )
+        return bindings_change_out(outcome, dry_run=dry_run)
+
+    @requires(Role.ADMIN)
+    @post(
+        "/{service_id:str}/quarantine",
+        status_code=200,
+        summary="Quarantine a service by hand: no new keys until it is released",
+    )
+    async def quarantine_service(
+        self,
+        service_id: FromPath[str],
+        data: JSONBody[ServiceQuarantine],
+        db: NamedDependency[AsyncSession],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> ServiceOut:
+        view = await service.quarantine_by_hand(
+            db, service_id, actor=operator.actor, reason=data.reason
+        )
+        return _service_out(view)
+
+    @requires(Role.ADMIN)
+    @post(
+        "/{service_id:str}/retire",
+        status_code=200,
+        summary="Retire a service for good: credentials end, keys revoked, policies closed",
+    )
+    async def retire_service(
+        self,
+        service_id: FromPath[str],
+        data: JSONBody[ServiceRetire],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> ServiceOut:
+        retired = await retire_service(
+            db, service_id, actor=operator.actor, reason=data.reason, settings=runtime.settings
+        )
+        return _service_out(retired.view)
 
 
 ROUTES = [ServiceController]

@@ -25,6 +25,9 @@ ClaimName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 ClaimValue = Annotated[str, msgspec.Meta(max_length=500)] | int | bool
 Algorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 Comment = Annotated[str, msgspec.Meta(max_length=2000)]
+# Required and non-blank (checked by ``service.clean_reason``, 422 when blank).
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
+Digest = Annotated[str, msgspec.Meta(max_length=100)]
 
 
 class SecretBindingIn(msgspec.Struct, tag_field="kind", tag="secret", forbid_unknown_fields=True):
@@ -65,6 +68,23 @@ class ServiceRelease(msgspec.Struct, forbid_unknown_fields=True):
     comment: Comment = ""
 
 
+class ServiceQuarantine(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class ServiceRetire(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class BindingsReplace(msgspec.Struct, forbid_unknown_fields=True):
+    """Every binding the service is to have (the same shapes as at registration), and for
+    a change that widens who can act as the service, the ``change_digest`` a dry run (or
+    the refusal) gave."""
+
+    bindings: Annotated[list[BindingIn], msgspec.Meta(max_length=10)]
+    confirm: Digest | None = None
+
+
 class BindingOut(msgspec.Struct, omit_defaults=True):
     id: str
     kind: str
@@ -87,16 +107,50 @@ class SecretOut(msgspec.Struct):
 
 
 class ServiceOut(msgspec.Struct):
+    """``state`` is ``active``, ``disabled``, ``quarantined`` or ``retired`` (for good:
+    nothing authenticates as it, nothing about it can change)."""
+
     id: str
     name: str
+    state: str
     disabled: bool
     quarantined: bool
     quarantined_at: datetime | None
+    quarantined_by: str | None
+    quarantine_reason: str | None
     created_at: datetime
     updated_at: datetime
     last_seen_at: datetime | None
+    retired_at: datetime | None
+    retired_by: str | None
+    retirement_reason: str | None
     bindings: list[BindingOut]
     secrets: list[SecretOut]
+
+
+class BindingsDiff(msgspec.Struct):
+    """Binding summaries (public members; inline keys by kid and RFC 7638 thumbprint).
+    A ``changed`` item is ``{"before", "after", "members"}``."""
+
+    added: list[dict[str, Any]]
+    removed: list[dict[str, Any]]
+    changed: list[dict[str, Any]]
+
+
+class BindingsChangeOut(msgspec.Struct):
+    """What a bindings replacement did (``applied``) or, for a dry run or a change that
+    made no difference, would do. ``widening`` lists how the change widens who can act as
+    the service; confirm such a change by sending ``change_digest`` as ``confirm``."""
+
+    service_id: str
+    applied: bool
+    dry_run: bool
+    diff: BindingsDiff
+    widens: bool
+    widening: list[str]
+    change_digest: str
+    secrets_ended: list[str]
+    service: ServiceOut
 
 
 class ServiceCreated(msgspec.Struct, omit_defaults=True):

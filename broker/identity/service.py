@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,10 +24,20 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker import credentials
 from broker.audit import AuditAction, record
+from broker.audit.normalise import text as bounded_text
 from broker.db import utcnow
+from broker.db.locks import sqlite_write_lock
 from broker.db.versions import changed
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.identity.schemas import JwtBindingIn, SecretBindingIn, ServiceCreate, ServiceUpdate
+from broker.identity import bindings as binding_diff
+from broker.identity.bindings import BindingsChange
+from broker.identity.schemas import (
+    BindingIn,
+    JwtBindingIn,
+    SecretBindingIn,
+    ServiceCreate,
+    ServiceUpdate,
+)
 from broker.identity.workload_jwt import (
     ALLOWED_ALGORITHMS,
     RESERVED_CLAIMS,
@@ -36,8 +48,9 @@ from broker.identity.workload_jwt import (
 )
 from broker.models import Service, ServiceBinding, ServiceSecret
 
-SECRET = "secret"  # noqa: S105 (a binding kind)
-JWT = "jwt"
+SECRET = binding_diff.SECRET
+JWT = binding_diff.JWT
+MAX_REASON = 500
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # The kind of change (``db.versions``) that ends cached authentications: a service's
@@ -48,6 +61,60 @@ IDENTITY = "identity"
 def identity_changed(session: AsyncSession) -> None:
     """Cached authentications in this process end when this transaction's change is made."""
     changed(session, IDENTITY)
+
+
+class ServiceState(StrEnum):
+    """A service's standing, most final first: ``retired`` (for good), ``quarantined`` (no
+    new keys until released), ``disabled`` (cannot authenticate until enabled)."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    QUARANTINED = "quarantined"
+    RETIRED = "retired"
+
+
+def state_of(service: Service) -> ServiceState:
+    if service.retired_at is not None:
+        return ServiceState.RETIRED
+    if service.quarantined:
+        return ServiceState.QUARANTINED
+    if service.disabled:
+        return ServiceState.DISABLED
+    return ServiceState.ACTIVE
+
+
+def clean_reason(reason: str) -> str:
+    """A reason an operator gives: required, at most ``MAX_REASON`` characters, stored
+    printable (``audit.normalise``) so every reader shows it as the trail does."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("a reason is required")
+    if len(reason) > MAX_REASON:
+        raise InvalidInput(f"the reason is longer than {MAX_REASON} characters")
+    return bounded_text(reason, MAX_REASON)
+
+
+def refuse_if_retired(service: Service) -> None:
+    if service.retired_at is not None:
+        raise Conflict(f"service {service.id!r} is retired: it cannot be changed any more")
+
+
+async def locked_service(session: AsyncSession, service_id: str) -> Service:
+    """The service row, held until the transaction ends (PostgreSQL: ``FOR UPDATE``;
+    SQLite: the write lock), so two changes of one service run one after the other and
+    each sees what the other did."""
+    await sqlite_write_lock(session)
+    service = (
+        await session.exec(
+            select(Service)
+            .where(Service.id == service_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if service is None:
+        raise NotFound(f"no service with id {service_id!r}")
+    return service
 
 
 @dataclass(frozen=True)
@@ -156,19 +223,35 @@ def _binding_identity(b: ServiceBinding) -> str:
     return json.dumps([b.issuer, b.audience, b.subject, b.claims], sort_keys=True)
 
 
+async def _refuse_shared_bindings(
+    session: AsyncSession, service_id: str, bindings: Sequence[ServiceBinding]
+) -> None:
+    """409 if another service (a retired one aside: it can no longer authenticate) has a
+    jwt binding that accepts exactly the same tokens as one of ``bindings``."""
+    for b in bindings:
+        if b.kind != JWT:
+            continue
+        others = await session.exec(
+            select(ServiceBinding, Service)
+            .join(Service, Service.id == ServiceBinding.service_id)  # type: ignore[arg-type]
+            .where(
+                ServiceBinding.kind == JWT,
+                ServiceBinding.issuer == b.issuer,
+                ServiceBinding.service_id != service_id,
+                col(Service.retired_at).is_(None),
+            )
+        )
+        for other, _ in others:
+            if _binding_identity(other) == _binding_identity(b):
+                raise Conflict(
+                    f"service {other.service_id!r} already has a jwt binding with this issuer, "
+                    "audience, subject and claims; the same token would identify both"
+                )
+
+
 def _binding_summary(b: ServiceBinding) -> dict[str, Any]:
-    if b.kind == SECRET:
-        return {"kind": SECRET}
-    return {
-        "kind": JWT,
-        "issuer": b.issuer,
-        "audience": b.audience,
-        "subject": b.subject,
-        "claims": b.claims,
-        "algorithms": b.algorithms,
-        "jwks_url": b.jwks_url,
-        "kids": [k.get("kid") for k in (b.jwks or {}).get("keys", [])],
-    }
+    kids = [k.get("kid") for k in (b.jwks or {}).get("keys", [])]
+    return binding_diff.members(b, algorithms=b.algorithms, jwks_url=b.jwks_url, kids=kids)
 
 
 def _new_secret(pepper: bytes, service_id: str) -> tuple[str, ServiceSecret]:
@@ -201,22 +284,12 @@ async def create_service(
     identities = [_binding_identity(b) for b in bindings if b.kind == JWT]
     if len(set(identities)) != len(identities):
         raise InvalidInput("two jwt bindings are identical")
-    if await session.get(Service, spec.id) is not None:
+    existing = await session.get(Service, spec.id)
+    if existing is not None:
+        if existing.retired_at is not None:
+            raise Conflict(f"service id {spec.id!r} belonged to a retired service: never reused")
         raise Conflict(f"a service with id {spec.id!r} already exists")
-    for b in bindings:
-        if b.kind != JWT:
-            continue
-        others = await session.exec(
-            select(ServiceBinding).where(
-                ServiceBinding.kind == JWT, ServiceBinding.issuer == b.issuer
-            )
-        )
-        for other in others:
-            if _binding_identity(other) == _binding_identity(b):
-                raise Conflict(
-                    f"service {other.service_id!r} already has a jwt binding with this issuer, "
-                    "audience, subject and claims; the same token would identify both"
-                )
+    await _refuse_shared_bindings(session, spec.id, bindings)
 
     service = Service(id=spec.id, name=spec.name)
     session.add(service)
@@ -288,7 +361,8 @@ async def update_service(
 ) -> ServiceView:
     if change.name is None and change.disabled is None:
         raise InvalidInput("nothing to change: give name and/or disabled")
-    service = await get_service(session, service_id)
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
     subject = f"service:{service_id}"
     changed = False
     if change.name is not None and change.name != service.name:
@@ -322,7 +396,8 @@ async def rotate_secret(
     Secrets already past their expiry are deleted. A service without a secret binding gets
     one: asking for a secret is the operator's explicit choice.
     """
-    service = await get_service(session, service_id)
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
     now = utcnow()
     cutoff = now + timedelta(seconds=overlap)
     previous: list[str] = []
@@ -370,7 +445,8 @@ async def rotate_secret(
 async def release_service(
     session: AsyncSession, service_id: str, *, actor: str, comment: str = ""
 ) -> ServiceView:
-    service = await get_service(session, service_id)
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
     if not service.quarantined:
         raise Conflict(f"service {service_id!r} is not quarantined")
     await record(
@@ -378,11 +454,17 @@ async def release_service(
         AuditAction.SERVICE_RELEASED,
         actor=actor,
         subject=f"service:{service_id}",
-        details={"quarantined_at": service.quarantined_at, "comment": comment},
+        details={
+            "quarantined_at": service.quarantined_at,
+            "quarantined_by": service.quarantined_by,
+            "comment": comment,
+        },
     )
     service.quarantined = False
     identity_changed(session)
     service.quarantined_at = None
+    service.quarantined_by = None
+    service.quarantine_reason = None
     service.updated_at = utcnow()
     session.add(service)
     await session.flush()
@@ -397,18 +479,22 @@ async def quarantine_service(
     reason: str,
     details: dict[str, Any] | None = None,
 ) -> bool:
-    """Refuse the service new keys until an operator releases it; False if it already was.
+    """Refuse the service new keys until an operator releases it; False if it already was
+    (or is retired, which refuses it everything already).
 
     It still authenticates (``ServiceIdentity.quarantined`` says so) so that it can keep
-    reporting usage and revoking its own keys while operators look into it.
+    reporting usage and revoking its own keys while operators look into it. ``actor`` and
+    ``reason`` are kept on the row until the release (the trail keeps them for good).
     """
-    service = await get_service(session, service_id)
-    if service.quarantined:
+    service = await locked_service(session, service_id)
+    if service.quarantined or service.retired_at is not None:
         return False
     now = utcnow()
     service.quarantined = True
     identity_changed(session)
     service.quarantined_at = now
+    service.quarantined_by = bounded_text(actor, 200)
+    service.quarantine_reason = bounded_text(reason, MAX_REASON)
     service.updated_at = now
     session.add(service)
     await session.flush()
@@ -420,3 +506,211 @@ async def quarantine_service(
         details={"reason": reason, **(details or {})},
     )
     return True
+
+
+async def quarantine_by_hand(
+    session: AsyncSession, service_id: str, *, actor: str, reason: str
+) -> ServiceView:
+    """An operator quarantines a service (``/release`` lifts it). 409 if it already is."""
+    reason = clean_reason(reason)
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
+    if service.quarantined:
+        raise Conflict(
+            f"service {service_id!r} is already quarantined (since "
+            f"{service.quarantined_at.isoformat() if service.quarantined_at else '?'})"
+        )
+    now = utcnow()
+    service.quarantined = True
+    service.quarantined_at = now
+    service.quarantined_by = bounded_text(actor, 200)
+    service.quarantine_reason = reason
+    service.updated_at = now
+    identity_changed(session)
+    session.add(service)
+    await session.flush()
+    await record(
+        session,
+        AuditAction.SERVICE_QUARANTINED_BY_OPERATOR,
+        actor=actor,
+        subject=f"service:{service_id}",
+        details={"reason": reason},
+    )
+    return await get_service_view(session, service_id)
+
+
+def _proposed_rows(service_id: str, specs: Sequence[BindingIn]) -> list[ServiceBinding]:
+    """Binding rows for ``specs``, checked as at registration (422 on bad input)."""
+    if sum(1 for b in specs if isinstance(b, SecretBindingIn)) > 1:
+        raise InvalidInput("at most one secret binding per service")
+    rows: list[ServiceBinding] = []
+    for index, item in enumerate(specs):
+        if isinstance(item, JwtBindingIn):
+            rows.append(_jwt_binding(service_id, item, index))
+        else:
+            rows.append(ServiceBinding(id=str(uuid.uuid4()), service_id=service_id, kind=SECRET))
+    identities = [_binding_identity(b) for b in rows if b.kind == JWT]
+    if len(set(identities)) != len(identities):
+        raise InvalidInput("two jwt bindings are identical")
+    return rows
+
+
+@dataclass(frozen=True)
+class BindingsOutcome:
+    """What a bindings replacement did (``applied``) or would do (a dry run)."""
+
+    change: BindingsChange
+    applied: bool
+    view: ServiceView
+    secrets_ended: list[str]
+
+
+class UnconfirmedWidening(Conflict):
+    """The change widens who can act as the service and was sent without its digest."""
+
+    type_name = "unconfirmed-widening"
+    title = "Widening not confirmed"
+
+
+class StaleChange(Conflict):
+    """``confirm`` is not the digest of this change against the current bindings."""
+
+    type_name = "stale-change"
+    title = "Not the change reviewed"
+
+
+def _change_members(change: BindingsChange) -> dict[str, Any]:
+    return {
+        "diff": change.diff,
+        "widens": change.widens,
+        "widening": list(change.widening),
+        "change_digest": change.change_digest,
+    }
+
+
+async def end_secrets(session: AsyncSession, service_id: str, now: datetime) -> list[str]:
+    """Every client secret of the service stops working now (rows kept, with their hints);
+    the ids of those that were still working."""
+    ended: list[str] = []
+    for row in await session.exec(
+        select(ServiceSecret)
+        .where(ServiceSecret.service_id == service_id)
+        .order_by(col(ServiceSecret.created_at), col(ServiceSecret.id))
+    ):
+        if row.expires_at is None or row.expires_at > now:
+            row.expires_at = now
+            session.add(row)
+            ended.append(row.id)
+    if ended:
+        identity_changed(session)
+    return ended
+
+
+async def replace_bindings(
+    session: AsyncSession,
+    service_id: str,
+    specs: Sequence[BindingIn],
+    *,
+    actor: str,
+    confirm: str | None = None,
+    dry_run: bool = False,
+) -> BindingsOutcome:
+    """Replace every identity binding of the service with ``specs`` (see
+    ``identity.bindings`` for what widens). A widening change needs ``confirm`` equal to its
+    ``change_digest`` (``UnconfirmedWidening`` otherwise), a ``confirm`` given must match
+    (``StaleChange``), a change that only narrows applies at once. ``dry_run`` says what
+    would happen and writes nothing. Bindings left as they were keep their ids; removing
+    the secret binding ends the service's client secrets. One audit event with the before
+    and after summaries (key thumbprints, never a secret).
+    """
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
+    proposed = _proposed_rows(service_id, specs)
+    current = list(
+        await session.exec(
+            select(ServiceBinding)
+            .where(ServiceBinding.service_id == service_id)
+            .order_by(col(ServiceBinding.created_at), col(ServiceBinding.id))
+        )
+    )
+    change = binding_diff.compare(service_id, current, proposed)
+    if dry_run:
+        return BindingsOutcome(change, False, await get_service_view(session, service_id), [])
+    if confirm is not None and confirm != change.change_digest:
+        raise StaleChange(
+            "confirm is not the digest of this change against the current bindings (they "
+            "may have changed since it was reviewed): review the diff again",
+            **_change_members(change),
+        )
+    if change.widens and confirm is None:
+        raise UnconfirmedWidening(
+            "this change widens who can act as the service: review the diff and send it "
+            "again with confirm set to its change_digest",
+            **_change_members(change),
+        )
+    if change.empty:
+        return BindingsOutcome(change, False, await get_service_view(session, service_id), [])
+    await _refuse_shared_bindings(
+        session, service_id, [*change.added, *(new for _, new in change.pairs)]
+    )
+    details: dict[str, Any] = {
+        "before": [binding_diff.summary(b) for b in current],
+        "after": [binding_diff.summary(b) for b in proposed],
+        **_change_members(change),
+        "confirmed": confirm is not None,
+    }
+    now = utcnow()
+    for b in change.removed:
+        await session.delete(b)
+    for old, new in change.pairs:
+        # The row keeps its id and place: the binding was changed, not made anew.
+        for name in ("audience", "subject", "claims", "algorithms", "jwks", "jwks_url"):
+            setattr(old, name, getattr(new, name))
+        session.add(old)
+    for index, b in enumerate(change.added):
+        b.created_at = now + timedelta(microseconds=index)
+        session.add(b)
+    secrets_ended: list[str] = []
+    if any(b.kind == SECRET for b in change.removed):
+        secrets_ended = await end_secrets(session, service_id, now)
+    service.updated_at = now
+    session.add(service)
+    identity_changed(session)
+    await session.flush()
+    await record(
+        session,
+        AuditAction.SERVICE_BINDINGS_REPLACED,
+        actor=actor,
+        subject=f"service:{service_id}",
+        details={**details, "secrets_ended": secrets_ended},
+    )
+    return BindingsOutcome(change, True, await get_service_view(session, service_id), secrets_ended)
+
+
+@dataclass(frozen=True)
+class RetiredIdentity:
+    service: Service
+    secrets_ended: list[str]
+    quarantined: bool
+
+
+async def retire_identity(
+    session: AsyncSession, service_id: str, *, actor: str, reason: str
+) -> RetiredIdentity:
+    """The identity half of retiring a service (``cutoff.services.retire_service`` does the
+    rest): marked retired for good, its client secrets ended, so it can no longer
+    authenticate on any replica. Bindings and secrets rows stay, as history. 409 if it is
+    retired already. The caller records the audit event (with what it revoked)."""
+    reason = clean_reason(reason)
+    service = await locked_service(session, service_id)
+    refuse_if_retired(service)
+    now = utcnow()
+    service.retired_at = now
+    service.retired_by = bounded_text(actor, 200)
+    service.retirement_reason = reason
+    service.updated_at = now
+    session.add(service)
+    secrets_ended = await end_secrets(session, service_id, now)
+    identity_changed(session)
+    await session.flush()
+    return RetiredIdentity(service, secrets_ended, service.quarantined)

@@ -170,6 +170,7 @@ class Candidate:
     jwks_url: str | None = None
     disabled: bool = False
     quarantined: bool = False
+    retired: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from broker.identity.source_blocks import purge_source_blocks
 from broker.incidents.secret_age import flag_aging_secrets
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
+from broker.operators.expiry import CHECK_INTERVAL, flag_expiring_tokens
 from broker.policy.workflow import expire_lapsed_versions, expire_stale_proposals
 from broker.revocation.service import purge_revocations
 from broker.rules.worker import prune_windows
@@ -59,6 +60,11 @@ async def flag_secrets(runtime: Runtime, now: datetime) -> str:
     return f"flagged {len(flagged)} aging client secret(s)"
 
 
+async def flag_operator_tokens(runtime: Runtime, now: datetime) -> str:
+    flagged = await flag_expiring_tokens(runtime, now)
+    return f"flagged {len(flagged)} expiring operator token(s)"
+
+
 def default_jobs(runtime: Runtime) -> list[Job]:
     settings = runtime.settings
     return [
@@ -67,4 +73,5 @@ def default_jobs(runtime: Runtime) -> list[Job]:
         Job("expire_proposals", settings.proposal_check_interval, expire_proposals),
         Job("flag_aging_secrets", settings.secret_check_interval, flag_secrets),
         Job("prune_windows", settings.purge_interval, prune_windows),
+        Job("flag_expiring_operator_tokens", CHECK_INTERVAL, flag_operator_tokens),
     ]

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from broker.models._base import created_at_field
+from broker.models._base import created_at_field, datetime_field
 
 
 class PiiField(SQLModel, table=True):
@@ -14,6 +14,14 @@ class PiiField(SQLModel, table=True):
     classification: str = Field(max_length=40)
     description: str = Field(default="", max_length=1000)
     created_at: datetime = created_at_field()
+    # ``active``, ``deprecated`` (no new proposal may name it; policies that do keep
+    # working) or ``retired`` (for good, once no policy in force or pending names it).
+    # Rows catalogued before the status existed are active.
+    status: str = Field(
+        default="active", max_length=16, sa_column_kwargs={"server_default": "active"}
+    )
+    status_changed_at: datetime | None = datetime_field()
+    status_changed_by: str | None = Field(default=None, max_length=200)
 
 
 class Purpose(SQLModel, table=True):
@@ -23,3 +31,8 @@ class Purpose(SQLModel, table=True):
     description: str = Field(default="", max_length=1000)
     legal_basis: str = Field(default="", max_length=200)
     created_at: datetime = created_at_field()
+    status: str = Field(
+        default="active", max_length=16, sa_column_kwargs={"server_default": "active"}
+    )
+    status_changed_at: datetime | None = datetime_field()
+    status_changed_by: str | None = Field(default=None, max_length=200)

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
+from broker.db.types import UTCDateTime
 from broker.models._base import created_at_field, datetime_field
 
 
@@ -34,3 +35,21 @@ class Operator(SQLModel, table=True):
     # holder reads out, and needs a token the creator never saw.
     token_fingerprint: str | None = Field(default=None, max_length=12)
     token_replaced_at: datetime | None = datetime_field()
+    # Every token ends (``broker.operators.lifecycle``): the current one at
+    # ``token_expires_at``, never NULL (migration 0004 gave older rows one); the one it
+    # replaced, during the overlap its holder chose, at ``previous_token_ends_at`` (never
+    # later than the current one's end). ``expiry_warned_at``: when the scheduled check
+    # flagged the current token as expiring soon (once per token and expiry).
+    token_expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    previous_token_hash: str | None = Field(
+        default=None, max_length=64, unique=True, index=True, nullable=True
+    )
+    previous_token_ends_at: datetime | None = datetime_field()
+    expiry_warned_at: datetime | None = datetime_field()
+    # The admin who was handed the current token (an enable with a new token) and so may
+    # hold it until the operator replaces it; cleared when the operator does.
+    token_handed_by: str | None = Field(default=None, max_length=36)
+    # Disabled by whom (an audit actor), when and why; ``disabled`` is the flag checked.
+    disabled_at: datetime | None = datetime_field()
+    disabled_by: str | None = Field(default=None, max_length=200)
+    disabled_reason: str | None = Field(default=None, max_length=500)

@@ -19,6 +19,20 @@ class Policy(SQLModel, table=True):
     audience: str = Field(foreign_key="services.id", index=True, max_length=63)
     created_at: datetime = created_at_field()
     created_by: str = Field(max_length=36)
+    # The emergency brake (issue 18): ``active``, ``suspended`` (nothing granted until a
+    # resume proposal is approved) or ``retired`` (for good). Existing rows are active.
+    state: str = Field(
+        default="active", max_length=16, index=True, sa_column_kwargs={"server_default": "active"}
+    )
+    suspended_at: datetime | None = datetime_field()
+    suspended_by: str | None = Field(default=None, max_length=200)
+    suspension_reason: str | None = Field(default=None, max_length=500)
+    # The version number of the resume proposal whose approval ends the suspension; the
+    # approval of any other version leaves the policy suspended.
+    resume_version: int | None = Field(default=None)
+    retired_at: datetime | None = datetime_field()
+    retired_by: str | None = Field(default=None, max_length=200)
+    retirement_reason: str | None = Field(default=None, max_length=500)
 
 
 class PolicyVersion(SQLModel, table=True):

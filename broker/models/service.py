@@ -9,7 +9,11 @@ from broker.models._base import created_at_field, datetime_field, json_field, op
 
 
 class Service(SQLModel, table=True):
-    """A workload that asks for keys, or a resource service that checks them."""
+    """A workload that asks for keys, or a resource service that checks them.
+
+    A retired service (``retired_at`` set) keeps its row for good: its history (audit
+    trail, issued keys, usage) names it, and its id is never given to another service.
+    """
 
     __tablename__ = "services"
 
@@ -18,9 +22,15 @@ class Service(SQLModel, table=True):
     disabled: bool = Field(default=False)
     quarantined: bool = Field(default=False)
     quarantined_at: datetime | None = datetime_field()
+    # Who quarantined it (an operator by hand, or a rule) and why; cleared on release.
+    quarantined_by: str | None = Field(default=None, max_length=200)
+    quarantine_reason: str | None = Field(default=None, max_length=500)
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
     last_seen_at: datetime | None = datetime_field()
+    retired_at: datetime | None = datetime_field()
+    retired_by: str | None = Field(default=None, max_length=200)
+    retirement_reason: str | None = Field(default=None, max_length=500)
 
 
 class ServiceBinding(SQLModel, table=True):

@@ -2,45 +2,38 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.errors import Unauthenticated
+from broker.errors import NotFound, Unauthenticated
 from broker.http.deps import requires
 from broker.models import Operator
-from broker.operators import service
+from broker.operators import lifecycle, service
+from broker.operators.lifecycle import OperatorChange, TokenLimits
 from broker.operators.schemas import (
+    OperatorChanged,
     OperatorConfirm,
     OperatorCreate,
     OperatorCreated,
     OperatorOut,
+    OperatorPatch,
     TokenReplaced,
+    TokenRotate,
     WhoAmI,
 )
 from broker.operators.service import OperatorPrincipal, Role
 from broker.runtime import Runtime
 
 
-def _out(row: Operator, names: dict[str, str]) -> OperatorOut:
-    def name(operator_id: str | None) -> str | None:
-        return names.get(operator_id, operator_id) if operator_id else None
+def _out(row: Operator, names: dict[str, str], warning: int) -> OperatorOut:
+    return OperatorOut(**lifecycle.describe(row, names, warning=warning))
 
-    return OperatorOut(
-        id=row.id,
-        name=row.name,
-        role=row.role,
-        disabled=row.disabled,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        standing=service.standing_of(row),
-        created_by=name(row.created_by),
-        confirmed_by=name(row.confirmed_by),
-        confirmed_at=row.confirmed_at,
-        token_replaced_at=row.token_replaced_at,
-    )
+
+async def _names(db: AsyncSession) -> dict[str, str]:
+    return {r.id: r.name for r in await service.list_operators(db)}
 
 
 class OperatorController(Controller):
@@ -50,11 +43,15 @@ class OperatorController(Controller):
     @requires(Role.AUDITOR)
     @get("/", summary="List operators, with who created and who confirmed each")
     async def list_operators(
-        self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
+        self,
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
     ) -> list[OperatorOut]:
         rows = await service.list_operators(db)
         names = {r.id: r.name for r in rows}
-        return [_out(r, names) for r in rows]
+        warning = runtime.settings.operator_token_warning
+        return [_out(r, names, warning) for r in rows]
 
     @requires(Role.ADMIN)
     @post(
@@ -78,9 +75,12 @@ class OperatorController(Controller):
             data.role,
             actor=operator.actor,
             created_by=operator.id,
+            ttl=runtime.settings.operator_token_ttl,
         )
         p = created.principal
-        return OperatorCreated(p.id, p.name, p.role.value, created.token, "unconfirmed")
+        return OperatorCreated(
+            p.id, p.name, p.role.value, created.token, "unconfirmed", p.token_expires_at
+        )
 
     @requires(Role.AUDITOR)
     @get("/me", summary="The operator the token belongs to")
@@ -96,22 +96,95 @@ class OperatorController(Controller):
             operator.role.value,
             service.standing_of(row),
             row.token_fingerprint,
+            row.token_expires_at,
+            operator.token_expiring,
+            operator.via_previous,
         )
 
     @requires(Role.AUDITOR)
     @post(
         "/me/token",
         status_code=HTTP_201_CREATED,
-        summary="Replace one's own token; the old one and one's console sessions end at once",
+        summary=(
+            "Rotate one's own token (returned once). The old one ends at once, or after the "
+            "overlap asked (at most BROKER_OPERATOR_TOKEN_MAX_OVERLAP); one's console "
+            "sessions end at once. The new token lasts ttl_seconds (default "
+            "BROKER_OPERATOR_TOKEN_TTL, at most BROKER_OPERATOR_TOKEN_MAX_TTL)"
+        ),
     )
     async def replace_token(
         self,
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
+        data: JSONBody[TokenRotate | None] = None,
     ) -> TokenReplaced:
-        replaced = await service.replace_own_token(db, runtime.secrets.pepper, operator)
-        return TokenReplaced(replaced.token)
+        asked = data or TokenRotate()
+        rotated = await lifecycle.rotate_own_token(
+            db,
+            runtime.secrets.pepper,
+            operator,
+            limits=TokenLimits.of(runtime.settings),
+            overlap=asked.overlap_seconds,
+            ttl=asked.ttl_seconds,
+        )
+        return TokenReplaced(
+            rotated.token,
+            rotated.expires_at,
+            rotated.previous_token_ends_at,
+            rotated.sessions_ended,
+        )
+
+    @requires(Role.AUDITOR)
+    @get("/{operator_id:str}", summary="One operator: role, status, token expiry, standing")
+    async def get_operator(
+        self,
+        operator_id: FromPath[str],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> OperatorOut:
+        row = await db.get(Operator, operator_id) if len(operator_id) <= 36 else None
+        if row is None:
+            raise NotFound("no such operator")
+        return _out(row, await _names(db), runtime.settings.operator_token_warning)
+
+    @requires(Role.ADMIN)
+    @patch(
+        "/{operator_id:str}",
+        summary=(
+            "Change an operator: role, disabled (with a reason; ends its tokens and console "
+            "sessions at once on every replica), token_expires_at, or new_token (returned "
+            "once). The last active admin can never be disabled, demoted or have its token "
+            "ended (409)"
+        ),
+    )
+    async def change_operator(
+        self,
+        operator_id: FromPath[str],
+        data: JSONBody[OperatorPatch],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> OperatorChanged:
+        changed = await lifecycle.change_operator(
+            db,
+            runtime.secrets.pepper,
+            operator_id,
+            OperatorChange(
+                role=data.role,
+                disabled=data.disabled,
+                reason=data.reason,
+                token_expires_at=data.token_expires_at,
+                new_token=data.new_token,
+            ),
+            admin=operator,
+            limits=TokenLimits.of(runtime.settings),
+        )
+        fields = lifecycle.describe(
+            changed.row, await _names(db), warning=runtime.settings.operator_token_warning
+        )
+        return OperatorChanged(**fields, token=changed.token, sessions_ended=changed.sessions_ended)
 
     @requires(Role.ADMIN)
     @post(
@@ -128,13 +201,13 @@ class OperatorController(Controller):
         operator_id: FromPath[str],
         data: JSONBody[OperatorConfirm],
         db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> OperatorOut:
         row = await service.confirm_operator(
             db, operator_id, data.token_fingerprint, admin=operator
         )
-        names = {r.id: r.name for r in await service.list_operators(db)}
-        return _out(row, names)
+        return _out(row, await _names(db), runtime.settings.operator_token_warning)
 
 
 ROUTES = [OperatorController]

@@ -36,10 +36,23 @@ class OperatorConfirm(msgspec.Struct, forbid_unknown_fields=True):
     ]
 
 
+Status = Annotated[
+    Literal["active", "disabled", "expired"],
+    msgspec.Meta(
+        description=(
+            "active: its token works; disabled: refused everywhere until an admin enables "
+            "it; expired: its token has ended (an admin may set a later expiry or give it "
+            "a new token)"
+        )
+    ),
+]
+
+
 class OperatorOut(msgspec.Struct):
     id: str
     name: str
     role: str
+    status: Status
     disabled: bool
     created_at: datetime
     last_used_at: datetime | None
@@ -48,6 +61,74 @@ class OperatorOut(msgspec.Struct):
     confirmed_by: str | None
     confirmed_at: datetime | None
     token_replaced_at: datetime | None
+    token_fingerprint: str | None
+    token_expires_at: datetime
+    token_expiring: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The token ends within BROKER_OPERATOR_TOKEN_WARNING (or has ended)"
+        ),
+    ]
+    previous_token_ends_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="When the token its last rotation replaced stops working (the overlap)"
+        ),
+    ]
+    expiry_warned_at: datetime | None
+    token_handed_to: Annotated[
+        str | None,
+        msgspec.Meta(
+            description=(
+                "The admin who was given this operator's current token (a new token from "
+                "PATCH); the operator counts as that admin's for approvals until it "
+                "replaces the token"
+            )
+        ),
+    ]
+    disabled_at: datetime | None
+    disabled_by: str | None
+    disabled_reason: str | None
+
+
+class OperatorChanged(OperatorOut):
+    token: Annotated[
+        str | None,
+        msgspec.Meta(description="The new token, when new_token was asked: shown once"),
+    ] = None
+    sessions_ended: int = 0
+
+
+class OperatorPatch(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["admin", "approver", "auditor"] | None = None
+    disabled: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description=(
+                "true: refused at once on every replica, console sessions ended (needs a "
+                "reason); false: enabled again, with the token it had unless new_token"
+            )
+        ),
+    ] = None
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    token_expires_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description=(
+                "When the token ends: no later than BROKER_OPERATOR_TOKEN_MAX_TTL from now; "
+                "now or earlier ends it at once"
+            )
+        ),
+    ] = None
+    new_token: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "Give the operator a new token, returned once to you to hand over; every "
+                "token it had ends for good"
+            )
+        ),
+    ] = False
 
 
 class OperatorCreated(msgspec.Struct):
@@ -56,6 +137,7 @@ class OperatorCreated(msgspec.Struct):
     role: str
     token: str
     standing: Standing
+    token_expires_at: datetime | None = None
 
 
 class WhoAmI(msgspec.Struct):
@@ -67,8 +149,43 @@ class WhoAmI(msgspec.Struct):
         str | None,
         msgspec.Meta(description="The current token's fingerprint, to read out to a confirmer"),
     ] = None
+    token_expires_at: datetime | None = None
+    token_expiring: bool = False
+    using_previous_token: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The token presented was replaced; it works until its overlap ends"
+        ),
+    ] = False
+
+
+class TokenRotate(msgspec.Struct, forbid_unknown_fields=True):
+    overlap_seconds: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description=(
+                "How long the old token keeps working: 0 (the default) ends it at once; at "
+                "most BROKER_OPERATOR_TOKEN_MAX_OVERLAP"
+            ),
+        ),
+    ] = 0
+    ttl_seconds: Annotated[
+        int | None,
+        msgspec.Meta(
+            description=(
+                "The new token's life: BROKER_OPERATOR_TOKEN_TTL by default, at least 60, "
+                "at most BROKER_OPERATOR_TOKEN_MAX_TTL"
+            ),
+        ),
+    ] = None
 
 
 class TokenReplaced(msgspec.Struct):
     token: str
-    expires_at: datetime | None = None  # operator tokens do not expire yet
+    expires_at: datetime
+    previous_token_ends_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="When the old token stops working; null: it already has"),
+    ] = None
+    sessions_ended: int = 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
-from sqlalchemy import delete, update
+from sqlalchemy import or_, update
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -17,8 +17,9 @@ from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
-from broker.models import ConsoleSession, Operator
+from broker.models import Operator
 from broker.operators.independence import Roster, Standing, confirmation_problem
+from broker.settings import Settings
 
 
 class Role(StrEnum):
@@ -38,9 +39,17 @@ ROLE_GRANTS: dict[Role, frozenset[Role]] = {
 
 @dataclass(frozen=True)
 class OperatorPrincipal:
+    """Who presented a token. ``token_expires_at``: when the operator's current token ends;
+    ``token_expiring``: it ends within ``BROKER_OPERATOR_TOKEN_WARNING`` (the console's
+    banner); ``via_previous``: the token presented is the one a rotation replaced, still
+    working during its overlap (it may not rotate or confirm anything)."""
+
     id: str
     name: str
     role: Role
+    token_expires_at: datetime | None = None
+    token_expiring: bool = False
+    via_previous: bool = False
 
     def can(self, needed: Role) -> bool:
         return needed in ROLE_GRANTS[self.role]
@@ -54,6 +63,29 @@ class OperatorPrincipal:
 class CreatedOperator:
     principal: OperatorPrincipal
     token: str
+
+
+# A token made without naming its life: the default of BROKER_OPERATOR_TOKEN_TTL (callers
+# with settings at hand pass theirs).
+DEFAULT_TOKEN_TTL: int = Settings.model_fields["operator_token_ttl"].default
+
+
+def iso(moment: datetime) -> str:
+    """A time as details and messages show it: UTC, to the second, with ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def principal_of(
+    row: Operator, *, now: datetime, warning: int = 0, via_previous: bool = False
+) -> OperatorPrincipal:
+    return OperatorPrincipal(
+        row.id,
+        row.name,
+        Role(row.role),
+        token_expires_at=row.token_expires_at,
+        token_expiring=row.token_expires_at <= now + timedelta(seconds=warning),
+        via_previous=via_previous,
+    )
 
 
 def _validate_name(name: str) -> str:
@@ -72,9 +104,12 @@ async def create_operator(
     actor: str,
     bootstrap: bool = False,
     created_by: str | None = None,
+    ttl: int = DEFAULT_TOKEN_TTL,
 ) -> CreatedOperator:
     """``created_by``: the operator creating this one through the API, who is handed its
-    token; ``None`` for roots (the bootstrap, and ``broker operator create`` on the host)."""
+    token; ``None`` for roots (the bootstrap, and ``broker operator create`` on the host).
+    The token ends ``ttl`` seconds from now (``BROKER_OPERATOR_TOKEN_TTL``, or
+    ``BROKER_BOOTSTRAP_TOKEN_TTL`` for the bootstrap admin)."""
     name = _validate_name(name)
     try:
         role_value = Role(role)
@@ -84,12 +119,14 @@ async def create_operator(
     if existing is not None:
         raise Conflict(f"an operator named {name!r} already exists")
     token = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
+    expires_at = utcnow() + timedelta(seconds=ttl)
     operator = Operator(
         id=str(uuid.uuid4()),
         name=name,
         role=role_value.value,
         token_hash=credentials.keyed_hash(pepper, token),
         token_fingerprint=credentials.fingerprint(token),
+        token_expires_at=expires_at,
         created_by=created_by,
     )
     session.add(operator)
@@ -103,31 +140,77 @@ async def create_operator(
             "role": role_value.value,
             "token_fingerprint": credentials.fingerprint(token),
             "standing": "unconfirmed" if created_by else "root",
+            "token_expires_at": iso(expires_at),
         },
     )
-    return CreatedOperator(OperatorPrincipal(operator.id, name, role_value), token)
+    principal = OperatorPrincipal(operator.id, name, role_value, token_expires_at=expires_at)
+    return CreatedOperator(principal, token)
 
 
 async def count_operators(session: AsyncSession) -> int:
     return int((await session.exec(select(func.count()).select_from(Operator))).one())
 
 
-async def authenticate(session: AsyncSession, pepper: bytes, token: str) -> OperatorPrincipal:
+async def authenticate(
+    session: AsyncSession,
+    pepper: bytes,
+    token: str,
+    *,
+    warning: int = 0,
+    now: datetime | None = None,
+) -> OperatorPrincipal:
     """Find the operator by the keyed hash of the token: an indexed, constant-time lookup.
 
     A malformed token is refused before touching the database; the stored hash is compared
     again with ``compare_digest`` so equality never depends on the database's comparison.
+    The token is either the operator's current one, until ``token_expires_at``, or the one
+    its last rotation replaced, until ``previous_token_ends_at`` (the overlap). The row is
+    read on every request, so a disabled operator or an ended token is refused at once on
+    every replica.
     """
     if not credentials.well_formed(token, credentials.OPERATOR_TOKEN_PREFIX):
         raise Unauthenticated("operator token is malformed", reason="invalid-token")
+    now = now or utcnow()
     digest = credentials.keyed_hash(pepper, token)
-    operator = (await session.exec(select(Operator).where(Operator.token_hash == digest))).first()
-    if operator is None or not hmac.compare_digest(operator.token_hash, digest):
+    operator = (
+        await session.exec(
+            select(Operator).where(
+                or_(col(Operator.token_hash) == digest, col(Operator.previous_token_hash) == digest)
+            )
+        )
+    ).first()
+    current = operator is not None and hmac.compare_digest(operator.token_hash, digest)
+    previous = (
+        operator is not None
+        and not current
+        and hmac.compare_digest(operator.previous_token_hash or "", digest)
+    )
+    if operator is None or not (current or previous):
         raise Unauthenticated("operator token is not recognised", reason="invalid-token")
     if operator.disabled:
         raise Unauthenticated("operator is disabled", reason="invalid-token")
-    return OperatorPrincipal(operator.id, operator.name, Role(operator.role))
+    if current and operator.token_expires_at <= now:
+        raise Unauthenticated(
+            f"operator token expired at {iso(operator.token_expires_at)}: an admin can set a "
+            "later expiry (broker operator expire) or give you a new token (broker operator "
+            "reset-token)",
+            reason="token-expired",
+            expired_at=iso(operator.token_expires_at),
+        )
+    if previous:
+        ends = operator.previous_token_ends_at
+        if ends is None or ends <= now:
+            raise Unauthenticated(
+                "operator token expired"
+                + (f" at {iso(ends)}" if ends is not None else "")
+                + ": it was replaced by a newer token and its overlap has ended",
+                reason="token-expired",
+                expired_at=iso(ends) if ends is not None else None,
+            )
+    return principal_of(operator, now=now, warning=warning, via_previous=previous)
 
+
+IN_OVERLAP = "this token has been replaced and works only until its overlap ends: use the new one"
 
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
@@ -163,14 +246,23 @@ def standing_of(row: Operator) -> StandingName:
 
 
 async def load_roster(session: AsyncSession) -> Roster:
-    """Every operator's standing. The table holds people, so it is small: one query."""
-    rows = await session.exec(
-        select(Operator.id, Operator.name, Operator.created_by, Operator.confirmed_at)
-    )
-    return {
-        row[0]: Standing(name=row[1], created_by=row[2], confirmed=row[3] is not None)
-        for row in rows
-    }
+    """Every operator's standing. The table holds people, so it is small: one query.
+
+    An operator whose current token an admin was handed (re-enabled with a new token) and
+    has not replaced yet counts as that admin's, the way a new operator counts as its
+    creator's: until the operator replaces it, the admin may hold its credentials.
+    """
+    roster: dict[str, Standing] = {}
+    for row in await session.exec(select(Operator)):
+        if row.token_handed_by is not None and row.token_handed_by != row.id:
+            roster[row.id] = Standing(
+                name=row.name, created_by=row.token_handed_by, confirmed=False
+            )
+        else:
+            roster[row.id] = Standing(
+                name=row.name, created_by=row.created_by, confirmed=row.confirmed_at is not None
+            )
+    return roster
 
 
 async def _operator(session: AsyncSession, operator_id: str) -> Operator:
@@ -195,12 +287,25 @@ async def confirm_operator(
     could otherwise go on using it after the confirmation.
     """
     now = now or utcnow()
+    if admin.via_previous:
+        raise Conflict(IN_OVERLAP)
     row = await _operator(session, operator_id)
+    if row.token_handed_by is not None:
+        raise Conflict(
+            f"{row.name} still uses the token an admin was handed when it was given a new "
+            f"one: {row.name} must replace it first (broker operator rotate-token)"
+        )
     problem = confirmation_problem(admin.id, row.id, await load_roster(session))
     if problem is not None:
         if row.created_by is None or row.confirmed_at is not None:
             raise Conflict(problem)
         raise Forbidden(problem, reason="not-independent")
+    if row.previous_token_ends_at is not None and row.previous_token_ends_at > now:
+        raise Conflict(
+            f"the token {row.name} replaced still works until "
+            f"{iso(row.previous_token_ends_at)} (the overlap {row.name} chose): confirm "
+            "after that, or ask them to replace it again with no overlap"
+        )
     if row.token_replaced_at is None:
         raise Conflict(
             f"{row.name} still uses the token its creator was handed: {row.name} must "
@@ -239,39 +344,3 @@ async def confirm_operator(
         },
     )
     return row
-
-
-@dataclass(frozen=True)
-class ReplacedToken:
-    token: str
-    sessions_ended: int
-
-
-async def replace_own_token(
-    session: AsyncSession, pepper: bytes, operator: OperatorPrincipal
-) -> ReplacedToken:
-    """A new token for the operator presenting the old one; the old one stops at once, and
-    so do the operator's console sessions (they may have been opened with the old one)."""
-    token = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
-    fingerprint = credentials.fingerprint(token)
-    await session.exec(  # type: ignore[call-overload]
-        update(Operator)
-        .where(col(Operator.id) == operator.id)
-        .values(
-            token_hash=credentials.keyed_hash(pepper, token),
-            token_fingerprint=fingerprint,
-            token_replaced_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    ended = await session.exec(  # type: ignore[call-overload]
-        delete(ConsoleSession).where(col(ConsoleSession.operator_id) == operator.id)
-    )
-    await record(
-        session,
-        AuditAction.OPERATOR_TOKEN_REPLACED,
-        actor=operator.actor,
-        subject=f"operator:{operator.name}",
-        details={"token_fingerprint": fingerprint, "sessions_ended": ended.rowcount},
-    )
-    return ReplacedToken(token, int(ended.rowcount or 0))

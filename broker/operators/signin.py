@@ -31,7 +31,12 @@ async def authenticate_operator(
     lockout = runtime.parts.get(OperatorLockout)
     try:
         async with runtime.transaction() as session:
-            principal = await authenticate(session, runtime.secrets.pepper, token)
+            principal = await authenticate(
+                session,
+                runtime.secrets.pepper,
+                token,
+                warning=runtime.settings.operator_token_warning,
+            )
     except Unauthenticated:
         wait = lockout.retry_after(source or "")
         if wait is not None:

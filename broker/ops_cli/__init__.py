@@ -14,7 +14,18 @@ from broker.ops_cli.blocks import blocks
 from broker.ops_cli.catalog import fields, purposes
 from broker.ops_cli.incidents import incidents
 from broker.ops_cli.keys import list_keys
-from broker.ops_cli.operators import confirm, list_operators, rotate_token, whoami
+from broker.ops_cli.operators import (
+    confirm,
+    disable,
+    enable,
+    expire,
+    list_operators,
+    reset_token,
+    rotate_token,
+    set_role,
+    show,
+    whoami,
+)
 from broker.ops_cli.policies import policies
 from broker.ops_cli.revocations import revocations
 from broker.ops_cli.rules import rules
@@ -35,7 +46,16 @@ def register(main: click.Group) -> None:
         keys.add_command(list_keys)
     operator = main.commands.get("operator")
     if isinstance(operator, click.Group):
-        operator.add_command(list_operators)
-        operator.add_command(whoami)
-        operator.add_command(confirm)
-        operator.add_command(rotate_token)
+        for subcommand in (
+            list_operators,
+            show,
+            whoami,
+            confirm,
+            set_role,
+            disable,
+            enable,
+            expire,
+            reset_token,
+            rotate_token,
+        ):
+            operator.add_command(subcommand)

@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     import httpx
 
 _HINTS = {
-    401: "check BROKER_TOKEN (or --token / the config file): the broker does not accept it",
+    401: (
+        "check BROKER_TOKEN (or --token / the config file): the broker does not accept it "
+        "(mistyped, replaced or expired, or its operator disabled)"
+    ),
     403: None,
 }
 

@@ -1,16 +1,18 @@
-"""``broker operator list|whoami|confirm|rotate-token`` and the HTTP form of ``broker
-operator create``."""
+"""``broker operator list|show|whoami|confirm|set-role|disable|enable|expire|reset-token|
+rotate-token`` and the HTTP form of ``broker operator create``."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import click
 
 from broker.ops_cli.common import Remote, remote_options
-from broker.ops_cli.errors import CheckFailed
+from broker.ops_cli.errors import CheckFailed, ConfigError
 from broker.ops_cli.output import when
+from broker.settings import parse_duration
 
 _STANDING = {
     "root": "root",
@@ -19,28 +21,87 @@ _STANDING = {
 }
 
 
+def _expiry(o: dict[str, Any]) -> str:
+    text = when(o.get("token_expires_at"))
+    if o.get("status") == "active" and o.get("token_expiring"):
+        text += " (soon)"
+    return text
+
+
 @click.command("list")
 @remote_options
 def list_operators(remote: Remote) -> None:
-    """Operators with their roles, who created them and who confirmed them (never tokens)."""
+    """Operators with their roles, status, token expiry, and who created and confirmed
+    them (never tokens). A token ending within BROKER_OPERATOR_TOKEN_WARNING is marked."""
     rows = remote.http.get("/v1/admin/operators")
     if remote.as_json:
         return remote.out.json(rows)
     remote.out.table(
-        ["NAME", "ROLE", "STANDING", "CREATED BY", "CONFIRMED BY", "DISABLED", "LAST USED"],
+        [
+            "NAME",
+            "ROLE",
+            "STATUS",
+            "TOKEN EXPIRES",
+            "STANDING",
+            "CREATED BY",
+            "CONFIRMED BY",
+            "LAST USED",
+        ],
         (
             [
                 o["name"],
                 o["role"],
+                o.get("status"),
+                _expiry(o),
                 o.get("standing"),
                 o.get("created_by"),
                 o.get("confirmed_by"),
-                o["disabled"],
                 when(o.get("last_used_at")),
             ]
             for o in rows
         ),
     )
+
+
+def _show(remote: Remote, o: dict[str, Any]) -> None:
+    standing = o.get("standing")
+    pairs: list[tuple[str, Any]] = [
+        ("name", o["name"]),
+        ("id", o["id"]),
+        ("role", o["role"]),
+        ("status", o.get("status")),
+        ("token expires", _expiry(o)),
+        ("token fingerprint", o.get("token_fingerprint")),
+    ]
+    if o.get("previous_token_ends_at"):
+        pairs.append(("replaced token ends", when(o["previous_token_ends_at"])))
+    pairs += [
+        ("standing", _STANDING.get(str(standing), standing)),
+        ("created by", o.get("created_by")),
+        ("confirmed by", o.get("confirmed_by")),
+        ("last used", when(o.get("last_used_at"))),
+    ]
+    if o.get("token_handed_to"):
+        pairs.append(("token handed to", o["token_handed_to"]))
+    if o.get("disabled"):
+        pairs += [
+            ("disabled at", when(o.get("disabled_at"))),
+            ("disabled by", o.get("disabled_by")),
+            ("reason", o.get("disabled_reason")),
+        ]
+    remote.out.fields(pairs)
+
+
+@click.command("show")
+@click.argument("operator")
+@remote_options
+def show(remote: Remote, operator: str) -> None:
+    """One operator (by name or id): role, status, token expiry, standing."""
+    target = _operator_id(remote, operator)
+    o = remote.http.get(_path(target["id"]))
+    if remote.as_json:
+        return remote.out.json(o)
+    _show(remote, o)
 
 
 @click.command("whoami")
@@ -56,6 +117,15 @@ def whoami(remote: Remote) -> None:
     remote.out.note(f"standing: {_STANDING.get(standing, standing)}")
     if me.get("token_fingerprint"):
         remote.out.note(f"token fingerprint: {me['token_fingerprint']}")
+    if me.get("token_expires_at"):
+        soon = (
+            " (soon: rotate it with `broker operator rotate-token`)"
+            if me.get("token_expiring")
+            else ""
+        )
+        remote.out.note(f"token expires: {when(me['token_expires_at'])}{soon}")
+    if me.get("using_previous_token"):
+        remote.out.warn("this token has been replaced; it works only until its overlap ends")
 
 
 def _operator_id(remote: Remote, name: str) -> dict[str, Any]:
@@ -64,6 +134,123 @@ def _operator_id(remote: Remote, name: str) -> dict[str, Any]:
     if found is None:
         raise CheckFailed(f"no operator named {name}")
     return dict(found)
+
+
+def _path(operator_id: str) -> str:
+    return f"/v1/admin/operators/{quote(operator_id, safe='')}"
+
+
+def _change(remote: Remote, operator: str, body: dict[str, Any]) -> dict[str, Any]:
+    target = _operator_id(remote, operator)
+    changed: dict[str, Any] = remote.http.patch(_path(target["id"]), body)
+    return changed
+
+
+def _seconds(value: str, option: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(f"{option} takes a duration such as 0, 15m, 1h or 30d") from None
+
+
+@click.command("set-role")
+@click.argument("operator")
+@click.argument("role", type=click.Choice(["admin", "approver", "auditor"]))
+@remote_options
+def set_role(remote: Remote, operator: str, role: str) -> None:
+    """Change OPERATOR's role (admin). The last active admin cannot be demoted."""
+    done = _change(remote, operator, {"role": role})
+    remote.out.result(done, f"operator {done['name']} now has the {done['role']} role")
+
+
+@click.command("disable")
+@click.argument("operator")
+@click.option("--reason", required=True, help="Why (kept in the audit trail; required).")
+@remote_options
+def disable(remote: Remote, operator: str, reason: str) -> None:
+    """Disable OPERATOR (admin): every token of theirs is refused and their console sessions
+    end, at once, on every replica. The last active admin cannot be disabled."""
+    done = _change(remote, operator, {"disabled": True, "reason": reason})
+    remote.out.result(
+        done,
+        f"operator {done['name']} disabled: their tokens are refused and "
+        f"{done.get('sessions_ended', 0)} console session(s) ended",
+    )
+
+
+def _print_new_token(remote: Remote, done: dict[str, Any]) -> None:
+    if remote.as_json:
+        return remote.out.json(done)
+    click.echo(
+        f"New token for {done['name']}, shown once (hand it over; until {done['name']} "
+        "replaces it with `broker operator rotate-token`, it counts as yours for approvals):",
+        err=True,
+    )
+    click.echo(done["token"])
+    click.echo(f"It expires at {when(done.get('token_expires_at'))}.", err=True)
+
+
+@click.command("enable")
+@click.argument("operator")
+@click.option("--reason", default=None, help="Why (kept in the audit trail).")
+@click.option(
+    "--new-token",
+    is_flag=True,
+    help="Give a new token (printed once) instead of letting the old one work again.",
+)
+@remote_options
+def enable(remote: Remote, operator: str, reason: str | None, new_token: bool) -> None:
+    """Enable a disabled OPERATOR (admin). Their token works again unless it has expired;
+    with --new-token every old token ends for good and a new one is printed once."""
+    body: dict[str, Any] = {"disabled": False, "new_token": new_token}
+    if reason:
+        body["reason"] = reason
+    done = _change(remote, operator, body)
+    if new_token:
+        return _print_new_token(remote, done)
+    remote.out.result(
+        done,
+        f"operator {done['name']} enabled; their token expires at "
+        f"{when(done.get('token_expires_at'))}",
+    )
+
+
+@click.command("reset-token")
+@click.argument("operator")
+@remote_options
+def reset_token(remote: Remote, operator: str) -> None:
+    """Give OPERATOR a new token (admin), printed once for you to hand over; every token
+    they had ends at once (a lost or leaked token). Your own: `rotate-token`."""
+    _print_new_token(remote, _change(remote, operator, {"new_token": True}))
+
+
+@click.command("expire")
+@click.argument("operator")
+@click.option("--at", "at", metavar="ISO", help="When the token ends (with its zone: ...Z).")
+@click.option("--in", "within", metavar="DUR", help="How long from now (0 = at once, 30d).")
+@remote_options
+def expire(remote: Remote, operator: str, at: str | None, within: str | None) -> None:
+    """Set when OPERATOR's token ends (admin): no later than BROKER_OPERATOR_TOKEN_MAX_TTL
+    from now; now or earlier ends it at once. Not for the last active admin's token."""
+    if (at is None) == (within is None):
+        raise ConfigError("give exactly one of --at ISO and --in DURATION")
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError("--at takes a time such as 2027-01-31T12:00:00Z") from None
+        if moment.tzinfo is None:
+            raise ConfigError("--at needs a time zone (for example 2027-01-31T12:00:00Z)")
+    else:
+        moment = datetime.now(UTC) + timedelta(seconds=_seconds(within or "", "--in"))
+    done = _change(remote, operator, {"token_expires_at": moment.isoformat()})
+    ends = when(done.get("token_expires_at"))
+    remote.out.result(
+        done,
+        f"operator {done['name']}'s token ended at {ends}"
+        if done.get("status") == "expired"
+        else f"operator {done['name']}'s token expires at {ends}",
+    )
 
 
 @click.command("confirm")
@@ -83,7 +270,7 @@ def confirm(remote: Remote, name: str, fingerprint: str) -> None:
     """
     target = _operator_id(remote, name)
     done = remote.http.post(
-        f"/v1/admin/operators/{quote(target['id'], safe='')}/confirm",
+        _path(target["id"]) + "/confirm",
         {"token_fingerprint": fingerprint.strip().lower()},
     )
     remote.out.result(
@@ -92,15 +279,37 @@ def confirm(remote: Remote, name: str, fingerprint: str) -> None:
 
 
 @click.command("rotate-token")
+@click.option(
+    "--overlap",
+    default="0",
+    metavar="DUR",
+    help="How long the old token keeps working (0, the default: it ends at once; at most "
+    "BROKER_OPERATOR_TOKEN_MAX_OVERLAP).",
+)
+@click.option(
+    "--ttl",
+    default=None,
+    metavar="DUR",
+    help="How long the new token lasts (default BROKER_OPERATOR_TOKEN_TTL).",
+)
 @remote_options
-def rotate_token(remote: Remote) -> None:
-    """Replace your own token; the old one and your console sessions end at once. Prints
-    the new token once (update BROKER_TOKEN or the config file)."""
-    made = remote.http.post("/v1/admin/operators/me/token", {})
+def rotate_token(remote: Remote, overlap: str, ttl: str | None) -> None:
+    """Replace your own token; your console sessions end at once, the old token at once or
+    after --overlap. Prints the new token once (update BROKER_TOKEN or the config file)."""
+    body: dict[str, Any] = {"overlap_seconds": _seconds(overlap, "--overlap")}
+    if ttl is not None:
+        body["ttl_seconds"] = _seconds(ttl, "--ttl")
+    made = remote.http.post("/v1/admin/operators/me/token", body)
     if remote.as_json:
         return remote.out.json(made)
-    click.echo("Your new token is shown once; the old one no longer works:", err=True)
+    ends = made.get("previous_token_ends_at")
+    click.echo(
+        "Your new token is shown once; "
+        + (f"the old one works until {when(ends)}:" if ends else "the old one no longer works:"),
+        err=True,
+    )
     click.echo(made["token"])
+    click.echo(f"It expires at {when(made.get('expires_at'))}.", err=True)
 
 
 def create_remote(remote: Remote, name: str, role: str) -> None:
@@ -114,6 +323,8 @@ def create_remote(remote: Remote, name: str, role: str) -> None:
         err=True,
     )
     click.echo(created["token"])
+    if created.get("token_expires_at"):
+        click.echo(f"It expires at {when(created['token_expires_at'])}.", err=True)
     click.echo(
         "It is unconfirmed: its approvals count as yours until another admin, independent "
         "of you, confirms it (it replaces this token with `broker operator rotate-token`, "

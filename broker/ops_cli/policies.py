@@ -1,4 +1,6 @@
-"""``broker policies``: propose from a file, review the change, approve or reject it.
+"""``broker policies``: propose from a file, review the change, approve or reject it; and
+the emergency brake: ``suspend`` (one admin, at once), ``resume`` (a proposal, approved as
+usual), ``retire`` (for good).
 
 An approver approves a *change*, so ``show`` and ``approve`` put the difference from the
 version in force first (the broker's own ``diff``): fields and purposes added or removed,
@@ -109,6 +111,30 @@ def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any])
         )
 
 
+def render_state(out: Output, policy: dict[str, Any]) -> None:
+    """A suspension or retirement: when, who, why, and what ends it."""
+    state = policy.get("state", "active")
+    if state == "suspended":
+        out.styled(
+            f"SUSPENDED at {when(policy.get('suspended_at'))} by "
+            f"{clean(policy.get('suspended_by'))}: nothing is granted under this policy "
+            f"(version {policy.get('suspended_version') or '-'} held)",
+            "red",
+        )
+        out.note(f"  reason: {clean(policy.get('suspension_reason'))}")
+        resume = policy.get("resume_version")
+        if resume:
+            out.note(f"  resume proposed as version {resume}; its approval ends the suspension")
+        else:
+            out.note(f"  resume with: broker policies resume {policy['id']}")
+    elif state == "retired":
+        out.styled(
+            f"RETIRED at {when(policy.get('retired_at'))} by {clean(policy.get('retired_by'))}",
+            "red",
+        )
+        out.note(f"  reason: {clean(policy.get('retirement_reason'))}")
+
+
 @click.group()
 def policies() -> None:
     """Scope policies: which service may get keys for which fields, purposes and audience."""
@@ -119,24 +145,47 @@ def policies() -> None:
 @click.option("--audience", help="Only policies for this resource service.")
 @click.option(
     "--status",
-    type=click.Choice(["proposed", "approved", "rejected", "withdrawn", "expired", "superseded"]),
+    type=click.Choice(
+        [
+            "proposed",
+            "approved",
+            "rejected",
+            "withdrawn",
+            "expired",
+            "superseded",
+            "suspended",
+            "retired",
+        ]
+    ),
     help="Only policies with a version in this status (proposed: waiting for approval).",
+)
+@click.option(
+    "--state",
+    type=click.Choice(["active", "suspended", "retired"]),
+    help="Only policies in this state.",
 )
 @remote_options
 def list_policies(
-    remote: Remote, service: str | None, audience: str | None, status: str | None
+    remote: Remote,
+    service: str | None,
+    audience: str | None,
+    status: str | None,
+    state: str | None,
 ) -> None:
     """List policies, newest first."""
-    rows = remote.http.get("/v1/admin/policies", service=service, audience=audience, status=status)
+    rows = remote.http.get(
+        "/v1/admin/policies", service=service, audience=audience, status=status, state=state
+    )
     if remote.as_json:
         return remote.out.json(rows)
     remote.out.table(
-        ["ID", "SERVICE", "AUDIENCE", "VERSION", "STATUS", "IN FORCE", "CREATED BY"],
+        ["ID", "SERVICE", "AUDIENCE", "STATE", "VERSION", "STATUS", "IN FORCE", "CREATED BY"],
         (
             [
                 p["id"],
                 p["service"],
                 p["audience"],
+                p.get("state", "active"),
                 p["version"],
                 p["status"],
                 p.get("active_version") or "-",
@@ -164,6 +213,7 @@ def show_policy(remote: Remote, policy_id: str, number: int | None, history: boo
         f"(in force: version {policy.get('active_version') or 'none'}; "
         f"created by {clean(policy['created_by'])} at {when(policy['created_at'])})"
     )
+    render_state(out, policy)
     versions = policy["versions"]
     if history:
         chosen = versions
@@ -376,3 +426,76 @@ def reject(
 def withdraw(remote: Remote, policy_id: str, comment: str) -> None:
     """Withdraw the pending version (its proposer or an admin)."""
     _decide(remote, policy_id, "withdraw", comment, yes=True)
+
+
+# -- the emergency brake ------------------------------------------------------------------
+
+_REASON = click.option(
+    "--reason",
+    required=True,
+    help="Why (required, at most 500 characters; kept with the policy and in the audit).",
+)
+
+
+@policies.command("suspend")
+@click.argument("policy_id")
+@_REASON
+@remote_options
+def suspend(remote: Remote, policy_id: str, reason: str) -> None:
+    """Suspend a policy at once (one admin): nothing is granted under it from now, and every
+    key issued under it is revoked (verifiers following the revocation feed refuse them).
+
+    Pending proposals stay pending; approving them does not lift the suspension. Only the
+    approval of a resume proposal (``broker policies resume``) does.
+    """
+    result = remote.http.post(_path(policy_id, "suspend"), {"reason": reason})
+    if remote.as_json:
+        return remote.out.json(result)
+    remote.out.note(
+        f"policy {policy_id} is suspended ({result['service']} -> {result['audience']}): "
+        "no key is granted under it, and every key issued under it was revoked.\n"
+        f"To propose it again: broker policies resume {policy_id}"
+    )
+
+
+@policies.command("resume")
+@click.argument("policy_id")
+@click.option("--comment", default="", help="For the approvers (kept with the proposal).")
+@remote_options
+def resume(remote: Remote, policy_id: str, comment: str) -> None:
+    """Propose a suspended policy again: its suspended terms as a new version, approved as
+    any proposal (by operators other than you); its approval ends the suspension."""
+    result = remote.http.post(_path(policy_id, "resume"), {"comment": comment})
+    if remote.as_json:
+        return remote.out.json(result)
+    pending = pending_version(result) or result["versions"][-1]
+    remote.out.note(
+        f"resume proposed as policy {policy_id} version {pending['version']}; the policy stays "
+        f"suspended until it is approved ({pending['approvals_remaining']} approval(s) from "
+        f"operators other than you).\nReview it with: broker policies show {policy_id}"
+    )
+
+
+@policies.command("retire")
+@click.argument("policy_id")
+@_REASON
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask first (scripts). Without it, a terminal asks before retiring (not "
+    "with --json).",
+)
+@remote_options
+def retire(remote: Remote, policy_id: str, reason: str, yes: bool) -> None:
+    """Retire a policy for good (one admin): pending versions withdrawn, every key issued
+    under it revoked; it takes no further version, resume or approval."""
+    if not yes and not remote.as_json and sys.stdin.isatty():
+        click.confirm(f"Retire policy {policy_id} for good?", abort=True)
+    result = remote.http.post(_path(policy_id, "retire"), {"reason": reason})
+    if remote.as_json:
+        return remote.out.json(result)
+    remote.out.note(
+        f"policy {policy_id} is retired ({result['service']} -> {result['audience']}): "
+        "every key issued under it was revoked, and it takes no further change."
+    )

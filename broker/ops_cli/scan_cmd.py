@@ -50,7 +50,9 @@ def _report(
             if finding.kind == Kind.OPERATOR_TOKEN:
                 out.warn(
                     f"operator token at {where} ({finding.masked}): operator tokens are not "
-                    "revoked by a report; disable that operator and issue a new token"
+                    "revoked by a report; its owner replaces it (broker operator "
+                    "rotate-token), or an admin disables that operator at once (broker "
+                    "operator disable)"
                 )
                 outcomes.append({"location": where, "kind": finding.kind.value, "reported": False})
                 continue

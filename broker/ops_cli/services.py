@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from urllib.parse import quote
 
 import click
 
 from broker.ops_cli.common import Remote, read_document, remote_options
-from broker.ops_cli.errors import ConfigError
+from broker.ops_cli.errors import CliError, ConfigError
 from broker.ops_cli.output import when
 
 
@@ -17,6 +18,9 @@ def _path(service_id: str, *rest: str) -> str:
 
 
 def status_of(svc: dict[str, Any]) -> str:
+    state = svc.get("state")
+    if isinstance(state, str):
+        return state
     if svc.get("quarantined"):
         return "quarantined"
     if svc.get("disabled"):
@@ -74,6 +78,11 @@ def show_service(remote: Remote, service_id: str) -> None:
             ("name", svc["name"]),
             ("status", status_of(svc)),
             ("quarantined at", when(svc.get("quarantined_at"))),
+            ("quarantined by", svc.get("quarantined_by")),
+            ("quarantine reason", svc.get("quarantine_reason")),
+            ("retired at", when(svc.get("retired_at"))),
+            ("retired by", svc.get("retired_by")),
+            ("retirement reason", svc.get("retirement_reason")),
             ("created", when(svc.get("created_at"))),
             ("last seen", when(svc.get("last_seen_at"))),
         ]
@@ -203,16 +212,20 @@ def rotate_secret(remote: Remote, service_id: str) -> None:
         remote.out.note(f"older secrets stop working at {when(issued['previous_expire_at'])}")
 
 
-def _patch(remote: Remote, service_id: str, body: dict[str, Any], done: str) -> None:
-    svc = remote.http.patch(_path(service_id), body)
+def _said(remote: Remote, svc: dict[str, Any], done: str) -> None:
     remote.out.result(svc, f"service {svc['id']} {done} (status: {status_of(svc)})")
+
+
+def _patch(remote: Remote, service_id: str, body: dict[str, Any], done: str) -> None:
+    _said(remote, remote.http.patch(_path(service_id), body), done)
 
 
 @services.command("disable")
 @click.argument("service_id")
 @remote_options
 def disable(remote: Remote, service_id: str) -> None:
-    """Stop issuing keys to a service (its existing keys run out on their own)."""
+    """Refuse every request of a service (keys, introspection, usage, the revocation feed);
+    its existing keys are not revoked and run out on their own."""
     _patch(remote, service_id, {"disabled": True}, "disabled")
 
 
@@ -220,7 +233,7 @@ def disable(remote: Remote, service_id: str) -> None:
 @click.argument("service_id")
 @remote_options
 def enable(remote: Remote, service_id: str) -> None:
-    """Let a disabled service get keys again."""
+    """Let a disabled service authenticate again."""
     _patch(remote, service_id, {"disabled": False}, "enabled")
 
 
@@ -239,5 +252,129 @@ def rename(remote: Remote, service_id: str, name: str) -> None:
 @remote_options
 def release(remote: Remote, service_id: str, comment: str) -> None:
     """Lift a quarantine so the service can get keys again."""
-    svc = remote.http.post(_path(service_id, "release"), {"comment": comment})
-    remote.out.result(svc, f"service {svc['id']} released (status: {status_of(svc)})")
+    _said(remote, remote.http.post(_path(service_id, "release"), {"comment": comment}), "released")
+
+
+@services.command("quarantine")
+@click.argument("service_id")
+@click.option("--reason", required=True, help="Why (required; kept in the audit trail).")
+@remote_options
+def quarantine(remote: Remote, service_id: str, reason: str) -> None:
+    """Quarantine a service by hand: it gets no new keys until released."""
+    svc = remote.http.post(_path(service_id, "quarantine"), {"reason": reason})
+    _said(remote, svc, "quarantined")
+
+
+@services.command("retire")
+@click.argument("service_id")
+@click.option("--reason", required=True, help="Why (required; kept in the audit trail).")
+@remote_options
+def retire(remote: Remote, service_id: str, reason: str) -> None:
+    """Retire a service for good: its credentials end, every live key issued to it or for
+    it as audience is revoked, its policies are closed; its history is kept and its id is
+    never reused. Cannot be undone."""
+    svc = remote.http.post(_path(service_id, "retire"), {"reason": reason})
+    remote.out.result(
+        svc,
+        f"service {svc['id']} retired for good: its keys are revoked and its policies closed",
+    )
+
+
+# What ``services show --json`` prints for a binding besides its registration shape.
+_OUTPUT_ONLY = ("id", "created_at")
+
+
+def _bindings_from(document: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The ``bindings`` of a YAML/JSON document, in registration shapes; the output of
+    ``broker services show ID --json`` is taken too (its binding ids and times dropped)."""
+    items = document.get("bindings")
+    if not isinstance(items, list):
+        raise ConfigError(f"{name} must hold a bindings list (bindings: [...])")
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ConfigError(f"every binding in {name} must be a mapping")
+        out.append({k: v for k, v in item.items() if k not in _OUTPUT_ONLY and v is not None})
+    return out
+
+
+def _describe(binding: dict[str, Any]) -> str:
+    if binding.get("kind") != "jwt":
+        return str(binding.get("kind"))
+    keys = binding.get("keys") or []
+    source = (
+        f"jwks_url {binding.get('jwks_url')}"
+        if binding.get("jwks_url")
+        else "keys " + (", ".join(str(k.get("thumbprint", "?"))[:12] for k in keys) or "-")
+    )
+    return (
+        f"jwt issuer={binding.get('issuer')} audience={binding.get('audience')} "
+        f"subject={binding.get('subject')} claims={binding.get('claims') or {}} {source}"
+    )
+
+
+def _show_change(remote: Remote, change: dict[str, Any]) -> None:
+    diff = change.get("diff") or {}
+    out = remote.out
+    lines = [f"+ {_describe(b)}" for b in diff.get("added", [])]
+    lines += [f"- {_describe(b)}" for b in diff.get("removed", [])]
+    lines += [
+        f"~ {_describe(c.get('after', {}))} (changed: {', '.join(c.get('members', []))})"
+        for c in diff.get("changed", [])
+    ]
+    if not lines:
+        out.note("no change: the bindings are already these")
+        return
+    out.note("\n".join(lines))
+    if change.get("widens"):
+        out.note("this change WIDENS who can act as the service:")
+        out.note("\n".join(f"  * {line}" for line in change.get("widening", [])))
+    else:
+        out.note("this change only narrows who can act as the service")
+    out.note(f"change digest: {change.get('change_digest')}")
+
+
+@services.command("bindings")
+@click.argument("service_id")
+@click.option(
+    "--file",
+    "spec_file",
+    required=True,
+    metavar="FILE",
+    help="YAML or JSON with bindings: [...] (the shapes of registration; - for stdin). "
+    "What services show --json prints is taken too.",
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would change.")
+@click.option("--yes", is_flag=True, help="Apply a widening change without asking.")
+@remote_options
+def replace_bindings(
+    remote: Remote, service_id: str, spec_file: str, dry_run: bool, yes: bool
+) -> None:
+    """Replace a service's identity bindings with those in FILE.
+
+    Shows the diff first. A change that widens who can act as the service (a new issuer,
+    an added binding, a looser subject, a removed claim, new keys...) is applied only after
+    you say yes (or with --yes); the change's digest is sent with it, so what is applied is
+    exactly what was shown (if the bindings changed meanwhile, the broker refuses: 409).
+    """
+    body = {"bindings": _bindings_from(read_document(spec_file), spec_file)}
+    path = _path(service_id, "bindings")
+    review = remote.http.request("PUT", path, params={"dry_run": "true"}, json=body)
+    empty = not any(review["diff"].get(k) for k in ("added", "removed", "changed"))
+    if remote.as_json:
+        if dry_run or empty:
+            return remote.out.json(review)
+    else:
+        _show_change(remote, review)
+        if dry_run or empty:
+            return None
+    if review.get("widens") and not yes:
+        if remote.as_json or not sys.stdin.isatty():
+            raise CliError(
+                "not applied: the change widens who can act as the service; review it "
+                "(--dry-run) and run again with --yes"
+            )
+        if not click.confirm("Apply this widening change?", default=False, err=True):
+            raise CliError("not applied")
+    applied = remote.http.put(path, {**body, "confirm": review["change_digest"]})
+    remote.out.result(applied, f"bindings of {service_id} replaced")

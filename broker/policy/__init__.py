@@ -1,5 +1,6 @@
 """Scope policies: the approval workflow and the pure access decision."""
 
+from broker.policy.closing import close_policies_of_service
 from broker.policy.decision import (
     AccessRequest,
     Allow,
@@ -10,7 +11,7 @@ from broker.policy.decision import (
 )
 from broker.policy.grants import approved_grants
 from broker.policy.rendering import get_policy, list_policies
-from broker.policy.versions import PolicyStatus
+from broker.policy.versions import PolicyState, PolicyStatus
 from broker.policy.workflow import (
     approve,
     expire_lapsed_versions,
@@ -27,9 +28,11 @@ __all__ = [
     "Deny",
     "DenyReason",
     "PolicyGrant",
+    "PolicyState",
     "PolicyStatus",
     "approve",
     "approved_grants",
+    "close_policies_of_service",
     "decide",
     "expire_lapsed_versions",
     "expire_stale_proposals",

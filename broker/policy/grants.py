@@ -9,7 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.models import Policy, PolicyVersion
 from broker.policy.decision import PolicyGrant
-from broker.policy.versions import PolicyStatus
+from broker.policy.versions import PolicyState, PolicyStatus
 
 
 def grant_of(policy: Policy, row: PolicyVersion) -> PolicyGrant:
@@ -33,13 +33,16 @@ def grant_of(policy: Policy, row: PolicyVersion) -> PolicyGrant:
 async def approved_grants(
     session: AsyncSession, service_id: str, audience: str, at: datetime
 ) -> list[PolicyGrant]:
-    """The grants in force at ``at``: approved, not superseded, not past ``valid_until``."""
+    """The grants in force at ``at``: approved, not superseded, not past ``valid_until``, of
+    a policy neither suspended nor retired (its version's status says so as well; both are
+    checked, so that neither alone can put a braked policy back in force)."""
     rows = await session.exec(
         select(Policy, PolicyVersion)
         .join(PolicyVersion, col(PolicyVersion.policy_id) == col(Policy.id))
         .where(
             Policy.service_id == service_id,
             Policy.audience == audience,
+            Policy.state == PolicyState.ACTIVE.value,
             PolicyVersion.status == PolicyStatus.APPROVED.value,
             or_(col(PolicyVersion.valid_until).is_(None), col(PolicyVersion.valid_until) > at),
         )

@@ -25,11 +25,13 @@ from broker.policy.schemas import (
 from broker.policy.versions import (
     SYSTEM,
     ApprovalDecision,
+    PolicyState,
     PolicyStatus,
     active_of,
     approvals_of,
     digest_of,
     effective_status,
+    held_of,
     load_policy,
     terms_of,
     versions_of,
@@ -146,6 +148,19 @@ async def render_policy(
         created_at=policy.created_at,
         created_by=names.get(policy.created_by, policy.created_by),
         versions=out,
+        state=policy.state,
+        suspended_version=(
+            held.version
+            if policy.state == PolicyState.SUSPENDED and (held := held_of(versions))
+            else None
+        ),
+        suspended_at=policy.suspended_at,
+        suspended_by=policy.suspended_by,
+        suspension_reason=policy.suspension_reason,
+        resume_version=policy.resume_version,
+        retired_at=policy.retired_at,
+        retired_by=policy.retired_by,
+        retirement_reason=policy.retirement_reason,
     )
 
 
@@ -161,16 +176,25 @@ async def list_policies(
     service: str | None = None,
     audience: str | None = None,
     status: str | None = None,
+    state: str | None = None,
     now: datetime | None = None,
 ) -> list[PolicySummaryOut]:
-    """Policies, newest first; ``status`` keeps those with a version in that status now."""
+    """Policies, newest first; ``status`` keeps those with a version in that status now,
+    ``state`` those in that state (active, suspended, retired)."""
     now = now or utcnow()
     if status is not None and status not in {s.value for s in PolicyStatus}:
         raise InvalidInput(
             "status must be one of " + ", ".join(s.value for s in PolicyStatus),
             errors=[{"key": "status", "message": "unknown status"}],
         )
+    if state is not None and state not in {s.value for s in PolicyState}:
+        raise InvalidInput(
+            "state must be one of " + ", ".join(s.value for s in PolicyState),
+            errors=[{"key": "state", "message": "unknown state"}],
+        )
     query = select(Policy).order_by(col(Policy.created_at).desc(), col(Policy.id))
+    if state is not None:
+        query = query.where(Policy.state == state)
     if service is not None:
         query = query.where(Policy.service_id == service)
     if audience is not None:
@@ -207,6 +231,10 @@ async def list_policies(
                 created_at=policy.created_at,
                 created_by=names.get(policy.created_by, policy.created_by),
                 terms_digest=digest_of(policy, versions[-1]),
+                state=policy.state,
+                suspended_at=policy.suspended_at,
+                suspension_reason=policy.suspension_reason,
+                retired_at=policy.retired_at,
             )
         )
     return out

@@ -1,4 +1,5 @@
-"""Policy routes: admins propose, approvers decide, every operator role reads."""
+"""Policy routes: admins propose, approvers decide, every operator role reads; one admin
+suspends or retires a policy at once (the emergency brake), and resuming it is a proposal."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.cutoff import policies as cutoff
 from broker.http.deps import requires
 from broker.operators.service import OperatorPrincipal, Role
-from broker.policy import rendering, workflow
+from broker.policy import brake, rendering, workflow
 from broker.policy.schemas import (
+    PolicyBrake,
     PolicyCreate,
     PolicyDecision,
     PolicyOut,
+    PolicyResume,
     PolicySummaryOut,
     PolicyVersionCreate,
 )
@@ -28,7 +32,13 @@ class PolicyController(Controller):
     tags = ["policies"]
 
     @requires(Role.AUDITOR)
-    @get("/", summary="List policies; status keeps those with a version in that status")
+    @get(
+        "/",
+        summary=(
+            "List policies; status keeps those with a version in that status, state those "
+            "in that state (active, suspended, retired)"
+        ),
+    )
     async def list_policies(
         self,
         db: NamedDependency[AsyncSession],
@@ -37,9 +47,11 @@ class PolicyController(Controller):
         service_id: Annotated[str | None, QueryParameter(name="service")] = None,
         audience: FromQuery[str | None] = None,
         status: FromQuery[str | None] = None,
+        # ``state`` is Litestar's reserved name for the application state, so alias it.
+        policy_state: Annotated[str | None, QueryParameter(name="state")] = None,
     ) -> list[PolicySummaryOut]:
         return await rendering.list_policies(
-            db, service=service_id, audience=audience, status=status
+            db, service=service_id, audience=audience, status=status, state=policy_state
         )
 
     @requires(Role.ADMIN)
@@ -144,6 +156,71 @@ class PolicyController(Controller):
             version=data.version,
             terms_digest=data.terms_digest,
             operator=operator,
+        )
+        return await rendering.render_policy(db, policy)
+
+    @requires(Role.ADMIN)
+    @post(
+        "/{policy_id:str}/suspend",
+        status_code=HTTP_200_OK,
+        summary=(
+            "Suspend at once (one admin, a reason): nothing granted from now, every key "
+            "issued under the policy revoked (409 if already suspended or retired)"
+        ),
+    )
+    async def suspend(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyBrake],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        policy = await cutoff.suspend(
+            db, runtime.settings, policy_id, reason=data.reason, operator=operator
+        )
+        return await rendering.render_policy(db, policy)
+
+    @requires(Role.APPROVER)
+    @post(
+        "/{policy_id:str}/resume",
+        summary=(
+            "Propose a suspended policy again (its suspended terms as a new version); its "
+            "approval, as usual, ends the suspension (409 if not suspended)"
+        ),
+    )
+    async def resume(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyResume],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        policy = await brake.propose_resume(
+            db, runtime.settings, policy_id, data.comment, proposer=operator
+        )
+        return await rendering.render_policy(db, policy)
+
+    @requires(Role.ADMIN)
+    @post(
+        "/{policy_id:str}/retire",
+        status_code=HTTP_200_OK,
+        summary=(
+            "Retire for good (one admin, a reason): pending versions withdrawn, every key "
+            "issued under the policy revoked; no further version, resume or approval"
+        ),
+    )
+    async def retire(
+        self,
+        policy_id: FromPath[str],
+        data: JSONBody[PolicyBrake],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> PolicyOut:
+        policy = await cutoff.retire(
+            db, runtime.settings, policy_id, reason=data.reason, operator=operator
         )
         return await rendering.render_policy(db, policy)
 

@@ -77,6 +77,20 @@ class PolicyDecision(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
 
 
+class PolicyBrake(msgspec.Struct, forbid_unknown_fields=True):
+    """Suspend or retire a policy: the reason is required (at most 500 characters) and
+    recorded with who gave it."""
+
+    reason: Annotated[str, msgspec.Meta(description="Why (required, at most 500 characters)")] = ""
+
+
+class PolicyResume(msgspec.Struct, forbid_unknown_fields=True):
+    """Propose a suspended policy again: a new version with the suspended version's terms,
+    approved as usual; its approval ends the suspension."""
+
+    comment: str = ""
+
+
 class ApprovalOut(msgspec.Struct):
     operator: str
     decision: str
@@ -141,6 +155,11 @@ class PolicyVersionOut(msgspec.Struct):
     ]
 
 
+_STATE = (
+    "active; suspended (nothing granted until a resume proposal is approved); retired (for good)"
+)
+
+
 class PolicySummaryOut(msgspec.Struct):
     """``version``/``status`` are the newest version's; ``active_version`` is the one in force."""
 
@@ -153,6 +172,10 @@ class PolicySummaryOut(msgspec.Struct):
     created_at: datetime
     created_by: str
     terms_digest: str  # the newest version's
+    state: Annotated[str, msgspec.Meta(description=_STATE)]
+    suspended_at: datetime | None
+    suspension_reason: str | None
+    retired_at: datetime | None
 
 
 class PolicyOut(msgspec.Struct):
@@ -165,3 +188,14 @@ class PolicyOut(msgspec.Struct):
     created_at: datetime
     created_by: str
     versions: list[PolicyVersionOut]
+    state: Annotated[str, msgspec.Meta(description=_STATE)]
+    # The version a suspension holds (what a resume proposes again).
+    suspended_version: int | None
+    suspended_at: datetime | None
+    suspended_by: str | None
+    suspension_reason: str | None
+    # The pending version whose approval ends the suspension, if one was proposed.
+    resume_version: int | None
+    retired_at: datetime | None
+    retired_by: str | None
+    retirement_reason: str | None

@@ -1,6 +1,8 @@
 """Checks of proposed terms before anything is written: their shape and the broker's
-limits, the catalog (every field and purpose must exist) and, for a new policy, the two
-services. Every problem is reported at once, in one 422.
+limits, the catalog (every field and purpose must exist and be active: a deprecated or
+retired entry may not be named by any new proposal, be it a new policy, a new version or
+a resume) and, for a new policy, the two services. Every problem is reported at once, in
+one 422.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.catalog.service import (
+    CatalogStatus,
     field_name_problem,
+    field_statuses,
     purpose_name_problem,
-    unknown_fields,
-    unknown_purposes,
+    purpose_statuses,
 )
 from broker.errors import InvalidInput
 from broker.models import Service
@@ -137,13 +140,45 @@ def _check_terms(
     return fields, purposes, terms
 
 
+_UNAVAILABLE = {
+    CatalogStatus.DEPRECATED: "deprecated (no new proposal may name it)",
+    CatalogStatus.RETIRED: "retired",
+}
+
+
+def _catalog_problems(
+    problems: Problems, key: str, wanted: Iterable[str], statuses: dict[str, str]
+) -> None:
+    names = set(wanted)
+    if missing := sorted(names - set(statuses)):
+        problems.append((key, f"not in the catalog: {', '.join(missing)}"))
+    for status, why in _UNAVAILABLE.items():
+        if found := sorted(n for n in names if statuses.get(n) == status):
+            problems.append((key, f"{why}: {', '.join(found)}"))
+
+
 async def _check_catalog(
     session: AsyncSession, problems: Problems, fields: Iterable[str], purposes: Iterable[str]
 ) -> None:
-    if missing := await unknown_fields(session, fields):
-        problems.append(("fields", f"not in the catalog: {', '.join(missing)}"))
-    if missing := await unknown_purposes(session, purposes):
-        problems.append(("purposes", f"not in the catalog: {', '.join(missing)}"))
+    """Every name catalogued and active. The rows stay share-locked to the end of the
+    proposal's transaction, so a retirement made at the same moment either waits for the
+    proposal (and then sees it) or is seen by it."""
+    fields, purposes = list(fields), list(purposes)
+    _catalog_problems(problems, "fields", fields, await field_statuses(session, fields, lock=True))
+    _catalog_problems(
+        problems, "purposes", purposes, await purpose_statuses(session, purposes, lock=True)
+    )
+
+
+async def check_catalog_status(
+    session: AsyncSession, fields: Iterable[str], purposes: Iterable[str]
+) -> None:
+    """For a proposal made from terms already stored (a resume): refuse (422) one naming a
+    field or purpose that is no longer catalogued and active, naming each of them."""
+    problems: Problems = []
+    await _check_catalog(session, problems, fields, purposes)
+    if problems:
+        raise refuse(problems)
 
 
 async def _check_services(
@@ -152,8 +187,11 @@ async def _check_services(
     for key, value in (("service", service_id), ("audience", audience)):
         if not value or len(value) > SERVICE_ID_MAX:
             problems.append((key, f"must be a service id of 1 to {SERVICE_ID_MAX} characters"))
-        elif await session.get(Service, value) is None:
+        elif (row := await session.get(Service, value)) is None:
             problems.append((key, f"no registered service {value}"))
+        elif row.retired_at is not None:
+            # Its id is never reused: a retired service can hold or be named by no policy.
+            problems.append((key, f"service {value} is retired"))
     if service_id == audience:
         problems.append(("audience", "a service cannot be its own audience"))
 

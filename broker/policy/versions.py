@@ -32,6 +32,20 @@ class PolicyStatus(StrEnum):
     WITHDRAWN = "withdrawn"
     EXPIRED = "expired"
     SUPERSEDED = "superseded"
+    # The emergency brake: the version that was (or, approved during a suspension, would
+    # be) in force while its policy is suspended; the one in force when it was retired.
+    # Neither is ever granted.
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+class PolicyState(StrEnum):
+    """The policy as a whole: ``suspended`` grants nothing until a resume proposal is
+    approved; ``retired`` grants nothing ever again and takes no further version."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
 
 
 class ApprovalDecision(StrEnum):
@@ -92,6 +106,11 @@ def effective_status(row: PolicyVersion, now: datetime) -> str:
     if row.status == PolicyStatus.APPROVED and has_lapsed(row, now):
         return PolicyStatus.EXPIRED.value
     return row.status
+
+
+def held_of(versions: Sequence[PolicyVersion]) -> PolicyVersion | None:
+    """The version a suspension holds (the newest one if ever more than one)."""
+    return next((v for v in reversed(versions) if v.status == PolicyStatus.SUSPENDED), None)
 
 
 def active_of(versions: Sequence[PolicyVersion], now: datetime) -> PolicyVersion | None:

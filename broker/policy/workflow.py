@@ -39,6 +39,7 @@ from broker.policy.validation import check_comment, refuse, validated_terms
 from broker.policy.versions import (
     SYSTEM,
     ApprovalDecision,
+    PolicyState,
     PolicyStatus,
     active_of,
     approvals_of,
@@ -65,14 +66,32 @@ class StaleDecision(Conflict):
 POLICIES = "policies"
 
 
-def _subject(policy_id: str, version: int) -> str:
-    return f"policy:{policy_id}@{version}"
+POLICY_RESUMED = AuditAction.POLICY_RESUMED
+
+
+def subject(policy_id: str, version: int | None = None) -> str:
+    """The audit subject of a policy, or of one of its versions."""
+    return f"policy:{policy_id}" if version is None else f"policy:{policy_id}@{version}"
+
+
+_subject = subject
+
+
+def refuse_retired(policy: Policy) -> None:
+    """A retired policy takes no further version, decision, suspension or resume."""
+    if policy.state == PolicyState.RETIRED:
+        when = policy.retired_at.isoformat() if policy.retired_at else "earlier"
+        raise Conflict(
+            f"the policy was retired at {when} and takes no further change; "
+            "propose a new policy instead",
+            state=policy.state,
+        )
 
 
 # -- proposals -------------------------------------------------------------------------------
 
 
-def _new_version(
+def new_version_row(
     policy_id: str,
     version: int,
     terms: PolicyTerms,
@@ -103,8 +122,8 @@ def _new_version(
     )
 
 
-async def _record_proposal(
-    session: AsyncSession, policy: Policy, row: PolicyVersion, actor: str
+async def record_proposal(
+    session: AsyncSession, policy: Policy, row: PolicyVersion, actor: str, **extra: Any
 ) -> None:
     await record(
         session,
@@ -112,6 +131,7 @@ async def _record_proposal(
         actor=actor,
         subject=_subject(policy.id, row.version),
         details={
+            **extra,
             "service": policy.service_id,
             "audience": policy.audience,
             "version": row.version,
@@ -122,6 +142,50 @@ async def _record_proposal(
             "proposal_expires_at": row.proposal_expires_at,
         },
     )
+
+
+async def add_proposal(
+    session: AsyncSession,
+    settings: Settings,
+    policy: Policy,
+    number: int,
+    terms: PolicyTerms,
+    comment: str,
+    proposer: OperatorPrincipal,
+    now: datetime,
+    **audit: Any,
+) -> PolicyVersion:
+    """Version ``number`` of ``policy``, proposed with ``terms``, and its
+    ``policy.proposed`` event (``audit``: more details for it)."""
+    row = new_version_row(policy.id, number, terms, comment, proposer, now, settings.proposal_ttl)
+    session.add(row)
+    await session.flush()
+    await record_proposal(session, policy, row, proposer.actor, **audit)
+    return row
+
+
+async def clear_pending(
+    session: AsyncSession,
+    policy_id: str,
+    versions: list[PolicyVersion],
+    now: datetime,
+    *,
+    proposing: str,
+    name_pending: bool = False,
+) -> None:
+    """A new proposal waits for the pending one: 409 while a version is pending (naming it
+    in ``pending_version`` too when asked); one not decided in time is expired first."""
+    pending = pending_of(versions)
+    if pending is None:
+        return
+    if not is_stale(pending, now):
+        extra = {"pending_version": pending.version} if name_pending else {}
+        raise Conflict(
+            f"version {pending.version} is still pending; approve, reject or withdraw it "
+            f"before proposing {proposing}",
+            **extra,
+        )
+    await expire_pending(session, policy_id, pending, now, "proposal was not decided in time")
 
 
 async def propose_policy(
@@ -143,10 +207,7 @@ async def propose_policy(
     )
     session.add(policy)
     await session.flush()
-    row = _new_version(policy.id, 1, terms, data.comment, proposer, now, settings.proposal_ttl)
-    session.add(row)
-    await session.flush()
-    await _record_proposal(session, policy, row, proposer.actor)
+    await add_proposal(session, settings, policy, 1, terms, data.comment, proposer, now)
     return policy
 
 
@@ -161,15 +222,9 @@ async def propose_version(
 ) -> Policy:
     now = now or utcnow()
     policy = await load_policy(session, policy_id, lock=True)
+    refuse_retired(policy)
     versions = await versions_of(session, policy.id)
-    pending = pending_of(versions)
-    if pending is not None:
-        if not is_stale(pending, now):
-            raise Conflict(
-                f"version {pending.version} is still pending; approve, reject or withdraw it "
-                "before proposing another"
-            )
-        await _expire(session, policy.id, pending, now, "proposal was not decided in time")
+    await clear_pending(session, policy.id, versions, now, proposing="another")
     terms = await validated_terms(session, settings, data, now, None)
     active = active_of(versions, now)
     if (
@@ -180,10 +235,7 @@ async def propose_version(
     ):
         raise refuse([("terms", f"identical to the approved version {active.version}")])
     number = max(v.version for v in versions) + 1
-    row = _new_version(policy.id, number, terms, data.comment, proposer, now, settings.proposal_ttl)
-    session.add(row)
-    await session.flush()
-    await _record_proposal(session, policy, row, proposer.actor)
+    await add_proposal(session, settings, policy, number, terms, data.comment, proposer, now)
     return policy
 
 
@@ -226,7 +278,7 @@ async def _close(
     )
 
 
-async def _expire(
+async def expire_pending(
     session: AsyncSession, policy_id: str, row: PolicyVersion, now: datetime, why: str
 ) -> None:
     await _close(
@@ -304,6 +356,7 @@ async def _decidable(
     session: AsyncSession, policy_id: str, now: datetime
 ) -> tuple[Policy, list[PolicyVersion], PolicyVersion]:
     policy = await load_policy(session, policy_id, lock=True)
+    refuse_retired(policy)
     versions = await versions_of(session, policy.id)
     pending = pending_of(versions)
     if pending is None:
@@ -421,8 +474,10 @@ async def _add_decision(
 async def _supersede(
     session: AsyncSession, policy: Policy, versions: list[PolicyVersion], by_version: int
 ) -> None:
+    """The newly approved version replaces the one in force, and the one a suspension held."""
+    held = (PolicyStatus.APPROVED, PolicyStatus.SUSPENDED)
     for older in versions:
-        if older.status == PolicyStatus.APPROVED and older.version != by_version:
+        if older.status in held and older.version != by_version:
             older.status = PolicyStatus.SUPERSEDED.value
             changed(session, POLICIES)
             session.add(older)
@@ -476,6 +531,12 @@ async def approve(
         },
     )
     if granted >= pending.required_approvals:
+        # While the policy is suspended only its resume proposal ends the suspension; any
+        # other version approved meanwhile is held by it (status suspended) and takes
+        # effect only through a resume (which proposes its terms again).
+        suspended = policy.state == PolicyState.SUSPENDED
+        resumes = suspended and policy.resume_version == pending.version
+        held = suspended and not resumes
         await _close(
             session,
             policy.id,
@@ -492,11 +553,48 @@ async def approve(
                 "fields": pending.fields,
                 "purposes": pending.purposes,
                 "approvers": granted,
+                **({"held_by_suspension": True} if held else {}),
             },
         )
         await _supersede(session, policy, versions, pending.version)
+        if held:
+            pending.status = PolicyStatus.SUSPENDED.value
+            session.add(pending)
+        if resumes:
+            await _end_suspension(session, policy, pending, approver, now)
         await session.flush()
     return policy
+
+
+async def _end_suspension(
+    session: AsyncSession,
+    policy: Policy,
+    resumed: PolicyVersion,
+    approver: OperatorPrincipal,
+    now: datetime,
+) -> None:
+    """The resume proposal is approved: the policy grants again, under that version."""
+    details = {
+        "version": resumed.version,
+        "suspended_at": policy.suspended_at,
+        "suspended_by": policy.suspended_by,
+        "suspension_reason": policy.suspension_reason,
+        "resumed_at": now,
+    }
+    policy.state = PolicyState.ACTIVE.value
+    policy.suspended_at = None
+    policy.suspended_by = None
+    policy.suspension_reason = None
+    policy.resume_version = None
+    session.add(policy)
+    changed(session, POLICIES)
+    await record(
+        session,
+        POLICY_RESUMED,
+        actor=approver.actor,
+        subject=_subject(policy.id, resumed.version),
+        details=details,
+    )
 
 
 async def reject(

@@ -25,10 +25,13 @@ from broker.revocation.selector import KeyFacts, Selector, field_and_parents
 
 MAX_KEYS = 10_000
 _PAGE = 1000
-_GRANT_EVENTS = (
+_GRANT_EVENTS: tuple[str, ...] = (
     AuditAction.POLICY_APPROVED.value,
     AuditAction.POLICY_SUPERSEDED.value,
     AuditAction.POLICY_EXPIRED.value,
+    # The emergency brake takes a version out of force too (``policy.brake``).
+    AuditAction.POLICY_SUSPENDED.value,
+    AuditAction.POLICY_RETIRED.value,
 )
 _REVOCATION_EVENTS = (
     AuditAction.REVOCATION_CREATED.value,
@@ -114,6 +117,17 @@ class SummaryRow:
 
 
 @dataclass
+class RetiredService:
+    """A service the report names that was retired: its grants and keys are still listed
+    (history is never dropped), and this marks it."""
+
+    service: str
+    retired_at: datetime
+    retired_by: str
+    reason: str
+
+
+@dataclass
 class AccessReport:
     grants: list[Grant]
     keys: list[KeyWindow]
@@ -121,6 +135,7 @@ class AccessReport:
     truncated: bool
     usage_kept_since: datetime | None
     notes: list[str] = field(default_factory=list)
+    retired: list[RetiredService] = field(default_factory=list)
 
 
 async def _events(
@@ -171,11 +186,16 @@ async def _grants(session: AsyncSession, flt: ReportFilter) -> list[Grant]:
                 approved_at=event.at,
                 approved_by=event.actor,
             )
-        elif ref in grants and grants[ref].ended_at is None:
-            grant = grants[ref]
-            grant.ended_at = event.at
-            grant.ended_by = event.actor
-            grant.ended_how = event.action.rsplit(":", 1)[-1]
+        else:
+            # An end names one version (``policy:id@version``) or, for the brake, possibly
+            # the whole policy (``policy:id``): then it ends whichever version was granted.
+            ended = [ref] if "@" in ref else [r for r in grants if r.split("@")[0] == ref]
+            for one in ended:
+                grant = grants.get(one)
+                if grant is not None and grant.ended_at is None:
+                    grant.ended_at = event.at
+                    grant.ended_by = event.actor
+                    grant.ended_how = event.action.rsplit(":", 1)[-1]
     return [
         g
         for g in grants.values()
@@ -329,6 +349,40 @@ def _summary(keys: list[KeyWindow], flt: ReportFilter) -> list[SummaryRow]:
     return sorted(rows.values(), key=lambda r: (r.field, r.service, r.audience, r.purpose))
 
 
+async def _retired(
+    session: AsyncSession, grants: list[Grant], keys: list[KeyWindow], flt: ReportFilter
+) -> list[RetiredService]:
+    """The retired services among those the report names (holders and audiences of its
+    grants and keys, and the service or audience it was asked about), from the trail."""
+    named = {g.service for g in grants} | {g.audience for g in grants}
+    named |= {k.service for k in keys} | {k.audience for k in keys}
+    named |= {n for n in (flt.service, flt.audience) if n is not None}
+    named.discard("")
+    if not named:
+        return []
+    subjects = [f"service:{n}" for n in sorted(named)]
+    found: dict[str, RetiredService] = {}
+    for start in range(0, len(subjects), 500):
+        rows = await session.exec(
+            select(AuditEvent)
+            .where(
+                col(AuditEvent.action) == AuditAction.SERVICE_RETIRED.value,
+                col(AuditEvent.subject).in_(subjects[start : start + 500]),
+            )
+            .order_by(col(AuditEvent.seq))
+        )
+        for event in rows:
+            service = event.subject.removeprefix("service:")
+            reason = (event.details or {}).get("reason")
+            found.setdefault(
+                service,
+                RetiredService(
+                    service, event.at, event.actor, reason if isinstance(reason, str) else ""
+                ),
+            )
+    return [found[n] for n in sorted(found)]
+
+
 async def access_report(
     session: AsyncSession,
     flt: ReportFilter,
@@ -352,6 +406,12 @@ async def access_report(
             "usage reports older than the retention period are gone: reads are shown only "
             "for what is still kept"
         )
+    retired = await _retired(session, grants, keys, flt)
+    for gone in retired:
+        notes.append(
+            f"service {gone.service} was retired at {gone.retired_at.isoformat()} by "
+            f"{gone.retired_by}: its history is kept, it can no longer get or receive keys"
+        )
     return AccessReport(
         grants=grants,
         keys=keys,
@@ -359,4 +419,5 @@ async def access_report(
         truncated=truncated,
         usage_kept_since=usage_since,
         notes=notes,
+        retired=retired,
     )

@@ -80,7 +80,7 @@ def _watch(model: type[Any], *, only: tuple[str, ...] = ()) -> None:
 
 # Registered on import: every process that can write these tables (server, jobs, CLI)
 # imports the revocation service, and so this module, before it writes anything.
-_watch(Service, only=("disabled", "quarantined"))
+_watch(Service, only=("disabled", "quarantined", "retired_at"))
 _watch(ServiceSecret, only=("expires_at", "secret_hash"))
 _watch(ServiceBinding)
 _watch(PolicyVersion, only=("status",))

@@ -77,12 +77,21 @@ async def _clock_past(cutoff: datetime) -> None:
         await asyncio.sleep(min(left, 0.002))
 
 
+REASON_MAX = 500  # the longest reason an entry holds
+
+
+def fitted_reason(text: str) -> str:
+    """``text`` as an entry's reason: cut to ``REASON_MAX`` characters, ending in "…" when
+    cut (for reasons the broker writes, which quote an operator's)."""
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
+
+
 def _clean_reason(reason: str) -> str:
     reason = reason.strip()
     if not reason:
         raise InvalidInput("a revocation needs a reason")
-    if len(reason) > 500:
-        raise InvalidInput("the reason is longer than 500 characters")
+    if len(reason) > REASON_MAX:
+        raise InvalidInput(f"the reason is longer than {REASON_MAX} characters")
     return reason
 
 
@@ -170,8 +179,16 @@ async def revoke(
     actor: str,
     incident_id: str | None = None,
     settings: Settings | None = None,
+    later_keys_too: bool = False,
 ) -> RevocationEntry:
     """Revoke every key matching ``selector`` that was issued up to now, in one row.
+
+    ``later_keys_too`` is for a selector that can never grant again (a suspended or retired
+    policy version): the cut is put past the longest any replica may go on granting from
+    a cached grant (``grants_cache_ttl``) plus the clock leeway, so a key a replica mints
+    from a stale grant just after the change, or dates by a clock running ahead, is
+    covered as well. Never use it for a selector that may match keys issued legitimately
+    later (a service, an audience).
 
     Keys issued up to this millisecond are covered; keys issued after this call are not
     (quarantine a service to refuse it new keys). An ``issued_before`` given is rounded up
@@ -191,7 +208,10 @@ async def revoke(
     now = utcnow()
     at_now = cut_after(now)
     cutoff = at_now
-    if selector.issued_before is not None:
+    if later_keys_too and selector.issued_before is None:
+        ahead = settings.grants_cache_ttl + settings.clock_leeway + 1
+        cutoff = cut_after(now + timedelta(seconds=ahead))
+    elif selector.issued_before is not None:
         if selector.issued_before > now + timedelta(seconds=settings.clock_leeway):
             raise InvalidInput(
                 "issued_before is in the future: a revocation covers keys already issued; "
