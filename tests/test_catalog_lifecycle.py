@@ -469,7 +469,7 @@ async def test_the_cli_edits_deprecates_shows_and_retires(
     assert (changed["description"], changed["classification"]) == ("SSN", "identity")
     deprecated = await cli("fields", "set", "customer.email", "--status", "deprecated")
     assert deprecated.exit_code == 0, deprecated.output
-    assert "deprecated; 1 policy still name it and need attention" in deprecated.stdout
+    assert "deprecated; 1 policy still names it and needs attention" in deprecated.stdout
 
     shown = await cli("fields", "show", "customer.email")
     assert shown.exit_code == 0, shown.output

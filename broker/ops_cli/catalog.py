@@ -95,10 +95,12 @@ def _changed(row: dict[str, Any], kind: str) -> str:
     status = row.get("status", "active")
     users = len(row.get("used_by", []))
     if status == "deprecated" and users:
-        return (
-            f"{kind} {row['name']} is deprecated; {users} polic{'y' if users == 1 else 'ies'} "
-            "still name it and need attention"
+        which = (
+            "1 policy still names it and needs"
+            if users == 1
+            else (f"{users} policies still name it and need")
         )
+        return f"{kind} {row['name']} is deprecated; {which} attention"
     return f"{kind} {row['name']} is {status}"
 
 

@@ -164,3 +164,20 @@ def over_http_when_configured(remote_fn: Callable[..., None]) -> Callable[[F], F
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# ``--yes`` on a command that cannot be undone (retiring a policy or a service).
+yes_option = click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help="Do not ask first (scripts). Without it, a terminal asks before going on (not "
+    "with --json).",
+)
+
+
+def ask_first(remote: Remote, yes: bool, question: str) -> None:
+    """Ask a person at a terminal before a change that cannot be undone; a script (no
+    terminal, ``--json`` or ``--yes``) is not asked, so automation never hangs on a prompt."""
+    if not yes and not remote.as_json and sys.stdin.isatty():
+        click.confirm(question, abort=True)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import click
 
-from broker.ops_cli.common import Remote, read_document, remote_options
+from broker.ops_cli.common import Remote, ask_first, read_document, remote_options, yes_option
 from broker.ops_cli.errors import CheckFailed, ConfigError, Refused
 from broker.ops_cli.output import Output, clean, when
 
@@ -479,19 +479,12 @@ def resume(remote: Remote, policy_id: str, comment: str) -> None:
 @policies.command("retire")
 @click.argument("policy_id")
 @_REASON
-@click.option(
-    "--yes",
-    "-y",
-    is_flag=True,
-    help="Do not ask first (scripts). Without it, a terminal asks before retiring (not "
-    "with --json).",
-)
+@yes_option
 @remote_options
 def retire(remote: Remote, policy_id: str, reason: str, yes: bool) -> None:
     """Retire a policy for good (one admin): pending versions withdrawn, every key issued
     under it revoked; it takes no further version, resume or approval."""
-    if not yes and not remote.as_json and sys.stdin.isatty():
-        click.confirm(f"Retire policy {policy_id} for good?", abort=True)
+    ask_first(remote, yes, f"Retire policy {policy_id} for good?")
     result = remote.http.post(_path(policy_id, "retire"), {"reason": reason})
     if remote.as_json:
         return remote.out.json(result)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import click
 
-from broker.ops_cli.common import Remote, read_document, remote_options
+from broker.ops_cli.common import Remote, ask_first, read_document, remote_options, yes_option
 from broker.ops_cli.errors import CliError, ConfigError
 from broker.ops_cli.output import when
 
@@ -268,11 +268,13 @@ def quarantine(remote: Remote, service_id: str, reason: str) -> None:
 @services.command("retire")
 @click.argument("service_id")
 @click.option("--reason", required=True, help="Why (required; kept in the audit trail).")
+@yes_option
 @remote_options
-def retire(remote: Remote, service_id: str, reason: str) -> None:
+def retire(remote: Remote, service_id: str, reason: str, yes: bool) -> None:
     """Retire a service for good: its credentials end, every live key issued to it or for
     it as audience is revoked, its policies are closed; its history is kept and its id is
     never reused. Cannot be undone."""
+    ask_first(remote, yes, f"Retire service {service_id} for good? Its id is never reused.")
     svc = remote.http.post(_path(service_id, "retire"), {"reason": reason})
     remote.out.result(
         svc,
