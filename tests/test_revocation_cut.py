@@ -369,3 +369,34 @@ async def test_a_suspended_policy_version_covers_a_key_minted_from_a_stale_grant
         late_other = await signed_key(runtime, other, jti=uuid7(now_ms + 500), iat=now_ms // 1000)
         assert await sdk_refuses(verifier, stale)
         assert await sdk_accepts(verifier, late_other)
+
+
+async def test_a_retired_service_covers_a_key_minted_from_a_stale_authentication(
+    client: httpx.AsyncClient,
+    runtime: Any,
+    operators: Operators,
+    world: RevocationWorld,
+    url: str,
+) -> None:
+    """A replica that still held the service's authentication and grant in its caches when
+    the retirement committed may mint one more key for it; the service never gets a key
+    again (its id is never reused), so that key is refused too, and another service's key
+    of the same instant is not."""
+    async with sdk_verifier(url, world) as verifier:
+        await verifier.start()
+        before = await billing_key(client, world)
+        other = await issue(client, world.reports, "customers-db", ["customer.email"], "billing")
+        ok(
+            await client.post(
+                "/v1/admin/services/billing-api/retire",
+                headers={"Authorization": f"Bearer {operators.admin}"},
+                json={"reason": "stale authentication test"},
+            ),
+            200,
+        )
+        await until(refused_soon(verifier, before))
+        now_ms = int(time.time() * 1000)
+        stale = await signed_key(runtime, before, jti=uuid7(now_ms + 500), iat=now_ms // 1000)
+        late_other = await signed_key(runtime, other, jti=uuid7(now_ms + 500), iat=now_ms // 1000)
+        assert await sdk_refuses(verifier, stale)
+        assert await sdk_accepts(verifier, late_other)

@@ -8,7 +8,8 @@ What retirement ends, in this order, under the service's row lock:
    identity version and the secrets' change notification);
 2. every live key issued to it (selector ``{"service": id}``) and every live key issued for
    it as audience (``{"audience": id}``), one revocation entry each, so verifiers following
-   the feed refuse them within a second;
+   the feed refuse them within a second; each cut reaches a little past now, over any key
+   a replica still mints from a cached authentication or grant before it hears of this;
 3. every policy where it is holder or audience (``policy.close_policies_of_service``):
    pending versions withdrawn, the version in force retired; no key is granted under them
    again;
@@ -65,6 +66,9 @@ async def retire_service(
             reason=_revocation_reason(service_id, reason),
             actor=actor,
             settings=settings,
+            # Neither selector ever matches a legitimate key again (the id is never reused):
+            # a key a replica mints from a cached authentication just after is revoked too.
+            later_keys_too=True,
         )
         assert entry.cursor is not None
         cursors.append(entry.cursor)

@@ -183,12 +183,13 @@ async def revoke(
 ) -> RevocationEntry:
     """Revoke every key matching ``selector`` that was issued up to now, in one row.
 
-    ``later_keys_too`` is for a selector that can never grant again (a suspended or retired
-    policy version): the cut is put past the longest any replica may go on granting from
-    a cached grant (``grants_cache_ttl``) plus the clock leeway, so a key a replica mints
-    from a stale grant just after the change, or dates by a clock running ahead, is
-    covered as well. Never use it for a selector that may match keys issued legitimately
-    later (a service, an audience).
+    ``later_keys_too`` is for a selector that can never match a legitimate key again (a
+    suspended or retired policy version, a retired service as holder or audience): the cut
+    is put past the longest any replica may go on granting from a cached grant or
+    authentication (``grants_cache_ttl``, ``auth_cache_ttl``) plus the clock leeway, so a
+    key a replica mints from stale cache just after the change, or dates by a clock running
+    ahead, is covered as well. Never use it for a selector that may match keys issued
+    legitimately later (a service or an audience still in use).
 
     Keys issued up to this millisecond are covered; keys issued after this call are not
     (quarantine a service to refuse it new keys). An ``issued_before`` given is rounded up
@@ -209,7 +210,8 @@ async def revoke(
     at_now = cut_after(now)
     cutoff = at_now
     if later_keys_too and selector.issued_before is None:
-        ahead = settings.grants_cache_ttl + settings.clock_leeway + 1
+        stale = max(settings.grants_cache_ttl, settings.auth_cache_ttl)
+        ahead = stale + settings.clock_leeway + 1
         cutoff = cut_after(now + timedelta(seconds=ahead))
     elif selector.issued_before is not None:
         if selector.issued_before > now + timedelta(seconds=settings.clock_leeway):
