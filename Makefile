@@ -51,7 +51,7 @@ openapi: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Every benchmark against its peer, bounded in time (about ten minutes); writes
+# Every benchmark against its peer, bounded in time (about twenty minutes); writes
 # docs/benchmarks.md. Needs wrk (apt-get install wrk); runs needing PostgreSQL are skipped when
 # it cannot be reached.
 .PHONY: bench

@@ -5,7 +5,7 @@ processes, all on loopback) with ``--json PATH``; its rows are collected into on
 table with the machine it ran on. Every run is bounded in time: wrk runs ``--seconds``
 each, and a script that overruns its allowance is stopped with everything it started.
 A run that fails is listed under the table with the end of its output; the others still
-count. The suite takes about ten minutes on two cores with the defaults.
+count. The suite takes about twenty minutes on two cores with the defaults.
 
 Runs: key issuance on SQLite (1 worker) and PostgreSQL (1 and ``--workers`` workers)
 against OpenBao token create, each with the broker in its bench configuration (WARNING
