@@ -10,9 +10,11 @@ from typing import Any
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 import broker
 from broker.assembly import assemble, build_runtime
+from broker.audit import acting
 from broker.audit import routes as audit_routes
 from broker.catalog import routes as catalog_routes
 from broker.changes import change_listener
@@ -39,12 +41,14 @@ from broker.jobs import routes as job_routes
 from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
 from broker.operators import routes as operator_routes
+from broker.operators import sign_in_routes
 from broker.policy import routes as policy_routes
 from broker.revocation import routes as revocation_routes
 from broker.rules import routes as rule_routes
 from broker.rules.worker import signal_worker
 from broker.runtime import Runtime
 from broker.settings import Settings, get_settings
+from broker.signon import login_routes, token_routes
 from broker.system import metrics_route, wellknown
 from broker.system import routes as system_routes
 from broker.usage import routes as usage_routes
@@ -57,6 +61,9 @@ log = get_logger("broker.app")
 ROUTE_MODULES: tuple[Any, ...] = (
     system_routes,
     operator_routes,
+    sign_in_routes,
+    login_routes,
+    token_routes,
     service_routes,
     catalog_routes,
     policy_routes,
@@ -73,6 +80,20 @@ ROUTE_MODULES: tuple[Any, ...] = (
     metrics_route,
     console_router,
 )
+
+
+def acting_middleware(app: ASGIApp) -> ASGIApp:
+    """One holder per request for how its operator signed in (``broker.audit.acting``),
+    opened in the request's own task before any dependency runs."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        token = acting.begin()
+        try:
+            await app(scope, receive, send)
+        finally:
+            acting.end(token)
+
+    return middleware
 
 
 def route_handlers() -> Sequence[Any]:
@@ -153,7 +174,7 @@ def create_app(
         route_handlers=route_handlers(),
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[access_log_middleware],
+        middleware=[access_log_middleware, acting_middleware],
         lifespan=[lifespan],
         openapi_config=openapi_config(),
         template_config=template_config(),

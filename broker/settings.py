@@ -121,6 +121,32 @@ class Settings(BaseSettings):
     bootstrap_token_ttl: Duration = Field(default=86400, ge=60)
     operator_token_warning: Duration = 14 * 86400
     operator_token_max_overlap: Duration = 3600
+    # Single sign-on (broker/signon/): people sign in through the company's OpenID
+    # Provider (console: authorization code + PKCE; `broker login`: device grant, else a
+    # loopback redirect). Unset issuer: no single sign-on, pasted tokens only. The role
+    # claim's values map to roles through BROKER_OIDC_ROLE_MAP ("group=role,..."); a person
+    # none of whose values maps to a role is refused. The console's redirect URI is
+    # registered at the provider exactly as given (default: the issuer's
+    # /console/oidc/callback); `broker login`'s loopback one likewise.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = Field(default=None, validate_default=True)
+    oidc_client_secret: str | None = Field(default=None, repr=False)
+    oidc_role_claim: str = Field(default="groups", min_length=1, max_length=100)
+    oidc_role_map: str = Field(default="", validate_default=True)
+    oidc_scopes: str = "openid profile email"
+    oidc_redirect_uri: str | None = None
+    oidc_cli_redirect_uri: str = "http://127.0.0.1:8250/oidc/callback"
+    oidc_display_name: str = Field(default="single sign-on", min_length=1, max_length=60)
+    oidc_timeout: float = Field(default=5.0, gt=0, le=60)
+    # How long a console session lasts at most after sign-in (either way of signing in),
+    # and how long the operator token `broker login` hands out lasts.
+    console_session_ttl: Duration = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    login_token_ttl: Duration = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    # Machine operators (CI pipelines): the operator token a workload JWT is exchanged for
+    # (POST /v1/admin/token) lasts this long; with the switch below on, a machine operator
+    # may also approve a pending version that only narrows access.
+    machine_token_ttl: Duration = Field(default=900, ge=60, le=3600)
+    machine_may_approve_narrowing: bool = False
     auth_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     grants_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -215,6 +241,49 @@ class Settings(BaseSettings):
             raise ValueError("must not exceed BROKER_OPERATOR_TOKEN_MAX_TTL")
         return value
 
+    @field_validator("oidc_issuer", "oidc_redirect_uri", "oidc_cli_redirect_uri")
+    @classmethod
+    def _oidc_urls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        # The issuer is compared with the provider's own spelling, which has no trailing
+        # slash; a redirect URI is registered and compared exactly as given.
+        return value.rstrip("/") if info.field_name == "oidc_issuer" else value
+
+    @field_validator("oidc_client_id")
+    @classmethod
+    def _oidc_client_named(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("oidc_issuer") and not value:
+            raise ValueError("required when BROKER_OIDC_ISSUER is set")
+        return value or None
+
+    @field_validator("oidc_role_map")
+    @classmethod
+    def _role_map_parses(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("oidc_issuer") and not parse_role_map(value):
+            raise ValueError(
+                "required when BROKER_OIDC_ISSUER is set (e.g. pii-admins=admin,"
+                "pii-approvers=approver)"
+            )
+        parse_role_map(value)
+        return value.strip()
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    @property
+    def oidc_console_redirect_uri(self) -> str:
+        """The console's redirect URI as registered at the provider."""
+        return self.oidc_redirect_uri or f"{self.issuer}/console/oidc/callback"
+
+    @property
+    def oidc_roles(self) -> dict[str, str]:
+        return parse_role_map(self.oidc_role_map)
+
     @field_validator("alert_webhook_backoff_cap")
     @classmethod
     def _backoff_cap_not_below_base(cls, value: float, info: ValidationInfo) -> float:
@@ -232,6 +301,28 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+
+OPERATOR_ROLES = ("admin", "approver", "proposer", "auditor")
+
+
+def parse_role_map(value: str) -> dict[str, str]:
+    """``pii-admins=admin,pii-approvers=approver`` as {claim value: role}. A value may map
+    to one role only; every role named must be one the broker knows."""
+    mapping: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        claim_value, sep, role = item.rpartition("=")
+        claim_value, role = claim_value.strip(), role.strip()
+        if not sep or not claim_value:
+            raise ValueError(f"expected value=role pairs separated by commas, got {item.strip()!r}")
+        if role not in OPERATOR_ROLES:
+            raise ValueError(f"unknown role {role!r}; roles: {', '.join(OPERATOR_ROLES)}")
+        if mapping.get(claim_value, role) != role:
+            raise ValueError(f"{claim_value!r} is mapped to two roles")
+        mapping[claim_value] = role
+    return mapping
 
 
 def normalise_issuer(value: str) -> str:

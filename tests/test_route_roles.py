@@ -36,7 +36,7 @@ from tests.support.console import page_csrf, signed_in
 from tests.support.problems import assert_problem
 from tests.support.world import bearer
 
-ADMIN, APPROVER, AUDITOR = Role.ADMIN, Role.APPROVER, Role.AUDITOR
+ADMIN, APPROVER, PROPOSER, AUDITOR = Role.ADMIN, Role.APPROVER, Role.PROPOSER, Role.AUDITOR
 
 # Every operator route, API and console, with the role it needs. Each role includes the
 # ones below it (admin > approver > auditor); auditor is the floor: any operator.
@@ -70,9 +70,9 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("PATCH", "/v1/admin/purposes/{purpose_name:str}"): ADMIN,
     # policies
     ("GET", "/v1/admin/policies"): AUDITOR,
-    ("POST", "/v1/admin/policies"): ADMIN,
+    ("POST", "/v1/admin/policies"): PROPOSER,
     ("GET", "/v1/admin/policies/{policy_id:str}"): AUDITOR,
-    ("POST", "/v1/admin/policies/{policy_id:str}/versions"): ADMIN,
+    ("POST", "/v1/admin/policies/{policy_id:str}/versions"): PROPOSER,
     ("POST", "/v1/admin/policies/{policy_id:str}/approve"): APPROVER,
     ("POST", "/v1/admin/policies/{policy_id:str}/reject"): APPROVER,
     # the service withdraws only for an admin or the version's proposer

@@ -18,6 +18,17 @@ class AuditAction(StrEnum):
     OPERATOR_TOKEN_EXPIRY_SET = "operator:operator_token:expiry_set"  # noqa: S105 (an event name)
     OPERATOR_TOKEN_ROTATED = "operator:operator_token:rotated"  # noqa: S105 (an event name)
     OPERATOR_TOKEN_EXPIRING = "system:operator_token:expiring"  # noqa: S105 (an event name)
+    # Single sign-on (broker/signon/): a person from the provider, a machine's exchange.
+    OPERATOR_SIGNED_IN = "operator:operator:signed_in"
+    OPERATOR_SIGN_IN_REFUSED = "system:operator:sign_in_refused"
+    OPERATOR_SIGNED_OUT = "operator:operator:signed_out"
+    OPERATOR_PROVISIONED = "system:operator:provisioned"
+    OPERATOR_ROLE_FROM_PROVIDER = "system:operator:role_changed"
+    MACHINE_OPERATOR_CREATED = "operator:operator:machine_created"
+    MACHINE_TOKEN_ISSUED = "operator:operator_token:exchanged"  # noqa: S105 (an event name)
+    MACHINE_EXCHANGE_REFUSED = "system:operator_token:exchange_refused"
+    PASTED_TOKENS_DISABLED = "operator:sign_in:pasted_tokens_disabled"
+    PASTED_TOKENS_ENABLED = "operator:sign_in:pasted_tokens_enabled"
 
     SERVICE_CREATED = "operator:service:created"
     SERVICE_UPDATED = "operator:service:updated"

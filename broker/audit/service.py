@@ -18,7 +18,7 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.audit import normalise
+from broker.audit import acting, normalise
 from broker.audit.actions import AuditAction
 from broker.db import serialise, utcnow
 from broker.errors import InvalidInput, NotFound
@@ -94,9 +94,14 @@ async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) ->
     events = []
     for item in pending:
         at = utcnow()
+        details = item.details
+        via = acting.via_for(item.actor)
+        if via is not None and "via" not in (details or {}):
+            # How the operator acting in this request signed in (broker.audit.acting).
+            details = {**(details or {}), "via": via}
         # Hashed as stored: printable and bounded, whoever supplied the text (normalise).
         actor, action, subject, clean = normalise.event_parts(
-            item.actor, item.action, item.subject, item.details
+            item.actor, item.action, item.subject, details
         )
         event = AuditEvent(
             at=at,

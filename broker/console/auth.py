@@ -16,6 +16,7 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import Cookie
 
+from broker.audit.acting import acting_as
 from broker.console.security import cookie_must_be_secure
 from broker.console.session import csrf_token, sessions_for, tokens_match
 from broker.db import utcnow
@@ -23,6 +24,7 @@ from broker.errors import Forbidden, Unauthenticated
 from broker.http.deps import declared_role, ensure_role
 from broker.models import Operator
 from broker.operators.service import OperatorPrincipal, Role, iso, principal_of
+from broker.operators.switch import pasted_tokens_allowed
 from broker.runtime import runtime_of
 
 SESSION_COOKIE = "pkb_console"
@@ -102,13 +104,30 @@ async def current_operator(request: Request[Any, Any, Any]) -> ConsoleOperator:
         await sessions.end(session_id)
         raise NotSignedIn("the operator is disabled; sign in again")
     now = utcnow()
-    if row.token_expires_at <= now:
-        # A session lasts no longer than the operator's token: it stands for it.
-        await sessions.end(session_id)
-        raise NotSignedIn(
-            f"your operator token expired at {iso(row.token_expires_at)}; sign in with a valid one"
-        )
-    principal = principal_of(row, now=now, warning=runtime.settings.operator_token_warning)
+    if found.via == "token":
+        # A session opened with a pasted token lasts no longer than the token, and ends
+        # when pasted tokens are switched off.
+        ended = row.token_expires_at
+        if ended is None or ended <= now:
+            await sessions.end(session_id)
+            raise NotSignedIn(
+                f"your operator token expired at {iso(ended) if ended else 'an earlier time'}; "
+                "sign in with a valid one"
+            )
+        async with runtime.transaction() as db:
+            allowed = await pasted_tokens_allowed(db)
+        if not allowed:
+            await sessions.end(session_id)
+            raise NotSignedIn(
+                "pasted operator tokens are switched off; sign in with single sign-on"
+            )
+    principal = principal_of(
+        row,
+        now=now,
+        warning=runtime.settings.operator_token_warning,
+        signed_in_via="console",
+    )
+    acting_as(principal.actor, {**principal.audit_via, "session": found.via})
     request.state.operator = principal
     return ConsoleOperator(principal, session_id, csrf_token(runtime.secrets.pepper, session_id))
 

@@ -19,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from broker.console import (
     actions,
     catalog_pages,
+    oidc_signin,
     operator_pages,
     pages,
     policy_pages,
@@ -66,6 +67,7 @@ def console_router() -> Router:
         path="/console",
         route_handlers=[
             *signin.ROUTES,
+            *oidc_signin.ROUTES,
             *pages.ROUTES,
             *actions.ROUTES,
             *policy_pages.ROUTES,

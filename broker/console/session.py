@@ -6,9 +6,9 @@ time as the value. A copy of the store therefore cannot be replayed as a cookie,
 way a copy of the operators table cannot be replayed as a token.
 
 The store is the ``console_sessions`` table, so every worker and every replica behind a
-load balancer knows a session. Sessions end after ``IDLE_TIMEOUT`` without a request and at
-the latest ``MAX_LIFETIME`` after sign-in; the last-seen time is written at most once a
-``_TOUCH_EVERY`` so browsing the console does not write on every page.
+load balancer knows a session. Sessions end after ``IDLE_TIMEOUT`` without a request and
+at the latest ``BROKER_CONSOLE_SESSION_TTL`` after sign-in; the last-seen time is written
+at most once a ``_TOUCH_EVERY`` so browsing the console does not write on every page.
 
 The CSRF token of a session is derived, not stored: ``HMAC(pepper, "console-csrf:" + id)``.
 A page carries it in a hidden field; it proves the form came from a page of this session
@@ -31,7 +31,6 @@ from broker.models import ConsoleSession
 from broker.runtime import Runtime
 
 IDLE_TIMEOUT = 15 * 60
-MAX_LIFETIME = 8 * 3600
 _SESSION_LABEL = "console-session:"
 _CSRF_LABEL = "console-csrf:"
 _LOGIN_CSRF_LABEL = "console-login-csrf:"
@@ -42,6 +41,7 @@ _TOUCH_EVERY = timedelta(seconds=30)
 class SessionRecord:
     operator_id: str
     signed_in_at: float
+    via: str = "token"
 
 
 def new_secret() -> str:
@@ -74,6 +74,8 @@ class ConsoleSessions:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._pepper = runtime.secrets.pepper
+        # At the latest BROKER_CONSOLE_SESSION_TTL after sign-in, however it was made.
+        self._lifetime = timedelta(seconds=runtime.settings.console_session_ttl)
 
     def _key(self, session_id: str) -> str:
         return _derive(self._pepper, _SESSION_LABEL, session_id)
@@ -83,7 +85,7 @@ class ConsoleSessions:
         ending an operator's others."""
         return self._key(session_id)
 
-    async def create(self, operator_id: str) -> str:
+    async def create(self, operator_id: str, *, via: str = "token") -> str:
         session_id = new_secret()
         now = utcnow()
         async with self._runtime.transaction() as session:
@@ -93,6 +95,7 @@ class ConsoleSessions:
                     operator_id=operator_id,
                     signed_in_at=now,
                     last_seen_at=now,
+                    via=via,
                 )
             )
         return session_id
@@ -106,15 +109,16 @@ class ConsoleSessions:
             row = await session.get(ConsoleSession, key)
             if row is None:
                 return None
-            if now - row.last_seen_at > timedelta(
-                seconds=IDLE_TIMEOUT
-            ) or now - row.signed_in_at > timedelta(seconds=MAX_LIFETIME):
+            if (
+                now - row.last_seen_at > timedelta(seconds=IDLE_TIMEOUT)
+                or now - row.signed_in_at > self._lifetime
+            ):
                 await session.delete(row)
                 return None
             if now - row.last_seen_at > _TOUCH_EVERY:
                 row.last_seen_at = now
                 session.add(row)
-            return SessionRecord(row.operator_id, row.signed_in_at.timestamp())
+            return SessionRecord(row.operator_id, row.signed_in_at.timestamp(), row.via)
 
     async def end(self, session_id: str) -> None:
         if session_id and len(session_id) <= 100:
@@ -133,7 +137,7 @@ class ConsoleSessions:
                 delete(ConsoleSession).where(
                     or_(
                         col(ConsoleSession.last_seen_at) < now - timedelta(seconds=IDLE_TIMEOUT),
-                        col(ConsoleSession.signed_in_at) < now - timedelta(seconds=MAX_LIFETIME),
+                        col(ConsoleSession.signed_in_at) < now - self._lifetime,
                     )
                 )
             )

@@ -27,6 +27,7 @@ from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.audit.acting import acting_as
 from broker.errors import Forbidden, Unauthenticated
 from broker.identity.deps import require_service
 from broker.operators.service import OperatorPrincipal, Role
@@ -66,6 +67,7 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
         source=request.client.host if request.client else None,
         where=request.url.path,
     )
+    acting_as(principal.actor, principal.audit_via)
     ensure_role(principal, needed)
     request.state.operator = principal
     return principal

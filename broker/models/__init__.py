@@ -7,13 +7,16 @@ from broker.models.console_session import ConsoleSession
 from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
+from broker.models.oidc_flow import OidcFlow
 from broker.models.operator import Operator
+from broker.models.operator_token import OperatorToken
 from broker.models.outbound_alert import OutboundAlert
 from broker.models.policy import Policy, PolicyApproval, PolicyVersion
 from broker.models.revocation import RevocationEntry
 from broker.models.rule import RuleHit, RuleSetting, ServiceActivity
 from broker.models.service import Service, ServiceBinding, ServiceSecret
 from broker.models.setting_fingerprint import SettingFingerprint
+from broker.models.sign_in_setting import SignInSetting
 from broker.models.signing_key import SigningKey
 from broker.models.source_block import SourceBlock
 from broker.models.usage import UsageEvent
@@ -26,7 +29,9 @@ __all__ = [
     "Incident",
     "IssuedKey",
     "JobRun",
+    "OidcFlow",
     "Operator",
+    "OperatorToken",
     "OutboundAlert",
     "PiiField",
     "Policy",
@@ -42,6 +47,7 @@ __all__ = [
     "ServiceBinding",
     "ServiceSecret",
     "SettingFingerprint",
+    "SignInSetting",
     "SigningKey",
     "SourceBlock",
     "UsageEvent",

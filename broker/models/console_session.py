@@ -20,3 +20,5 @@ class ConsoleSession(SQLModel, table=True):
     operator_id: str = Field(max_length=36, index=True)
     signed_in_at: datetime = created_at_field()
     last_seen_at: datetime = created_at_field()
+    # How the operator signed in: ``token`` (pasted) or ``oidc`` (the provider).
+    via: str = Field(default="token", max_length=16, sa_column_kwargs={"server_default": "token"})

@@ -45,6 +45,7 @@ async def flag_expiring_tokens(runtime: Runtime, now: datetime) -> list[str]:
         for row in rows:
             row.expiry_warned_at = now
             session.add(row)
+            assert row.token_expires_at is not None  # the query's condition
             left = row.token_expires_at - now
             await record(
                 session,

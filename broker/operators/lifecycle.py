@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, or_
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -75,15 +75,41 @@ def clean_reason(reason: str | None, *, required: bool) -> str | None:
     return text
 
 
+def token_works(row: Operator, now: datetime) -> bool:
+    """A ``token`` operator's own token has not ended. People from the provider and
+    machines have none; whether they may act is decided at each sign-in."""
+    if row.origin != "token":
+        return True
+    return row.token_expires_at is not None and row.token_expires_at > now
+
+
 def is_active_admin(row: Operator, now: datetime) -> bool:
-    return row.role == Role.ADMIN.value and not row.disabled and row.token_expires_at > now
+    return row.role == Role.ADMIN.value and not row.disabled and token_works(row, now)
+
+
+class NotATokenOperator(Conflict):
+    """A token change asked of an operator without a token of its own (``409``)."""
+
+    type_name = "not-a-token-operator"
+
+
+def own_token_end(row: Operator) -> datetime:
+    """When a ``token`` operator's token ends; refuses operators that have none."""
+    if row.origin != "token" or row.token_expires_at is None:
+        how = (
+            "signs in through the identity provider"
+            if row.origin == "oidc"
+            else ("is a machine operator (it exchanges its workload JWT)")
+        )
+        raise NotATokenOperator(f"{row.name} {how}: it has no operator token of its own")
+    return row.token_expires_at
 
 
 def status_of(row: Operator, now: datetime) -> str:
     """``disabled``, ``expired`` (no token works) or ``active``."""
     if row.disabled:
         return "disabled"
-    return "expired" if row.token_expires_at <= now else "active"
+    return "active" if token_works(row, now) else "expired"
 
 
 def describe(
@@ -110,7 +136,8 @@ def describe(
         "token_replaced_at": row.token_replaced_at,
         "token_fingerprint": row.token_fingerprint,
         "token_expires_at": row.token_expires_at,
-        "token_expiring": row.token_expires_at <= now + timedelta(seconds=warning),
+        "token_expiring": row.token_expires_at is not None
+        and row.token_expires_at <= now + timedelta(seconds=warning),
         "previous_token_ends_at": (
             row.previous_token_ends_at
             if row.previous_token_ends_at is not None and row.previous_token_ends_at > now
@@ -121,6 +148,9 @@ def describe(
         "disabled_at": row.disabled_at,
         "disabled_by": row.disabled_by,
         "disabled_reason": row.disabled_reason,
+        "origin": row.origin,
+        "last_sign_in_at": row.last_sign_in_at,
+        "last_sign_in_via": row.last_sign_in_via,
     }
 
 
@@ -131,7 +161,7 @@ async def _active_admins_besides(session: AsyncSession, operator_id: str, now: d
         .where(
             col(Operator.role) == Role.ADMIN.value,
             col(Operator.disabled).is_(False),
-            col(Operator.token_expires_at) > now,
+            or_(col(Operator.origin) != "token", col(Operator.token_expires_at) > now),
             col(Operator.id) != operator_id,
         )
     )
@@ -160,9 +190,11 @@ async def _still_may_act(
     row = await session.get(Operator, actor.id, populate_existing=True)
     if row is None or row.disabled:
         raise Unauthenticated("operator is disabled", reason="invalid-token")
-    if row.token_expires_at <= now and not actor.via_previous:
+    if not token_works(row, now) and not actor.via_previous:
+        ended = row.token_expires_at
         raise Unauthenticated(
-            f"operator token expired at {iso(row.token_expires_at)}", reason="token-expired"
+            f"operator token expired at {iso(ended) if ended else 'an earlier time'}",
+            reason="token-expired",
         )
     if needed is not None and needed not in ROLE_GRANTS[Role(row.role)]:
         raise Forbidden(f"this action needs the {needed.value} role", reason="insufficient-role")
@@ -175,6 +207,15 @@ async def _end_sessions(session: AsyncSession, operator_id: str, *, keep: str | 
         query = query.where(col(ConsoleSession.key_hash) != keep)
     ended = await session.exec(query)  # type: ignore[call-overload]
     return int(ended.rowcount or 0)
+
+
+class RoleFromProvider(Conflict):
+    """A role change asked of a person whose role the identity provider decides."""
+
+    type_name = "role-from-provider"
+
+
+MACHINE_ROLES = frozenset({Role.PROPOSER, Role.AUDITOR})
 
 
 class LastAdmin(Conflict):
@@ -255,6 +296,15 @@ async def change_operator(
 
     row = await _locked_row(session, operator_id)
     await _still_may_act(session, admin, Role.ADMIN, now)
+    if change.new_token or expires is not None:
+        own_token_end(row)
+    if role is not None and row.origin == "oidc":
+        raise RoleFromProvider(
+            f"{row.name}'s role comes from the identity provider's "
+            "groups (BROKER_OIDC_ROLE_MAP); change their membership there"
+        )
+    if role is not None and row.origin == "machine" and role not in MACHINE_ROLES:
+        raise InvalidInput("a machine operator's role is proposer or auditor")
     if role is not None and role.value == row.role:
         raise Conflict(f"{row.name} already has the {role.value} role")
     if change.disabled is True and row.disabled:
@@ -262,14 +312,18 @@ async def change_operator(
     if change.disabled is False and not row.disabled:
         raise Conflict(f"{row.name} is not disabled")
 
-    new_expiry = row.token_expires_at
+    new_expiry: datetime | None = row.token_expires_at
     if change.new_token:
         new_expiry = expires or now + timedelta(seconds=limits.ttl)
     elif expires is not None:
         new_expiry = expires
     after_disabled = row.disabled if change.disabled is None else change.disabled
     after_role = role.value if role is not None else row.role
-    stays_admin = after_role == Role.ADMIN.value and not after_disabled and new_expiry > now
+    stays_admin = (
+        after_role == Role.ADMIN.value
+        and not after_disabled
+        and (row.origin != "token" or (new_expiry is not None and new_expiry > now))
+    )
     if (
         is_active_admin(row, now)
         and not stays_admin
@@ -356,7 +410,7 @@ async def change_operator(
                 "token_fingerprint": row.token_fingerprint,
                 "previous_token_fingerprint": before_fingerprint,
                 "previous_token_ends_at": None,
-                "expires_at": iso(new_expiry),
+                "expires_at": iso(new_expiry) if new_expiry else None,
                 "handed_to": admin.actor,
             },
         )
@@ -379,7 +433,7 @@ async def change_operator(
             actor=admin.actor,
             subject=subject,
             details={
-                "before": iso(before_expiry),
+                "before": iso(before_expiry) if before_expiry else None,
                 "after": iso(expires),
                 "token_fingerprint": row.token_fingerprint,
                 "ended_now": expires <= now,
@@ -396,7 +450,7 @@ def _parse_role(value: str | None) -> Role | None:
     try:
         return Role(value)
     except ValueError:
-        raise InvalidInput("role must be one of admin, approver, auditor") from None
+        raise InvalidInput(f"role must be one of {service.ROLE_NAMES}") from None
 
 
 @dataclass(frozen=True)
@@ -436,10 +490,11 @@ async def rotate_own_token(
         raise Conflict(IN_OVERLAP)
     row = await _locked_row(session, operator.id)
     await _still_may_act(session, operator, None, now)
+    current_end = own_token_end(row)
     token = credentials.generate(credentials.OPERATOR_TOKEN_PREFIX)
     expires_at = now + timedelta(seconds=life)
     previous_ends = (
-        min(now + timedelta(seconds=overlap), row.token_expires_at, expires_at) if overlap else None
+        min(now + timedelta(seconds=overlap), current_end, expires_at) if overlap else None
     )
     previous_fingerprint = row.token_fingerprint
     row.previous_token_hash = row.token_hash if previous_ends is not None else None

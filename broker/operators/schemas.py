@@ -62,7 +62,10 @@ class OperatorOut(msgspec.Struct):
     confirmed_at: datetime | None
     token_replaced_at: datetime | None
     token_fingerprint: str | None
-    token_expires_at: datetime
+    token_expires_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="When the operator's own token ends; null: it has none"),
+    ]
     token_expiring: Annotated[
         bool,
         msgspec.Meta(
@@ -89,6 +92,23 @@ class OperatorOut(msgspec.Struct):
     disabled_at: datetime | None
     disabled_by: str | None
     disabled_reason: str | None
+    origin: Annotated[
+        Literal["token", "oidc", "machine"],
+        msgspec.Meta(
+            description=(
+                "token: signs in with a token the broker printed; oidc: a person from the "
+                "identity provider; machine: a pipeline exchanging its workload JWT"
+            )
+        ),
+    ] = "token"
+    last_sign_in_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="The last sign-in through the provider or a machine exchange"),
+    ] = None
+    last_sign_in_via: Annotated[
+        str | None,
+        msgspec.Meta(description="How: console, login (broker login) or machine"),
+    ] = None
 
 
 class OperatorChanged(OperatorOut):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import or_, update
 from sqlmodel import col, func, select
@@ -17,24 +18,30 @@ from broker import credentials
 from broker.audit import AuditAction, record
 from broker.db import utcnow
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
-from broker.models import Operator
+from broker.models import Operator, OperatorToken
 from broker.operators.independence import Roster, Standing, confirmation_problem
+from broker.operators.switch import pasted_tokens_allowed
 from broker.settings import Settings
 
 
 class Role(StrEnum):
     ADMIN = "admin"
     APPROVER = "approver"
+    PROPOSER = "proposer"
     AUDITOR = "auditor"
 
 
-# Admin manages, approver approves, auditor reads. Each role includes the rights of the
-# ones below it, so a small team's admin can also approve (never their own proposal).
+# Admin manages and proposes, approver approves, proposer proposes (a pipeline applying
+# policy files, a person who drafts), auditor reads. Admin includes every other role, so a
+# small team's admin can also approve (never their own proposal); approver and proposer
+# are apart, so whoever may propose through a pipeline cannot also approve.
 ROLE_GRANTS: dict[Role, frozenset[Role]] = {
-    Role.ADMIN: frozenset({Role.ADMIN, Role.APPROVER, Role.AUDITOR}),
+    Role.ADMIN: frozenset({Role.ADMIN, Role.APPROVER, Role.PROPOSER, Role.AUDITOR}),
     Role.APPROVER: frozenset({Role.APPROVER, Role.AUDITOR}),
+    Role.PROPOSER: frozenset({Role.PROPOSER, Role.AUDITOR}),
     Role.AUDITOR: frozenset({Role.AUDITOR}),
 }
+ROLE_NAMES = ", ".join(role.value for role in Role)
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,25 @@ class OperatorPrincipal:
     token_expires_at: datetime | None = None
     token_expiring: bool = False
     via_previous: bool = False
+    # Where the operator comes from (``token``, ``oidc``, ``machine``), how this request
+    # authenticated (``token``: its own pasted token; ``login``: a short-lived token from
+    # ``broker login``; ``machine``: one from a workload JWT exchange; ``console``: a
+    # console session), and what identified the holder (a machine's claims), for the audit.
+    origin: str = "token"
+    signed_in_via: str = "token"
+    context: Mapping[str, Any] = field(default_factory=dict)
 
     def can(self, needed: Role) -> bool:
         return needed in ROLE_GRANTS[self.role]
+
+    @property
+    def is_machine(self) -> bool:
+        return self.origin == "machine"
+
+    @property
+    def audit_via(self) -> dict[str, Any]:
+        """How this operator signed in, as every event it causes records it."""
+        return {"origin": self.origin, "signed_in_via": self.signed_in_via, **self.context}
 
     @property
     def actor(self) -> str:
@@ -76,15 +99,25 @@ def iso(moment: datetime) -> str:
 
 
 def principal_of(
-    row: Operator, *, now: datetime, warning: int = 0, via_previous: bool = False
+    row: Operator,
+    *,
+    now: datetime,
+    warning: int = 0,
+    via_previous: bool = False,
+    signed_in_via: str = "token",
+    context: Mapping[str, Any] | None = None,
 ) -> OperatorPrincipal:
     return OperatorPrincipal(
         row.id,
         row.name,
         Role(row.role),
         token_expires_at=row.token_expires_at,
-        token_expiring=row.token_expires_at <= now + timedelta(seconds=warning),
+        token_expiring=row.token_expires_at is not None
+        and row.token_expires_at <= now + timedelta(seconds=warning),
         via_previous=via_previous,
+        origin=row.origin,
+        signed_in_via=signed_in_via,
+        context=dict(context or {}),
     )
 
 
@@ -114,7 +147,7 @@ async def create_operator(
     try:
         role_value = Role(role)
     except ValueError:
-        raise InvalidInput("role must be one of admin, approver, auditor") from None
+        raise InvalidInput(f"role must be one of {ROLE_NAMES}") from None
     existing = (await session.exec(select(Operator).where(Operator.name == name))).first()
     if existing is not None:
         raise Conflict(f"an operator named {name!r} already exists")
@@ -163,8 +196,10 @@ async def authenticate(
 
     A malformed token is refused before touching the database; the stored hash is compared
     again with ``compare_digest`` so equality never depends on the database's comparison.
-    The token is either the operator's current one, until ``token_expires_at``, or the one
-    its last rotation replaced, until ``previous_token_ends_at`` (the overlap). The row is
+    The token is a ``token`` operator's own (its current one, until ``token_expires_at``,
+    or the one its last rotation replaced, until ``previous_token_ends_at``: the overlap),
+    accepted only while pasted tokens are switched on (``broker.operators.switch``); or a
+    short-lived one a sign-in handed out (``broker.operators.short_tokens``). The rows are
     read on every request, so a disabled operator or an ended token is refused at once on
     every replica.
     """
@@ -179,23 +214,28 @@ async def authenticate(
             )
         )
     ).first()
-    current = operator is not None and hmac.compare_digest(operator.token_hash, digest)
-    previous = (
-        operator is not None
-        and not current
-        and hmac.compare_digest(operator.previous_token_hash or "", digest)
-    )
-    if operator is None or not (current or previous):
+    if operator is None:
+        return await _authenticate_short(session, digest, now=now, warning=warning)
+    current = hmac.compare_digest(operator.token_hash or "", digest)
+    previous = not current and hmac.compare_digest(operator.previous_token_hash or "", digest)
+    if not (current or previous):
         raise Unauthenticated("operator token is not recognised", reason="invalid-token")
     if operator.disabled:
         raise Unauthenticated("operator is disabled", reason="invalid-token")
-    if current and operator.token_expires_at <= now:
+    if not await pasted_tokens_allowed(session):
         raise Unauthenticated(
-            f"operator token expired at {iso(operator.token_expires_at)}: an admin can set a "
-            "later expiry (broker operator expire) or give you a new token (broker operator "
-            "reset-token)",
+            "pasted operator tokens are switched off: sign in through the identity provider "
+            "(broker login, or the console's sign-in button)",
+            reason="pasted-tokens-off",
+        )
+    expires_at = operator.token_expires_at
+    if current and (expires_at is None or expires_at <= now):
+        raise Unauthenticated(
+            f"operator token expired at {iso(expires_at) if expires_at else 'an earlier time'}: "
+            "an admin can set a later expiry (broker operator expire) or give you a new token "
+            "(broker operator reset-token)",
             reason="token-expired",
-            expired_at=iso(operator.token_expires_at),
+            expired_at=iso(expires_at) if expires_at else None,
         )
     if previous:
         ends = operator.previous_token_ends_at
@@ -208,6 +248,33 @@ async def authenticate(
                 expired_at=iso(ends) if ends is not None else None,
             )
     return principal_of(operator, now=now, warning=warning, via_previous=previous)
+
+
+async def _authenticate_short(
+    session: AsyncSession, digest: str, *, now: datetime, warning: int
+) -> OperatorPrincipal:
+    held = await session.get(OperatorToken, digest)
+    if held is None or not hmac.compare_digest(held.token_hash, digest):
+        raise Unauthenticated("operator token is not recognised", reason="invalid-token")
+    if held.expires_at <= now:
+        raise Unauthenticated(
+            f"operator token expired at {iso(held.expires_at)}: "
+            + (
+                "sign in again (broker login)"
+                if held.via == "login"
+                else "exchange a fresh workload JWT (POST /v1/admin/token)"
+            ),
+            reason="token-expired",
+            expired_at=iso(held.expires_at),
+        )
+    operator = await session.get(Operator, held.operator_id)
+    if operator is None or operator.disabled:
+        raise Unauthenticated("operator is disabled", reason="invalid-token")
+    principal = principal_of(
+        operator, now=now, warning=warning, signed_in_via=held.via, context=held.context
+    )
+    # The principal's token is the short-lived one: its end is what a client plans around.
+    return replace(principal, token_expires_at=held.expires_at, token_expiring=False)
 
 
 IN_OVERLAP = "this token has been replaced and works only until its overlap ends: use the new one"

@@ -14,6 +14,7 @@ from broker.ops_cli.blocks import blocks
 from broker.ops_cli.catalog import fields, purposes
 from broker.ops_cli.incidents import incidents
 from broker.ops_cli.keys import list_keys
+from broker.ops_cli.login import COMMANDS as LOGIN_COMMANDS
 from broker.ops_cli.operators import (
     confirm,
     disable,
@@ -31,6 +32,7 @@ from broker.ops_cli.revocations import revocations
 from broker.ops_cli.rules import rules
 from broker.ops_cli.scan_cmd import scan
 from broker.ops_cli.services import services
+from broker.ops_cli.sign_in import COMMANDS as SIGN_IN_COMMANDS
 
 __all__ = ["register"]
 
@@ -41,6 +43,8 @@ def register(main: click.Group) -> None:
         main.add_command(command)
     main.add_command(audit)
     main.add_command(scan)
+    for extra in (*LOGIN_COMMANDS, *SIGN_IN_COMMANDS):
+        main.add_command(extra)
     keys = main.commands.get("keys")
     if isinstance(keys, click.Group):
         keys.add_command(list_keys)

@@ -54,7 +54,7 @@ class PolicyController(Controller):
             db, service=service_id, audience=audience, status=status, state=policy_state
         )
 
-    @requires(Role.ADMIN)
+    @requires(Role.PROPOSER)
     @post("/", summary="Propose a new policy (version 1, status proposed)")
     async def propose_policy(
         self,
@@ -76,7 +76,7 @@ class PolicyController(Controller):
     ) -> PolicyOut:
         return await rendering.get_policy(db, policy_id)
 
-    @requires(Role.ADMIN)
+    @requires(Role.PROPOSER)
     @post("/{policy_id:str}/versions", summary="Propose a change as a new version")
     async def propose_version(
         self,
