@@ -15,8 +15,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 install: $(STAMP)
 
-# The Node libraries the interop tests drive the broker with (openid-client, jose), pinned by
-# their lock file. Without npm the step says so and those tests skip (they fail under CI=true).
+# The Node packages the tests use, pinned by their lock file: the libraries the interop tests
+# drive the broker with (openid-client, oauth4webapi, jose) and the OpenID Provider the single
+# sign-on tests run (oidc-provider, started by tests/support/oidc_provider.py). Without npm
+# the step says so and those tests skip (they fail under CI=true).
 NODE_DIR := tests/interop/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed-stamp
 
@@ -24,7 +26,7 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
 	@if command -v npm >/dev/null; then \
 		cd $(NODE_DIR) && timeout 600 npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed-stamp; \
 	else \
-		echo "npm not found: the Node interop tests (tests/test_interop_node.py) will skip"; \
+		echo "npm not found: the Node interop and single sign-on tests will skip"; \
 	fi
 
 node-install: $(NODE_STAMP)

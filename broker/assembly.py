@@ -26,6 +26,8 @@ from broker.rules.config import RuleConfigCache
 from broker.rules.worker import WorkerState
 from broker.runtime import Runtime, new_runtime
 from broker.settings import Settings
+from broker.signon.cli_login import LoginLimit
+from broker.signon.provider import OidcProvider
 
 
 def _add_parts(runtime: Runtime) -> None:
@@ -49,6 +51,8 @@ def _add_parts(runtime: Runtime) -> None:
         new_job_schedule(runtime),
         Listening(),
         ConsoleSessions(runtime),
+        OidcProvider(settings),
+        LoginLimit(),
     )
 
 

@@ -229,7 +229,9 @@ def operator() -> None:
 
 @operator.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "approver", "auditor"]), required=True)
+@click.option(
+    "--role", type=click.Choice(["admin", "approver", "proposer", "auditor"]), required=True
+)
 @over_http_when_configured(create_remote)
 def operator_create(name: str, role: str) -> None:
     """Create an operator and print its token once (only its hash is stored) and when it

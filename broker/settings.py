@@ -249,9 +249,10 @@ class Settings(BaseSettings):
         assert value is not None
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
-        # The issuer is compared with the provider's own spelling, which has no trailing
-        # slash; a redirect URI is registered and compared exactly as given.
-        return value.rstrip("/") if info.field_name == "oidc_issuer" else value
+        # Both are compared exactly as given: the issuer with the provider's own spelling
+        # (OpenID Connect Discovery §4.3; some end in "/"), a redirect URI with its
+        # registration.
+        return value
 
     @field_validator("oidc_client_id")
     @classmethod

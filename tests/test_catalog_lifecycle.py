@@ -87,6 +87,7 @@ async def test_edits_are_audited_with_the_before_and_after(
         "before": {"description": "test field", "classification": "government_id"},
         "after": {"description": "National insurance number", "classification": "identity"},
         "reason": "reclassified after the DPIA",
+        "via": {"origin": "token", "signed_in_via": "token"},
     }
 
     # Sending what is already there changes nothing and audits nothing.
@@ -107,6 +108,7 @@ async def test_edits_are_audited_with_the_before_and_after(
     assert event.details == {
         "before": {"legal_basis": "contract", "description": "test purpose"},
         "after": {"legal_basis": "legal obligation", "description": ""},
+        "via": {"origin": "token", "signed_in_via": "token"},
     }
     read = await _ok(await client.get("/v1/admin/purposes/billing", headers=_h(operators.auditor)))
     assert read["legal_basis"] == "legal obligation"
@@ -421,6 +423,7 @@ async def test_retirement_waits_until_no_policy_names_it_and_is_final(
         "before": {"status": "active"},
         "after": {"status": "retired"},
         "reason": "no longer held",
+        "via": {"origin": "token", "signed_in_via": "token"},
     }
 
     # Final: it does not come back, does not change, and no proposal may name it.
@@ -671,4 +674,6 @@ async def test_the_console_forms_refuse_as_the_api_does(
         "before": {"status": "active"},
         "after": {"status": "deprecated"},
         "reason": "r",
+        # From the console, in a session opened with a pasted token.
+        "via": {"origin": "token", "signed_in_via": "console", "session": "token"},
     }

@@ -158,6 +158,18 @@ async def test_sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session(
         replay.cookies.set("__Host-pkb_console", session_id, domain="broker.test")
         assert (await replay.get("/console")).headers["location"] == "/console/login"
 
+    # The sign-in and the sign-out are in the trail, each with how the session was opened,
+    # and the operator's last sign-in says when and where.
+    async with await browser(app) as api:
+        [signed] = await audit(api, operators, "operator:operator:signed_in")
+        [out_event] = await audit(api, operators, "operator:operator:signed_out")
+        me = await api.get("/v1/admin/operators/me", headers=bearer(operators.approver))
+    assert signed["actor"] == out_event["actor"] == "operator:approver"
+    assert signed["details"]["with"] == "pasted token"
+    assert out_event["details"]["via"]["session"] == "token"
+    assert me.json()["last_sign_in_via"] == "console"
+    assert me.json()["last_sign_in_at"] is not None
+
 
 async def test_plain_http_only_on_loopback(
     app: Any, api: httpx.AsyncClient, operators: Operators
@@ -350,7 +362,8 @@ async def test_roles_are_enforced_as_in_the_api(
     by_auditor = await api.get(
         "/v1/admin/audit", params={"actor": "operator:auditor"}, headers=bearer(operators.admin)
     )
-    assert by_auditor.json()["events"] == []
+    # Signing in is all the auditor did: every refused form changed nothing.
+    assert [e["action"] for e in by_auditor.json()["events"]] == ["operator:operator:signed_in"]
 
 
 # -- approvals ---------------------------------------------------------------------------------

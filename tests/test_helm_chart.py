@@ -40,6 +40,7 @@ SECRET_SETTINGS = {
     "BROKER_VAULT_ROLE_ID",
     "BROKER_VAULT_SECRET_ID",
     "BROKER_ALERT_WEBHOOK_SECRET",
+    "BROKER_OIDC_CLIENT_SECRET",
 }
 
 SERVER_KINDS = {"ConfigMap", "Deployment", "Service", "ServiceAccount"}
@@ -453,7 +454,8 @@ def test_network_policy_opens_the_port_and_only_the_needed_egress(chart: helm.Ch
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert len(ingress["from"]) == 2
-    assert egress_ports(policy) == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+    # The OpenID Provider, which the ha example signs people in through.
+    assert egress_ports(policy) == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (443, "TCP")}
     # It covers the server pods and the migration Job's pods alike.
     selector = policy["spec"]["podSelector"]["matchLabels"].items()
     for obj in objects:
@@ -485,6 +487,13 @@ def test_network_policy_opens_the_port_and_only_the_needed_egress(chart: helm.Ch
             "invalid propertyName 'BROKER_PEPPER'",
             id="inline-secret",
         ),
+        pytest.param(
+            {"broker": {"extraConfig": {"BROKER_OIDC_CLIENT_SECRET": "inline"}}},
+            "invalid propertyName 'BROKER_OIDC_CLIENT_SECRET'",
+            id="inline-client-secret",
+        ),
+        pytest.param({"sso": {"roleMap": "ops=boss"}}, "/sso/roleMap", id="unknown-sso-role"),
+        pytest.param({"sso": {"scopes": "profile"}}, "/sso/scopes", id="sso-without-openid"),
         pytest.param(
             {"broker": {"extraConfig": {"rotation_period": "7d"}}},
             "invalid propertyName 'rotation_period'",
@@ -595,6 +604,40 @@ def test_templates_refuse_what_the_schema_cannot_express(
 ) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         render(chart, merged(POSTGRES, patch))
+
+
+def test_single_sign_on_settings_reach_the_broker(chart: helm.Chart) -> None:
+    """The ha example's provider: its settings in the ConfigMap (parsed as the broker parses
+    them), the client secret only from the Secret, and refusals when a part is missing."""
+    objects = render(chart, values_of("ha"))
+    config = only(objects, "ConfigMap")["data"]
+    settings = Settings(**{k.removeprefix("BROKER_").lower(): v for k, v in config.items()})
+    assert settings.oidc_issuer == "https://login.example.internal/realms/company"
+    assert settings.oidc_roles["pii-ci"] == "proposer"
+    assert settings.oidc_display_name == "Company SSO"
+    secret = env_of(broker_container(objects))["BROKER_OIDC_CLIENT_SECRET"]
+    assert secret["valueFrom"]["secretKeyRef"] == {
+        "name": "pii-key-broker-sso",
+        "key": "client-secret",
+    }
+    bare = only(render(chart, POSTGRES), "ConfigMap")["data"]
+    assert not {k for k in bare if k.startswith("BROKER_OIDC_")}
+    with pytest.raises(helm.HelmRenderError, match=re.escape("sso.issuer needs sso.roleMap")):
+        render(
+            chart,
+            merged(
+                POSTGRES,
+                {"sso": {"issuer": "https://idp.example", "clientId": "b"}},
+            ),
+        )
+    with pytest.raises(helm.HelmRenderError, match=re.escape("sso.issuer needs sso.clientId")):
+        render(
+            chart,
+            merged(
+                POSTGRES,
+                {"sso": {"issuer": "https://idp.example", "roleMap": "a=admin"}},
+            ),
+        )
 
 
 def test_chart_deploys_the_package_version(chart: helm.Chart) -> None:

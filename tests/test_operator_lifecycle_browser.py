@@ -71,12 +71,13 @@ def test_an_admin_manages_operators_and_rotates_its_token_in_chromium(
         assert api.get("/v1/admin/operators/me", headers=bearer(olga)).status_code == 200
         ui.shot("enabled")
 
-        # The last admin cannot disable itself; the error page says why.
+        # The last admin cannot disable itself; its page says why, above the forms.
         ui.open("/console/operators")
         ui.wait_for("#operators").find_element("link text", "bootstrap-admin").click()
         ui.wait_for("#disable-reason").send_keys("leaving")
-        ui.submit(ui.by("#disable"), "#problem-detail")
-        assert "last active admin" in ui.by("#problem-detail").text
+        ui.submit(ui.by("#disable"), "#error")
+        assert "last active admin" in ui.by("#error").text
+        assert "active" in ui.by("#status").text
         ui.shot("last-admin")
 
         # Its own token, rotated with an overlap: shown once, the banner gone.

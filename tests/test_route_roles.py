@@ -38,8 +38,9 @@ from tests.support.world import bearer
 
 ADMIN, APPROVER, PROPOSER, AUDITOR = Role.ADMIN, Role.APPROVER, Role.PROPOSER, Role.AUDITOR
 
-# Every operator route, API and console, with the role it needs. Each role includes the
-# ones below it (admin > approver > auditor); auditor is the floor: any operator.
+# Every operator route, API and console, with the role it needs. Admin includes every
+# role; approver and proposer each include auditor and are apart (who may propose through a
+# pipeline may not approve); auditor is the floor: any operator.
 OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     # operators
     ("GET", "/v1/admin/operators"): AUDITOR,
@@ -49,6 +50,11 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("POST", "/v1/admin/operators/{operator_id:str}/confirm"): ADMIN,
     ("GET", "/v1/admin/operators/{operator_id:str}"): AUDITOR,
     ("PATCH", "/v1/admin/operators/{operator_id:str}"): ADMIN,
+    ("PUT", "/v1/admin/operators/{operator_id:str}/binding"): ADMIN,
+    # sign-in: the pasted-token switch, and ending one's own `broker login` token
+    ("GET", "/v1/admin/sign-in"): AUDITOR,
+    ("PATCH", "/v1/admin/sign-in"): ADMIN,
+    ("POST", "/v1/admin/logout"): AUDITOR,
     # services
     ("GET", "/v1/admin/services"): AUDITOR,
     ("POST", "/v1/admin/services"): ADMIN,
@@ -117,6 +123,7 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("GET", "/console/keys"): AUDITOR,
     ("GET", "/console/audit"): AUDITOR,
     ("POST", "/console/logout"): AUDITOR,
+    ("POST", "/console/sign-in/tokens"): ADMIN,
     ("GET", "/console/catalog"): AUDITOR,
     ("GET", "/console/catalog/fields/{field_name:str}"): AUDITOR,
     ("GET", "/console/catalog/purposes/{purpose_name:str}"): AUDITOR,
@@ -163,6 +170,8 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/schema/{path:str}"): "public",
     ("GET", "/console/login"): "public",
     ("POST", "/console/login"): "public",
+    ("GET", "/console/oidc/start"): "public",
+    ("GET", "/console/oidc/callback"): "public",
     ("GET", "/console/static/{file_path:path}"): "public",
     ("GET", "/console/{rest:path}"): "public",
     ("POST", "/v1/keys"): "service",
@@ -172,11 +181,37 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/revocations"): "service",
     ("GET", "/v1/revocations/stream"): "service",
     ("POST", "/v1/usage"): "service",
+    # `broker login`: the device and loopback flows, before anyone is signed in.
+    ("GET", "/v1/admin/login"): "public",
+    ("POST", "/v1/admin/login/device"): "public",
+    ("POST", "/v1/admin/login/device/token"): "public",
+    ("POST", "/v1/admin/login/browser"): "public",
+    ("POST", "/v1/admin/login/browser/token"): "public",
+    # A machine operator's workload JWT in the form is the credential (RFC 8693).
+    ("POST", "/v1/admin/token"): "machine",
 }
 
 # Litestar answers OPTIONS on every path, and HEAD for static files, by itself.
 AUTOMATIC = {"OPTIONS", "HEAD"}
-ONE_BELOW = {ADMIN: APPROVER, APPROVER: AUDITOR}
+# The roles a route is played with and must refuse: those just below its own, and the one
+# beside it (an approver route refuses a proposer, a proposer route an approver).
+REFUSED: dict[Role, tuple[Role, ...]] = {
+    ADMIN: (APPROVER, PROPOSER),
+    APPROVER: (AUDITOR, PROPOSER),
+    PROPOSER: (AUDITOR, APPROVER),
+}
+
+
+async def _proposer(runtime: Any) -> str:
+    """A proposer's token, made beside the shared fixture's operators (which other tests
+    count) rather than among them."""
+    from broker.operators.service import create_operator
+
+    async with runtime.transaction() as session:
+        made = await create_operator(
+            session, runtime.secrets.pepper, "proposer", "proposer", actor="test"
+        )
+    return made.token
 
 
 def _app(tmp_path: Path) -> Litestar:
@@ -243,17 +278,22 @@ def _sample(path: str) -> str:
 
 
 async def test_each_api_route_refuses_the_role_below_and_admits_its_own(
-    client: httpx.AsyncClient, operators: Operators
+    client: httpx.AsyncClient, operators: Operators, runtime: Any
 ) -> None:
-    tokens = {ADMIN: operators.admin, APPROVER: operators.approver, AUDITOR: operators.auditor}
+    tokens = {
+        ADMIN: operators.admin,
+        APPROVER: operators.approver,
+        PROPOSER: await _proposer(runtime),
+        AUDITOR: operators.auditor,
+    }
     api = {k: v for k, v in OPERATOR_ROUTES.items() if not k[1].startswith("/console")}
     for (method, path), role in api.items():
         body = None if method == "GET" else b"{}"
         headers = {"content-type": "application/json"} if body else {}
         url = _sample(path)
         assert_problem(await client.request(method, url, content=body, headers=headers), 401)
-        if role in ONE_BELOW:
-            below = {**headers, **bearer(tokens[ONE_BELOW[role]])}
+        for other in REFUSED.get(role, ()):
+            below = {**headers, **bearer(tokens[other])}
             refused = await client.request(method, url, content=body, headers=below)
             problem = assert_problem(refused, 403, "insufficient-role")
             assert problem["detail"] == f"this action needs the {role.value} role"
@@ -281,19 +321,24 @@ async def served(runtime: Any) -> AsyncIterator[Any]:
         yield app
 
 
-async def test_each_console_form_refuses_the_role_below(served: Any, operators: Operators) -> None:
-    tokens = {APPROVER: operators.approver, AUDITOR: operators.auditor}
+async def test_each_console_form_refuses_the_role_below(
+    served: Any, operators: Operators, runtime: Any
+) -> None:
+    tokens = {
+        APPROVER: operators.approver,
+        PROPOSER: await _proposer(runtime),
+        AUDITOR: operators.auditor,
+    }
     forms = {
         k: v for k, v in OPERATOR_ROUTES.items() if k[1].startswith("/console") and k[0] == "POST"
     }
     for (_, path), role in forms.items():
-        if role not in ONE_BELOW:
-            continue
-        async with signed_in(served, tokens[ONE_BELOW[role]]) as browser:
-            data = {"csrf": await page_csrf(browser), "comment": "c"}
-            refused = await browser.post(_sample(path), data=data)
-            problem = assert_problem(refused, 403, "insufficient-role")
-            assert problem["detail"] == f"this action needs the {role.value} role"
+        for other in REFUSED.get(role, ()):
+            async with signed_in(served, tokens[other]) as browser:
+                data = {"csrf": await page_csrf(browser), "comment": "c"}
+                refused = await browser.post(_sample(path), data=data)
+                problem = assert_problem(refused, 403, "insufficient-role")
+                assert problem["detail"] == f"this action needs the {role.value} role"
 
 
 def test_a_role_needs_a_parameter_that_checks_it() -> None:

@@ -436,7 +436,10 @@ async def test_quarantine_and_release_by_hand(svc: Svc) -> None:
         "operator:rule_evidence:cleared",
     ]
     assert events[1].actor == "operator:admin"
-    assert events[1].details == {"reason": "keys seen in a support ticket"}
+    assert events[1].details == {
+        "reason": "keys seen in a support ticket",
+        "via": {"origin": "token", "signed_in_via": "token"},
+    }
     assert events[2].details["quarantined_by"] == "operator:admin"
 
 

@@ -25,6 +25,7 @@ class AuditAction(StrEnum):
     OPERATOR_PROVISIONED = "system:operator:provisioned"
     OPERATOR_ROLE_FROM_PROVIDER = "system:operator:role_changed"
     MACHINE_OPERATOR_CREATED = "operator:operator:machine_created"
+    MACHINE_BINDING_REPLACED = "operator:operator:machine_binding_replaced"
     MACHINE_TOKEN_ISSUED = "operator:operator_token:exchanged"  # noqa: S105 (an event name)
     MACHINE_EXCHANGE_REFUSED = "system:operator_token:exchange_refused"
     PASTED_TOKENS_DISABLED = "operator:sign_in:pasted_tokens_disabled"

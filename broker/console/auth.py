@@ -11,6 +11,7 @@ role or ending their token takes effect on their open session at once, on every 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Request
@@ -23,6 +24,7 @@ from broker.db import utcnow
 from broker.errors import Forbidden, Unauthenticated
 from broker.http.deps import declared_role, ensure_role
 from broker.models import Operator
+from broker.operators.origins import session_how
 from broker.operators.service import OperatorPrincipal, Role, iso, principal_of
 from broker.operators.switch import pasted_tokens_allowed
 from broker.runtime import runtime_of
@@ -44,6 +46,14 @@ class ConsoleOperator:
     principal: OperatorPrincipal
     session_id: str
     csrf: str
+    # How this session was opened (``token``: a pasted token; ``oidc``: the provider) and
+    # its words for the page header ("pasted token", the provider's display name); when
+    # it was opened, and when it ends at the latest (BROKER_CONSOLE_SESSION_TTL after
+    # that, or the pasted token's own end if sooner).
+    session_via: str = "token"
+    session_how: str = "pasted token"
+    signed_in_at: datetime | None = None
+    session_ends_at: datetime | None = None
 
     def can(self, role: Role) -> bool:
         return self.principal.can(role)
@@ -129,7 +139,19 @@ async def current_operator(request: Request[Any, Any, Any]) -> ConsoleOperator:
     )
     acting_as(principal.actor, {**principal.audit_via, "session": found.via})
     request.state.operator = principal
-    return ConsoleOperator(principal, session_id, csrf_token(runtime.secrets.pepper, session_id))
+    signed_in_at = datetime.fromtimestamp(found.signed_in_at, UTC)
+    ends_at = signed_in_at + timedelta(seconds=runtime.settings.console_session_ttl)
+    if found.via == "token" and row.token_expires_at is not None:
+        ends_at = min(ends_at, row.token_expires_at)
+    return ConsoleOperator(
+        principal,
+        session_id,
+        csrf_token(runtime.secrets.pepper, session_id),
+        session_via=found.via,
+        session_how=session_how(found.via, runtime.settings.oidc_display_name),
+        signed_in_at=signed_in_at,
+        session_ends_at=ends_at,
+    )
 
 
 async def _form_values(request: Request[Any, Any, Any]) -> dict[str, str]:

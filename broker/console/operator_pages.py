@@ -1,10 +1,18 @@
-"""The console's pages and forms for operators: their tokens' expiry, rotation of one's own token,
-disabling and roles.
+"""The console's pages and forms for operators: where each comes from and when it last signed
+in, their tokens' expiry, rotation of one's own token, disabling and roles, and the
+break-glass switch for pasted tokens.
 
-``/console/operators`` lists every operator with its status and token expiry (tokens ending
-within ``BROKER_OPERATOR_TOKEN_WARNING`` marked); ``/console/operators/{id}`` shows one,
-with the admin's forms (role, disable with a reason, enable, token expiry, a new token).
-``/console/account`` is the signed-in operator's own token: when it ends, and rotation.
+``/console/operators`` lists every operator with its origin (token, oidc, machine), status,
+token expiry (tokens ending within ``BROKER_OPERATOR_TOKEN_WARNING`` marked) and last
+sign-in, and the Sign-in section (pasted tokens on or off; an admin's form switches them,
+``broker.operators.break_glass``); ``/console/operators/{id}`` shows one, with the admin's
+forms (role, disable with a reason, enable, token expiry, a new token). Only a ``token``
+operator has a token of its own: a person from the provider is shown as signing in through
+it (its role comes from the provider's groups), a machine with the binding its workload JWT
+is checked against, and the token forms are not offered for either; a change refused all
+the same (``409``) is shown on the page. ``/console/account`` is the signed-in operator's
+own: origin, how this session was signed in and when it ends, the last sign-in, and (for a
+token operator) its token's end and rotation.
 
 Each form calls the same service function as ``PATCH /v1/admin/operators/{id}`` or
 ``POST /v1/admin/operators/me/token``, in the request's one transaction, audited with the
@@ -27,12 +35,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.console.auth import ConsoleForm, ConsoleOperator
 from broker.console.rendering import page
-from broker.console.session import sessions_for
+from broker.console.session import IDLE_TIMEOUT, sessions_for
 from broker.db import utcnow
-from broker.errors import InvalidInput, NotFound
+from broker.errors import Conflict, InvalidInput, NotFound
 from broker.http.deps import requires
 from broker.models import Operator
-from broker.operators import lifecycle, service
+from broker.models.operator import ORIGINS
+from broker.operators import break_glass, lifecycle, origins, service
 from broker.operators.lifecycle import OperatorChange, TokenLimits
 from broker.operators.service import Role
 from broker.runtime import Runtime
@@ -47,8 +56,17 @@ NOTICES = {
         "The operator was disabled: every token of theirs is refused and their console "
         "sessions have ended, on every replica."
     ),
-    "enabled": "The operator was enabled; the token they had works again unless it has expired.",
+    "enabled": (
+        "The operator was enabled: the pasted token they had works again unless it has "
+        "expired; a person from the provider or a machine may sign in again."
+    ),
     "expiry_set": "The token's expiry was set.",
+    "tokens_on": "Pasted operator tokens are accepted again.",
+    "tokens_off": (
+        "Pasted operator tokens are switched off: they are refused at once on every replica, "
+        "and console sessions opened with one end at their next request."
+    ),
+    "tokens_same": "Nothing changed: pasted tokens already were as asked.",
 }
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
@@ -104,24 +122,104 @@ async def _described(db: AsyncSession, runtime: Runtime, operator_id: str) -> di
     return lifecycle.describe(row, names, warning=runtime.settings.operator_token_warning)
 
 
+def _signs_in(runtime: Runtime) -> dict[str, str]:
+    """How each origin signs in, in the words the pages use instead of a token's fields."""
+    display = runtime.settings.oidc_display_name
+    return {origin: origins.signs_in(origin, display) for origin in ORIGINS}
+
+
+async def _operators_page(
+    who: ConsoleOperator,
+    db: AsyncSession,
+    runtime: Runtime,
+    *,
+    done: str | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Template:
+    rows = await service.list_operators(db)
+    names = {r.id: r.name for r in rows}
+    settings = runtime.settings
+    warning = settings.operator_token_warning
+    listed = [lifecycle.describe(r, names, warning=warning) for r in rows]
+    return page(
+        "operators.html",
+        who,
+        section="operators",
+        title="Operators",
+        rows=listed,
+        warning=warning,
+        signs_in=_signs_in(runtime),
+        sign_in=await break_glass.state(db),
+        oidc_enabled=settings.oidc_enabled,
+        display_name=settings.oidc_display_name,
+        done=NOTICES.get(done or ""),
+        error=error,
+        status_code=status_code,
+    )
+
+
 @requires(Role.AUDITOR)
 @get("/operators", name="console-operators")
 async def operators_page(
     operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
     runtime: NamedDependency[Runtime],
+    notice: Notice = None,
 ) -> Template:
-    rows = await service.list_operators(db)
-    names = {r.id: r.name for r in rows}
-    warning = runtime.settings.operator_token_warning
-    listed = [lifecycle.describe(r, names, warning=warning) for r in rows]
+    return await _operators_page(operator, db, runtime, done=notice)
+
+
+@requires(Role.ADMIN)
+@post("/sign-in/tokens", name="console-sign-in-tokens")
+async def switch_tokens(
+    form: NamedDependency[ConsoleForm],
+    db: NamedDependency[AsyncSession],
+    runtime: NamedDependency[Runtime],
+) -> Template | Redirect:
+    """The Sign-in section's form: pasted tokens on or off (``break_glass.switch``)."""
+    asked = form.text("pasted_tokens", 3)
+    if asked not in ("on", "off"):
+        raise InvalidInput("pasted_tokens must be on or off")
+    try:
+        _, changed = await break_glass.switch(
+            db, asked == "on", settings=runtime.settings, by=form.operator
+        )
+    except Conflict as refused:
+        return await _operators_page(
+            form.who, db, runtime, error=refused.detail, status_code=refused.status
+        )
+    return _back("/console/operators", f"tokens_{asked}" if changed else "tokens_same")
+
+
+async def _operator_page(
+    who: ConsoleOperator,
+    db: AsyncSession,
+    runtime: Runtime,
+    operator_id: str,
+    *,
+    done: str | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Template:
+    shown = await _described(db, runtime, operator_id)
+    roles = [r.value for r in Role]
+    if shown["origin"] == "machine":
+        roles = [r.value for r in Role if r in lifecycle.MACHINE_ROLES]
     return page(
-        "operators.html",
-        operator,
+        "operators_detail.html",
+        who,
         section="operators",
-        title="Operators",
-        rows=listed,
-        warning=warning,
+        title=f"Operator {shown['name']}",
+        o=shown,
+        done=NOTICES.get(done or ""),
+        error=error,
+        roles=roles,
+        is_me=shown["id"] == who.principal.id,
+        max_ttl=runtime.settings.operator_token_max_ttl,
+        signs_in=_signs_in(runtime),
+        display_name=runtime.settings.oidc_display_name,
+        status_code=status_code,
     )
 
 
@@ -134,18 +232,7 @@ async def operator_page(
     runtime: NamedDependency[Runtime],
     notice: Notice = None,
 ) -> Template:
-    shown = await _described(db, runtime, operator_id)
-    return page(
-        "operators_detail.html",
-        operator,
-        section="operators",
-        title=f"Operator {shown['name']}",
-        o=shown,
-        done=NOTICES.get(notice or ""),
-        roles=[r.value for r in Role],
-        is_me=shown["id"] == operator.principal.id,
-        max_ttl=runtime.settings.operator_token_max_ttl,
-    )
+    return await _operator_page(operator, db, runtime, operator_id, done=notice)
 
 
 @requires(Role.ADMIN)
@@ -155,8 +242,12 @@ async def set_role(
     form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
     runtime: NamedDependency[Runtime],
-) -> Redirect:
-    await _change(db, runtime, form, operator_id, OperatorChange(role=form.text("role", 20)))
+) -> Template | Redirect:
+    changed = await _change(
+        db, runtime, form, operator_id, OperatorChange(role=form.text("role", 20))
+    )
+    if isinstance(changed, Template):
+        return changed
     return _back(f"/console/operators/{operator_id}", "role_changed")
 
 
@@ -167,9 +258,11 @@ async def disable(
     form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
     runtime: NamedDependency[Runtime],
-) -> Redirect:
+) -> Template | Redirect:
     change = OperatorChange(disabled=True, reason=form.text("reason", lifecycle.MAX_REASON))
-    await _change(db, runtime, form, operator_id, change)
+    changed = await _change(db, runtime, form, operator_id, change)
+    if isinstance(changed, Template):
+        return changed
     return _back(f"/console/operators/{operator_id}", "disabled")
 
 
@@ -188,6 +281,8 @@ async def enable(
         new_token=new_token,
     )
     changed = await _change(db, runtime, form, operator_id, change)
+    if isinstance(changed, Template):
+        return changed
     if changed.token is not None:
         return _handed(form, changed)
     return _back(f"/console/operators/{operator_id}", "enabled")
@@ -200,9 +295,13 @@ async def set_expiry(
     form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
     runtime: NamedDependency[Runtime],
-) -> Redirect:
+) -> Template | Redirect:
     expires = expiry_from(form.text("expires", 60), utcnow())
-    await _change(db, runtime, form, operator_id, OperatorChange(token_expires_at=expires))
+    changed = await _change(
+        db, runtime, form, operator_id, OperatorChange(token_expires_at=expires)
+    )
+    if isinstance(changed, Template):
+        return changed
     return _back(f"/console/operators/{operator_id}", "expiry_set")
 
 
@@ -215,6 +314,8 @@ async def new_token(
     runtime: NamedDependency[Runtime],
 ) -> Template:
     changed = await _change(db, runtime, form, operator_id, OperatorChange(new_token=True))
+    if isinstance(changed, Template):
+        return changed
     return _handed(form, changed)
 
 
@@ -224,15 +325,30 @@ async def _change(
     form: ConsoleForm,
     operator_id: str,
     change: OperatorChange,
-) -> lifecycle.Changed:
-    return await lifecycle.change_operator(
-        db,
-        runtime.secrets.pepper,
-        operator_id,
-        change,
-        admin=form.operator,
-        limits=TokenLimits.of(runtime.settings),
-    )
+) -> lifecycle.Changed | Template:
+    """The change, or the operator's page again naming why it was refused (``409``: the
+    last admin, a token change for an operator without a token, a role the provider
+    decides, a change already made; ``422``: a bad value, a role a machine may not have).
+    ``change_operator`` refuses before it changes anything, so the request's transaction
+    has nothing to undo."""
+    try:
+        return await lifecycle.change_operator(
+            db,
+            runtime.secrets.pepper,
+            operator_id,
+            change,
+            admin=form.operator,
+            limits=TokenLimits.of(runtime.settings),
+        )
+    except (Conflict, InvalidInput) as refused:
+        return await _operator_page(
+            form.who,
+            db,
+            runtime,
+            operator_id,
+            error=refused.detail,
+            status_code=refused.status,
+        )
 
 
 def _handed(form: ConsoleForm, changed: lifecycle.Changed) -> Template:
@@ -257,11 +373,17 @@ async def account(
     runtime: NamedDependency[Runtime],
 ) -> Template:
     settings = runtime.settings
+    shown = await _described(db, runtime, operator.principal.id)
     return page(
         "account.html",
         operator,
-        title="Your operator token",
-        o=await _described(db, runtime, operator.principal.id),
+        title="Your account",
+        o=shown,
+        session=operator,
+        signs_in=origins.signs_in(shown["origin"], settings.oidc_display_name),
+        display_name=settings.oidc_display_name,
+        session_ttl=settings.console_session_ttl,
+        idle=IDLE_TIMEOUT,
         overlaps=_overlaps(settings.operator_token_max_overlap),
         default_ttl=settings.operator_token_ttl,
         max_ttl=settings.operator_token_max_ttl,
@@ -300,6 +422,7 @@ async def rotate_own(
 
 ROUTES: list[Any] = [
     operators_page,
+    switch_tokens,
     operator_page,
     set_role,
     disable,

@@ -139,6 +139,7 @@ def page(
         template_name=name,
         context={
             "me": who.principal if who else None,
+            "who": who,
             "csrf": who.csrf if who else "",
             "may_approve": bool(who and who.can(Role.APPROVER)),
             "may_admin": bool(who and who.can(Role.ADMIN)),

@@ -22,12 +22,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, or_
+from sqlalchemy import delete, or_, update
 from sqlmodel import col
 
 from broker import credentials
+from broker.audit import AuditAction, record
 from broker.db import utcnow
-from broker.models import ConsoleSession
+from broker.models import ConsoleSession, Operator
 from broker.runtime import Runtime
 
 IDLE_TIMEOUT = 15 * 60
@@ -85,7 +86,12 @@ class ConsoleSessions:
         ending an operator's others."""
         return self._key(session_id)
 
-    async def create(self, operator_id: str, *, via: str = "token") -> str:
+    async def create(
+        self, operator_id: str, *, via: str = "token", signed_in: str | None = None
+    ) -> str:
+        """A new session. ``signed_in``: the actor who just signed in with a pasted token,
+        whose sign-in is recorded (last sign-in, ``OPERATOR_SIGNED_IN``) in the session's
+        transaction; a sign-in through the provider records its own (``signon.people``)."""
         session_id = new_secret()
         now = utcnow()
         async with self._runtime.transaction() as session:
@@ -98,6 +104,19 @@ class ConsoleSessions:
                     via=via,
                 )
             )
+            if signed_in is not None:
+                await session.exec(  # type: ignore[call-overload]
+                    update(Operator)
+                    .where(col(Operator.id) == operator_id)
+                    .values(last_sign_in_at=now, last_sign_in_via="console")
+                )
+                await record(
+                    session,
+                    AuditAction.OPERATOR_SIGNED_IN,
+                    actor=signed_in,
+                    subject=signed_in,
+                    details={"where": "console", "with": "pasted token"},
+                )
         return session_id
 
     async def find(self, session_id: str) -> SessionRecord | None:

@@ -29,6 +29,7 @@ from broker.incidents import outbox
 from broker.incidents import service as incidents
 from broker.incidents.service import IncidentStatus
 from broker.models import AuditEvent, Incident, OutboundAlert
+from broker.operators.origins import via_label
 from broker.operators.service import OperatorPrincipal, Role
 from broker.policy import rendering as policies
 from broker.policy.schemas import PolicyOut, PolicyVersionOut
@@ -490,16 +491,21 @@ class AuditRow:
     action: str
     subject: str
     details: dict[str, Any]
+    # How the acting operator signed in, in a few words (``oidc``, ``machine: org/repo@ref
+    # run 123``; ``origins.via_label``); None for events without ``details.via``.
+    via: str | None = None
 
     @classmethod
     def of(cls, event: AuditEvent) -> AuditRow:
+        details = visible_value(event.details or {})
         return cls(
             seq=event.seq,
             at=event.at,
             actor=visible(event.actor),
             action=visible(event.action),
             subject=visible(event.subject),
-            details=visible_value(event.details or {}),
+            details=details,
+            via=via_label(details.get("via")) if isinstance(details, dict) else None,
         )
 
 

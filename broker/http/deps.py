@@ -14,6 +14,11 @@ start. ``requires`` refuses, at import, a handler that takes no role-checking de
 route that declares no role. The check stays a dependency rather than a Litestar guard so
 that it runs where it always has: after the body is read (a malformed or oversized body is
 answered 400/413 first), before the body is validated.
+
+One exception to a declared role exists, and it is declared too: the policy approval route
+is marked ``machines_may_approve_narrowing``, which lets a proposing machine operator reach
+it when ``BROKER_MACHINE_MAY_APPROVE_NARROWING`` is on; the approval then lands only on a
+version that narrows the one in force (``broker.policy.workflow.approve``).
 """
 
 from __future__ import annotations
@@ -68,9 +73,27 @@ async def _operator(request: Request[Any, Any, Any], needed: Role) -> OperatorPr
         where=request.url.path,
     )
     acting_as(principal.actor, principal.audit_via)
-    ensure_role(principal, needed)
+    if not _machine_narrowing(request, runtime, principal, needed):
+        ensure_role(principal, needed)
     request.state.operator = principal
     return principal
+
+
+def _machine_narrowing(
+    request: Request[Any, Any, Any], runtime: Runtime, principal: OperatorPrincipal, needed: Role
+) -> bool:
+    """The one exception to a declared role: with ``BROKER_MACHINE_MAY_APPROVE_NARROWING``
+    on, a proposing machine operator reaches a route that declares the approver role and is
+    marked ``machines_may_approve_narrowing`` (the policy approval, nothing else). The
+    route's service then approves for it only a version that narrows the one in force
+    (``broker.policy.workflow.approve``); anything else is refused there."""
+    return (
+        needed is Role.APPROVER
+        and principal.is_machine
+        and principal.can(Role.PROPOSER)
+        and request.route_handler.opt.get(MACHINES_MAY_APPROVE_NARROWING) is True
+        and runtime.settings.machine_may_approve_narrowing
+    )
 
 
 def ensure_role(principal: OperatorPrincipal, needed: Role) -> None:
@@ -102,6 +125,18 @@ def requires(role: Role) -> Callable[[HTTPRouteHandler], HTTPRouteHandler]:
         return handler
 
     return declare
+
+
+MACHINES_MAY_APPROVE_NARROWING = "machines_may_approve_narrowing"  # a key of ``opt``
+
+
+def machines_may_approve_narrowing(handler: HTTPRouteHandler) -> HTTPRouteHandler:
+    """Mark the policy approval route as the one place ``_machine_narrowing`` applies; goes
+    above ``@requires(Role.APPROVER)``, which stays the route's declared role."""
+    if not isinstance(handler, HTTPRouteHandler) or handler.opt.get(ROLE) is not Role.APPROVER:
+        raise TypeError("@machines_may_approve_narrowing goes above @requires(Role.APPROVER)")
+    handler.opt[MACHINES_MAY_APPROVE_NARROWING] = True
+    return handler
 
 
 def declared_role(request: Request[Any, Any, Any]) -> Role:

@@ -27,7 +27,7 @@ from litestar import Request, Response
 
 from broker.errors import PROBLEM_BASE
 
-OAUTH_ENDPOINTS = frozenset({"/v1/token", "/v1/introspect", "/v1/revoke"})
+OAUTH_ENDPOINTS = frozenset({"/v1/token", "/v1/introspect", "/v1/revoke", "/v1/admin/token"})
 OAUTH_MEDIA_TYPE = "application/json"
 REALM = "pii-broker"
 

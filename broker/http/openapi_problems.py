@@ -145,6 +145,9 @@ def _operations(doc: OpenAPI) -> list[tuple[str, str, Operation]]:
     return found
 
 
+DEVICE_POLL = "/v1/admin/login/device/token"
+
+
 def document_problems(doc: OpenAPI) -> None:
     """Rewrite ``doc`` in place (it is the app's cached document)."""
     assert doc.components is not None
@@ -163,4 +166,19 @@ def document_problems(doc: OpenAPI) -> None:
             codes = _codes(path, method) | {c for c in responses if c[:1] in "45"}
             for code in sorted(codes):
                 responses[code] = _problem(_WHY.get(code, "Error"))
+            if path == DEVICE_POLL and "400" in responses:
+                # broker login's device poll (RFC 8628 §3.5): "not yet" is an OAuth error.
+                poll = responses["400"]
+                assert isinstance(poll, OpenAPIResponse)
+                poll.content = {
+                    **(poll.content or {}),
+                    OAUTH_MEDIA_TYPE: OpenAPIMediaType(
+                        schema=Reference(ref="#/components/schemas/OAuthError")
+                    ),
+                }
+                poll.description = (
+                    "authorization_pending, slow_down, expired_token, access_denied or "
+                    "invalid_grant (an OAuth error, application/json); or a malformed "
+                    "request (a problem)"
+                )
         operation.responses = responses

@@ -39,6 +39,7 @@ from broker.issuance.schemas import (
     RevocationForm,
     TokenForm,
 )
+from broker.signon.machine_schemas import MachineTokenForm
 
 _REF = "#/components/schemas/{name}"
 # JSON Schema keywords whose Litestar ``Schema`` field is a different spelling.
@@ -61,6 +62,7 @@ _FIELD = {
 _OWN_FORMS: dict[str, type[msgspec.Struct]] = {
     "/v1/token": TokenForm,
     "/v1/revoke": RevocationForm,
+    "/v1/admin/token": MachineTokenForm,
 }
 
 

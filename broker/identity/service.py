@@ -157,8 +157,9 @@ def _check_jwks_url(url: str) -> None:
     raise InvalidInput("jwks_url must use https (plain http only to 127.0.0.1 or localhost)")
 
 
-def _jwt_binding(service_id: str, spec: JwtBindingIn, index: int) -> ServiceBinding:
-    where = f"bindings[{index}]"
+def jwt_binding(service_id: str, spec: JwtBindingIn, where: str) -> ServiceBinding:
+    """A JWT binding checked and built; ``where`` names it in refusals (``bindings[0]``).
+    Machine operators' bindings (``broker.signon.machines``) are checked by the same rules."""
     if (spec.jwks is None) == (spec.jwks_url is None):
         raise InvalidInput(f"{where}: give exactly one of jwks or jwks_url")
     algorithms: list[str] = list(spec.algorithms or [])
@@ -274,7 +275,7 @@ async def create_service(
     bindings: list[ServiceBinding] = []
     for index, item in enumerate(spec.bindings):
         if isinstance(item, JwtBindingIn):
-            bindings.append(_jwt_binding(spec.id, item, index))
+            bindings.append(jwt_binding(spec.id, item, f"bindings[{index}]"))
         else:
             bindings.append(ServiceBinding(id=str(uuid.uuid4()), service_id=spec.id, kind=SECRET))
     # Reads order bindings by creation time: keep the request's order even within one clock tick.
@@ -546,7 +547,7 @@ def _proposed_rows(service_id: str, specs: Sequence[BindingIn]) -> list[ServiceB
     rows: list[ServiceBinding] = []
     for index, item in enumerate(specs):
         if isinstance(item, JwtBindingIn):
-            rows.append(_jwt_binding(service_id, item, index))
+            rows.append(jwt_binding(service_id, item, f"bindings[{index}]"))
         else:
             rows.append(ServiceBinding(id=str(uuid.uuid4()), service_id=service_id, kind=SECRET))
     identities = [_binding_identity(b) for b in rows if b.kind == JWT]

@@ -11,7 +11,8 @@ class SignInSetting(SQLModel, table=True):
     """How operators may sign in, as admins set it at run time (one row, ``id`` 1; no row
     means the defaults). ``pasted_tokens``: whether ``token`` operators' own tokens are
     accepted (the break-glass path); switched off, only the provider and machine exchanges
-    let anyone in, and only ``broker sign-in tokens on`` on the host turns it back on.
+    let anyone in. An admin signed in through the provider can switch it back on; for the
+    day nobody can, ``broker sign-in tokens on --local`` on the host does.
     """
 
     __tablename__ = "sign_in_settings"

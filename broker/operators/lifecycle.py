@@ -9,10 +9,12 @@ it can be updated without an outage; it never outlives the new token.
 Nothing here is cached: every request re-reads the operator's row (``service.authenticate``,
 and the console's ``current_operator``), so a change committed on one replica is refused or
 honoured on every replica from its next request; disabling also deletes the operator's
-console sessions, which every replica reads from the same table.
+console sessions and the short-lived tokens its sign-ins were handed (``short_tokens``),
+which every replica reads from the same tables.
 
-The last active admin (not disabled, token not expired) can never be disabled, demoted or
-have their token ended, by anyone including themselves: nobody could then manage the
+The last active admin (not disabled and, for a ``token`` operator, token not expired; an
+admin from the identity provider counts) can never be disabled, demoted or have their
+token ended, by anyone including themselves: nobody could then manage the
 broker except through its database. Every change that may shrink the set of active admins
 takes one lock first (``OPERATORS_LOCK``: an advisory lock on PostgreSQL, the write lock on
 SQLite) and reads the set under it, so two admins disabling each other at the same moment
@@ -34,7 +36,7 @@ from broker.audit import AuditAction, record
 from broker.db import serialise, utcnow
 from broker.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from broker.models import ConsoleSession, Operator
-from broker.operators import service
+from broker.operators import origins, service, short_tokens
 from broker.operators.service import IN_OVERLAP, ROLE_GRANTS, OperatorPrincipal, Role, iso
 from broker.settings import Settings
 
@@ -151,6 +153,7 @@ def describe(
         "origin": row.origin,
         "last_sign_in_at": row.last_sign_in_at,
         "last_sign_in_via": row.last_sign_in_via,
+        "binding": origins.binding_summary(row.binding) if row.origin == "machine" else None,
     }
 
 
@@ -248,6 +251,7 @@ class Changed:
     row: Operator
     token: str | None  # a new token, when asked: returned once, to the admin
     sessions_ended: int
+    tokens_ended: int = 0  # short-lived tokens (``broker login``, machine exchanges) ended
 
 
 async def change_operator(
@@ -340,6 +344,7 @@ async def change_operator(
 
     subject = f"operator:{row.name}"
     ended = 0
+    tokens_ended = 0
     token: str | None = None
     if role is not None:
         before = row.role
@@ -361,6 +366,10 @@ async def change_operator(
         row.previous_token_hash = None
         row.previous_token_ends_at = None
         ended = await _end_sessions(session, row.id)
+        # And every short-lived token its sign-ins were handed: refused at once anyway
+        # (authenticate reads the operator), ended for good so enabling it again does not
+        # bring them back.
+        tokens_ended = await short_tokens.end_all(session, row.id)
         await record(
             session,
             AuditAction.OPERATOR_DISABLED,
@@ -370,6 +379,7 @@ async def change_operator(
                 "reason": reason,
                 "token_fingerprint": row.token_fingerprint,
                 "sessions_ended": ended,
+                "tokens_ended": tokens_ended,
             },
         )
     elif change.disabled is False:
@@ -441,7 +451,7 @@ async def change_operator(
         )
     session.add(row)
     await session.flush()
-    return Changed(row, token, ended)
+    return Changed(row, token, ended, tokens_ended)
 
 
 def _parse_role(value: str | None) -> Role | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get, patch, post
+from litestar import Controller, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -16,7 +16,6 @@ from broker.operators.lifecycle import OperatorChange, TokenLimits
 from broker.operators.schemas import (
     OperatorChanged,
     OperatorConfirm,
-    OperatorCreate,
     OperatorCreated,
     OperatorOut,
     OperatorPatch,
@@ -26,6 +25,12 @@ from broker.operators.schemas import (
 )
 from broker.operators.service import OperatorPrincipal, Role
 from broker.runtime import Runtime
+from broker.signon import machines
+from broker.signon.machine_schemas import (
+    MachineBindingReplace,
+    MachineBindingReplaced,
+    OperatorCreateIn,
+)
 
 
 def _out(row: Operator, names: dict[str, str], warning: int) -> OperatorOut:
@@ -58,16 +63,23 @@ class OperatorController(Controller):
         "/",
         summary=(
             "Create an operator; the token is returned once. It stays unconfirmed (counted as "
-            "its creator for approvals) until another independent admin confirms it"
+            "its creator for approvals) until another independent admin confirms it. With a "
+            "binding, a machine operator (role proposer or auditor): no token, it exchanges "
+            "its workload JWT at POST /v1/admin/token; it counts as its creator's for good"
         ),
     )
     async def create_operator(
         self,
-        data: JSONBody[OperatorCreate],
+        data: JSONBody[OperatorCreateIn],
         db: NamedDependency[AsyncSession],
         runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
-    ) -> OperatorCreated:
+    ) -> OperatorCreated | OperatorOut:
+        if data.binding is not None:
+            row = await machines.create_machine(
+                db, data.name, data.role, data.binding, admin=operator
+            )
+            return _out(row, await _names(db), runtime.settings.operator_token_warning)
         created = await service.create_operator(
             db,
             runtime.secrets.pepper,
@@ -96,9 +108,15 @@ class OperatorController(Controller):
             operator.role.value,
             service.standing_of(row),
             row.token_fingerprint,
-            row.token_expires_at,
+            # The end of the token presented: the operator's own, or the short-lived one a
+            # sign-in handed out.
+            operator.token_expires_at,
             operator.token_expiring,
             operator.via_previous,
+            row.origin,
+            operator.signed_in_via,
+            row.last_sign_in_at,
+            row.last_sign_in_via,
         )
 
     @requires(Role.AUDITOR)
@@ -184,7 +202,12 @@ class OperatorController(Controller):
         fields = lifecycle.describe(
             changed.row, await _names(db), warning=runtime.settings.operator_token_warning
         )
-        return OperatorChanged(**fields, token=changed.token, sessions_ended=changed.sessions_ended)
+        return OperatorChanged(
+            **fields,
+            token=changed.token,
+            sessions_ended=changed.sessions_ended,
+            tokens_ended=changed.tokens_ended,
+        )
 
     @requires(Role.ADMIN)
     @post(
@@ -208,6 +231,28 @@ class OperatorController(Controller):
             db, operator_id, data.token_fingerprint, admin=operator
         )
         return _out(row, await _names(db), runtime.settings.operator_token_warning)
+
+    @requires(Role.ADMIN)
+    @put(
+        "/{operator_id:str}/binding",
+        summary=(
+            "Replace a machine operator's binding (the same shape as at creation); its live "
+            "tokens end at once, and it counts as the replacing admin's for approvals"
+        ),
+    )
+    async def replace_binding(
+        self,
+        operator_id: FromPath[str],
+        data: JSONBody[MachineBindingReplace],
+        db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
+        operator: NamedDependency[OperatorPrincipal],
+    ) -> MachineBindingReplaced:
+        row, ended = await machines.replace_binding(db, operator_id, data.binding, admin=operator)
+        fields = lifecycle.describe(
+            row, await _names(db), warning=runtime.settings.operator_token_warning
+        )
+        return MachineBindingReplaced(**fields, tokens_ended=ended)
 
 
 ROUTES = [OperatorController]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -20,7 +20,7 @@ Standing = Annotated[
 
 class OperatorCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
-    role: Literal["admin", "approver", "auditor"]
+    role: Literal["admin", "approver", "proposer", "auditor"]
 
 
 class OperatorConfirm(msgspec.Struct, forbid_unknown_fields=True):
@@ -109,6 +109,16 @@ class OperatorOut(msgspec.Struct):
         str | None,
         msgspec.Meta(description="How: console, login (broker login) or machine"),
     ] = None
+    binding: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(
+            description=(
+                "A machine operator's binding: kind, issuer, audience, subject, claims, "
+                "jwks_url, and each inline key as {kid, thumbprint} (RFC 7638; never key "
+                "material); null for other origins"
+            )
+        ),
+    ] = None
 
 
 class OperatorChanged(OperatorOut):
@@ -117,10 +127,19 @@ class OperatorChanged(OperatorOut):
         msgspec.Meta(description="The new token, when new_token was asked: shown once"),
     ] = None
     sessions_ended: int = 0
+    tokens_ended: Annotated[
+        int,
+        msgspec.Meta(
+            description=(
+                "Short-lived operator tokens (broker login, machine exchanges) ended by "
+                "disabling the operator"
+            )
+        ),
+    ] = 0
 
 
 class OperatorPatch(msgspec.Struct, forbid_unknown_fields=True):
-    role: Literal["admin", "approver", "auditor"] | None = None
+    role: Literal["admin", "approver", "proposer", "auditor"] | None = None
     disabled: Annotated[
         bool | None,
         msgspec.Meta(
@@ -177,6 +196,20 @@ class WhoAmI(msgspec.Struct):
             description="The token presented was replaced; it works until its overlap ends"
         ),
     ] = False
+    origin: Annotated[
+        str, msgspec.Meta(description="token, oidc (the identity provider) or machine")
+    ] = "token"
+    signed_in_via: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "How the token presented was obtained: token (the operator's own), login "
+                "(broker login) or machine (a workload JWT exchange)"
+            )
+        ),
+    ] = "token"
+    last_sign_in_at: datetime | None = None
+    last_sign_in_via: str | None = None
 
 
 class TokenRotate(msgspec.Struct, forbid_unknown_fields=True):
@@ -209,3 +242,62 @@ class TokenReplaced(msgspec.Struct):
         msgspec.Meta(description="When the old token stops working; null: it already has"),
     ] = None
     sessions_ended: int = 0
+
+
+class SingleSignOnOut(msgspec.Struct):
+    enabled: Annotated[
+        bool, msgspec.Meta(description="BROKER_OIDC_ISSUER is set: people sign in through it")
+    ]
+    issuer: str | None
+    display_name: Annotated[
+        str, msgspec.Meta(description="What the console's button and pages call the provider")
+    ]
+    role_claim: str
+    role_map: Annotated[
+        dict[str, str],
+        msgspec.Meta(description="Claim value -> role (BROKER_OIDC_ROLE_MAP)"),
+    ]
+
+
+class SignInOut(msgspec.Struct):
+    pasted_tokens: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "Whether token operators' own pasted tokens are accepted (the break-glass "
+                "path); off: only the identity provider and machine exchanges let anyone in"
+            )
+        ),
+    ]
+    changed_at: datetime | None
+    changed_by: Annotated[
+        str | None,
+        msgspec.Meta(description="Who last switched it (operator:NAME, or cli:local)"),
+    ]
+    oidc: SingleSignOnOut
+    console_session_ttl: Annotated[
+        int, msgspec.Meta(description="BROKER_CONSOLE_SESSION_TTL, seconds")
+    ]
+    login_token_ttl: Annotated[int, msgspec.Meta(description="BROKER_LOGIN_TOKEN_TTL, seconds")]
+    machine_token_ttl: Annotated[int, msgspec.Meta(description="BROKER_MACHINE_TOKEN_TTL, seconds")]
+    machine_may_approve_narrowing: Annotated[
+        bool, msgspec.Meta(description="BROKER_MACHINE_MAY_APPROVE_NARROWING")
+    ]
+    changed: Annotated[
+        bool | None,
+        msgspec.Meta(description="In a PATCH answer: whether the switch moved (null on GET)"),
+    ] = None
+
+
+class SignInPatch(msgspec.Struct, forbid_unknown_fields=True):
+    pasted_tokens: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "false: refuse every pasted operator token at once, on every replica; "
+                "console sessions opened with one end at their next request (needs single "
+                "sign-on configured, and a caller signed in through it); true: accept them "
+                "again"
+            )
+        ),
+    ]

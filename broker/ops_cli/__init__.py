@@ -16,6 +16,7 @@ from broker.ops_cli.incidents import incidents
 from broker.ops_cli.keys import list_keys
 from broker.ops_cli.login import COMMANDS as LOGIN_COMMANDS
 from broker.ops_cli.operators import (
+    add_machine,
     confirm,
     disable,
     enable,
@@ -23,8 +24,10 @@ from broker.ops_cli.operators import (
     list_operators,
     reset_token,
     rotate_token,
+    set_binding,
     set_role,
     show,
+    token_group,
     whoami,
 )
 from broker.ops_cli.policies import policies
@@ -43,6 +46,7 @@ def register(main: click.Group) -> None:
         main.add_command(command)
     main.add_command(audit)
     main.add_command(scan)
+    main.add_command(token_group)
     for extra in (*LOGIN_COMMANDS, *SIGN_IN_COMMANDS):
         main.add_command(extra)
     keys = main.commands.get("keys")
@@ -61,5 +65,7 @@ def register(main: click.Group) -> None:
             expire,
             reset_token,
             rotate_token,
+            add_machine,
+            set_binding,
         ):
             operator.add_command(subcommand)

@@ -41,6 +41,18 @@ def _filters(fn: Any) -> Any:
     return fn
 
 
+def _actor(e: dict[str, Any]) -> str:
+    """The actor and, when the event records it, how they signed in: ``operator:alice
+    (oidc)``, ``operator:ci (machine: org/repo@refs/heads/main run 123)``."""
+    from broker.audit.normalise import visible
+    from broker.operators.origins import via_label
+
+    details = e.get("details")
+    via = via_label(details.get("via")) if isinstance(details, dict) else None
+    actor = visible(e["actor"])
+    return f"{actor} ({visible(via)})" if via else actor
+
+
 def _rows(events: list[dict[str, Any]]) -> Iterator[list[Any]]:
     # Events stored before the trail was normalised may hold any character: shown escaped.
     from broker.audit.normalise import visible
@@ -50,7 +62,7 @@ def _rows(events: list[dict[str, Any]]) -> Iterator[list[Any]]:
         yield [
             e["seq"],
             when(e["at"]),
-            visible(e["actor"]),
+            _actor(e),
             visible(e["action"]),
             visible(e["subject"]) or "-",
             details,
@@ -81,7 +93,8 @@ def show(
     action: str | None,
     subject: str | None,
 ) -> None:
-    """Recent audit events (or those after a seq), with optional filters."""
+    """Recent audit events (or those after a seq), with optional filters; an operator
+    actor is followed by how they signed in (oidc, token, machine: repository@ref run)."""
     filters = {"actor": actor, "action": action, "subject": subject}
     if after is None:
         page = remote.http.get("/v1/admin/audit", order="desc", limit=limit, **filters)

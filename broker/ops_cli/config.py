@@ -9,6 +9,9 @@ Flags (``--addr``, ``--token``) win over the environment (``BROKER_ADDR``, ``BRO
     ca_cert = "/etc/ssl/internal-ca.pem"
     timeout = 30
 
+With no token there, the sign-in ``broker login`` stored (``broker.ops_cli.login_token``)
+is used, when it belongs to the same broker address and has not ended.
+
 A token in a file others can read is refused, as ssh refuses such a key: the token is an
 operator's whole authority.
 """
@@ -26,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from broker import credentials
+from broker.ops_cli import login_token
 from broker.ops_cli.errors import ConfigError
 
 ENV_ADDR = "BROKER_ADDR"
@@ -49,6 +53,7 @@ class RemoteConfig:
     token: str | None = field(repr=False)
     ca_cert: Path | None = None
     timeout: float = 30.0
+    from_login: bool = False  # the token is the one broker login stored
 
 
 def _private(path: Path, what: str) -> None:
@@ -110,6 +115,22 @@ def _token_from_file(value: str) -> str:
         raise ConfigError(f"cannot read token file {path}: {type(exc).__name__}") from None
 
 
+def _token_from_login(addr: str, *, need_token: bool) -> str | None:
+    """The token ``broker login`` stored for ``addr``, while it lasts; an ended sign-in
+    says so in one line when a token is needed, rather than letting the broker answer 401."""
+    login = login_token.read_login()
+    if login is None or not login.belongs_to(addr):
+        return None
+    if login.ended():
+        if need_token:
+            raise ConfigError(
+                f"your sign-in to {login.addr} ended at {login_token.iso(login.expires_at)}; "
+                "run broker login"
+            )
+        return None
+    return login.token
+
+
 def configured_addr(addr_flag: str | None) -> str | None:
     """The broker address if one is configured anywhere; decides local vs remote commands."""
     if addr_flag:
@@ -132,11 +153,15 @@ def resolve(
         )
     addr = _check_addr(str(addr))
     token: str | None = token_flag or os.environ.get(ENV_TOKEN) or None
+    from_login = False
     if token is None:
         if file.get("token"):
             token = str(file["token"])
         elif file.get("token_file"):
             token = _token_from_file(str(file["token_file"]))
+        else:
+            token = _token_from_login(addr, need_token=need_token)
+            from_login = token is not None
     if token is not None:
         token = token.strip()
         if not credentials.well_formed(token, credentials.OPERATOR_TOKEN_PREFIX):
@@ -147,8 +172,8 @@ def resolve(
             )
     elif need_token:
         raise ConfigError(
-            f"no operator token: set {ENV_TOKEN}, pass --token, or put token_file in "
-            f"{config_path()}"
+            f"no operator token: run broker login, set {ENV_TOKEN}, pass --token, or put "
+            f"token_file in {config_path()}"
         )
     ca = os.environ.get(ENV_CACERT) or file.get("ca_cert")
     ca_path = Path(str(ca)).expanduser() if ca else None
@@ -163,4 +188,6 @@ def resolve(
             f"warning: sending the operator token to {host} without TLS; use https://",
             file=sys.stderr,
         )
-    return RemoteConfig(addr=addr, token=token, ca_cert=ca_path, timeout=float(timeout))
+    return RemoteConfig(
+        addr=addr, token=token, ca_cert=ca_path, timeout=float(timeout), from_login=from_login
+    )

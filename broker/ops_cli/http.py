@@ -23,9 +23,14 @@ _HINTS = {
     ),
     403: None,
 }
+# The token is the one ``broker login`` stored: it ended early (signed out elsewhere, the
+# provider no longer grants a role, the operator disabled).
+_LOGIN_HINTS: dict[int, str | None] = {401: "your sign-in has ended; run broker login"}
 
 
-def _problem_message(resp: httpx.Response) -> tuple[str, str | None]:
+def _problem_message(
+    resp: httpx.Response, hints: dict[int, str | None] = _HINTS
+) -> tuple[str, str | None]:
     """``title (status): detail`` and each listed error, or the status line for non-problems."""
     try:
         body = resp.json()
@@ -46,7 +51,7 @@ def _problem_message(resp: httpx.Response) -> tuple[str, str | None]:
                     lines.append(f"  - {where}: {what}".rstrip(": "))
             elif isinstance(item, str) and item not in detail:
                 lines.append(f"  - {item}")
-    hint = _HINTS.get(resp.status_code)
+    hint = hints.get(resp.status_code)
     if hint:
         lines.append(f"hint: {hint}")
     problem_type = body.get("type")
@@ -98,7 +103,11 @@ class BrokerHTTP:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        answers: frozenset[int] = frozenset(),
     ) -> Any:
+        """The JSON answer; ``answers``: error statuses whose JSON body the caller reads
+        itself (an OAuth error such as ``authorization_pending``, a problem it words its own
+        way) instead of having them raised."""
         import httpx
 
         clean = {k: v for k, v in (params or {}).items() if v is not None}
@@ -111,11 +120,17 @@ class BrokerHTTP:
         except httpx.TransportError as exc:
             reason = str(exc).split("\n")[0] or type(exc).__name__
             raise Unavailable(f"cannot reach the broker at {self.config.addr}: {reason}") from None
+        if resp.status_code in answers:
+            try:
+                return resp.json()
+            except ValueError:
+                raise Unavailable("the broker answered with something other than JSON") from None
         if resp.status_code >= 500:
             message, _ = _problem_message(resp)
             raise Unavailable(f"the broker failed: {message}")
         if resp.status_code >= 400:
-            message, problem_type = _problem_message(resp)
+            hints = _LOGIN_HINTS if self.config.from_login else _HINTS
+            message, problem_type = _problem_message(resp, hints)
             raise Refused(message, resp.status_code, problem_type)
         if 300 <= resp.status_code < 400:
             raise ConfigError(
@@ -132,8 +147,8 @@ class BrokerHTTP:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, json=body if body is not None else {})
+    def post(self, path: str, body: Any = None, *, answers: frozenset[int] = frozenset()) -> Any:
+        return self.request("POST", path, json=body if body is not None else {}, answers=answers)
 
     def put(self, path: str, body: Any) -> Any:
         return self.request("PUT", path, json=body)

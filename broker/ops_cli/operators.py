@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import click
 
-from broker.ops_cli.common import Remote, remote_options
+from broker.ops_cli.common import Remote, read_document, remote_options
 from broker.ops_cli.errors import CheckFailed, ConfigError
 from broker.ops_cli.output import when
 from broker.settings import parse_duration
@@ -28,6 +28,31 @@ def _expiry(o: dict[str, Any]) -> str:
     return text
 
 
+MACHINE_SIGN_IN = "machine: exchanges its workload JWT"
+
+
+def _provider_name(remote: Remote) -> str:
+    """What the broker calls its identity provider (BROKER_OIDC_DISPLAY_NAME)."""
+    state = remote.http.get("/v1/admin/sign-in")
+    return str(state.get("oidc", {}).get("display_name") or "the identity provider")
+
+
+def _signs_in(o: dict[str, Any], provider: str) -> str:
+    """A token operator's token expiry; how the others sign in instead."""
+    origin = o.get("origin", "token")
+    if origin == "oidc":
+        return f"signs in through {provider}"
+    if origin == "machine":
+        return MACHINE_SIGN_IN
+    return _expiry(o)
+
+
+def _last_sign_in(o: dict[str, Any]) -> str:
+    if not o.get("last_sign_in_at"):
+        return "-"
+    return f"{when(o['last_sign_in_at'])} ({o.get('last_sign_in_via') or '-'})"
+
+
 @click.command("list")
 @remote_options
 def list_operators(remote: Remote) -> None:
@@ -36,12 +61,15 @@ def list_operators(remote: Remote) -> None:
     rows = remote.http.get("/v1/admin/operators")
     if remote.as_json:
         return remote.out.json(rows)
+    provider = _provider_name(remote) if any(o.get("origin") == "oidc" for o in rows) else "-"
     remote.out.table(
         [
             "NAME",
             "ROLE",
+            "ORIGIN",
             "STATUS",
             "TOKEN EXPIRES",
+            "LAST SIGN-IN",
             "STANDING",
             "CREATED BY",
             "CONFIRMED BY",
@@ -51,8 +79,10 @@ def list_operators(remote: Remote) -> None:
             [
                 o["name"],
                 o["role"],
+                o.get("origin", "token"),
                 o.get("status"),
-                _expiry(o),
+                _signs_in(o, provider),
+                _last_sign_in(o),
                 o.get("standing"),
                 o.get("created_by"),
                 o.get("confirmed_by"),
@@ -63,18 +93,45 @@ def list_operators(remote: Remote) -> None:
     )
 
 
+def _binding_pairs(binding: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A machine's binding: public members and key thumbprints, never key material."""
+    pairs: list[tuple[str, Any]] = [
+        ("binding issuer", binding.get("issuer")),
+        ("binding audience", binding.get("audience")),
+        ("binding subject", binding.get("subject") or "any"),
+    ]
+    for name, value in sorted((binding.get("claims") or {}).items()):
+        pairs.append((f"binding claim {name}", value))
+    if binding.get("jwks_url"):
+        pairs.append(("binding keys from", binding["jwks_url"]))
+    for key in binding.get("keys") or []:
+        pairs.append((f"binding key {key.get('kid') or '(no kid)'}", key.get("thumbprint")))
+    return pairs
+
+
 def _show(remote: Remote, o: dict[str, Any]) -> None:
     standing = o.get("standing")
+    origin = o.get("origin", "token")
     pairs: list[tuple[str, Any]] = [
         ("name", o["name"]),
         ("id", o["id"]),
         ("role", o["role"]),
+        ("origin", origin),
         ("status", o.get("status")),
-        ("token expires", _expiry(o)),
-        ("token fingerprint", o.get("token_fingerprint")),
     ]
+    if origin == "token":
+        pairs += [
+            ("token expires", _expiry(o)),
+            ("token fingerprint", o.get("token_fingerprint")),
+        ]
+    else:
+        provider = _provider_name(remote) if origin == "oidc" else "-"
+        pairs.append(("sign-in", _signs_in(o, provider)))
     if o.get("previous_token_ends_at"):
         pairs.append(("replaced token ends", when(o["previous_token_ends_at"])))
+    pairs.append(("last sign-in", _last_sign_in(o)))
+    if o.get("binding"):
+        pairs += _binding_pairs(o["binding"])
     pairs += [
         ("standing", _STANDING.get(str(standing), standing)),
         ("created by", o.get("created_by")),
@@ -104,6 +161,13 @@ def show(remote: Remote, operator: str) -> None:
     _show(remote, o)
 
 
+_SIGNED_IN_WITH = {
+    "token": "the operator's own token",
+    "login": "from broker login",
+    "machine": "from a workload JWT exchange",
+}
+
+
 @click.command("whoami")
 @remote_options
 def whoami(remote: Remote) -> None:
@@ -115,12 +179,14 @@ def whoami(remote: Remote) -> None:
     remote.out.note(f"{me['name']} ({me['role']}) at {remote.http.config.addr}")
     standing = me.get("standing")
     remote.out.note(f"standing: {_STANDING.get(standing, standing)}")
+    how = _SIGNED_IN_WITH.get(me.get("signed_in_via", "token"), me.get("signed_in_via"))
+    remote.out.note(f"origin: {me.get('origin', 'token')}; this token: {how}")
     if me.get("token_fingerprint"):
         remote.out.note(f"token fingerprint: {me['token_fingerprint']}")
     if me.get("token_expires_at"):
         soon = (
             " (soon: rotate it with `broker operator rotate-token`)"
-            if me.get("token_expiring")
+            if me.get("token_expiring") and me.get("signed_in_via", "token") == "token"
             else ""
         )
         remote.out.note(f"token expires: {when(me['token_expires_at'])}{soon}")
@@ -155,7 +221,7 @@ def _seconds(value: str, option: str) -> int:
 
 @click.command("set-role")
 @click.argument("operator")
-@click.argument("role", type=click.Choice(["admin", "approver", "auditor"]))
+@click.argument("role", type=click.Choice(["admin", "approver", "proposer", "auditor"]))
 @remote_options
 def set_role(remote: Remote, operator: str, role: str) -> None:
     """Change OPERATOR's role (admin). The last active admin cannot be demoted."""
@@ -173,7 +239,8 @@ def disable(remote: Remote, operator: str, reason: str) -> None:
     done = _change(remote, operator, {"disabled": True, "reason": reason})
     remote.out.result(
         done,
-        f"operator {done['name']} disabled: their tokens are refused and "
+        f"operator {done['name']} disabled: their tokens are refused, "
+        f"{done.get('tokens_ended', 0)} short-lived token(s) and "
         f"{done.get('sessions_ended', 0)} console session(s) ended",
     )
 
@@ -332,3 +399,218 @@ def create_remote(remote: Remote, name: str, role: str) -> None:
         f"{created['name']} --fingerprint ...`).",
         err=True,
     )
+
+
+# Machine operators (issue 19): a pipeline that exchanges its workload JWT for a short-lived
+# operator token. ``add-machine`` and ``set-binding`` take the binding's members as options.
+
+
+def _binding_options(fn: Any) -> Any:
+    for option in reversed(
+        (
+            click.option(
+                "--issuer", required=True, metavar="URL", help="The iss its workload JWTs carry."
+            ),
+            click.option(
+                "--audience",
+                required=True,
+                metavar="AUD",
+                help="The aud they must carry (the audience the job asks its platform for).",
+            ),
+            click.option(
+                "--subject",
+                required=True,
+                metavar="PATTERN",
+                help="Their sub, exact or a glob (repo:acme/policies:ref:refs/heads/main).",
+            ),
+            click.option(
+                "--claim",
+                "claims",
+                multiple=True,
+                metavar="NAME=VALUE",
+                help="A claim that must be exactly VALUE (a string), e.g. repository=acme/"
+                "policies or kubernetes.io/namespace=ci; repeat for more.",
+            ),
+            click.option("--jwks-url", metavar="URL", help="Where the issuer publishes its keys."),
+            click.option(
+                "--jwks-file",
+                metavar="FILE",
+                help="The issuer's public keys (a JWKS JSON file) instead of --jwks-url.",
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _binding(
+    issuer: str,
+    audience: str,
+    subject: str,
+    claims: tuple[str, ...],
+    jwks_url: str | None,
+    jwks_file: str | None,
+) -> dict[str, Any]:
+    if (jwks_url is None) == (jwks_file is None):
+        raise ConfigError("give exactly one of --jwks-url and --jwks-file")
+    bound: dict[str, str] = {}
+    for item in claims:
+        claim, sep, value = item.partition("=")
+        if not sep or not claim:
+            raise ConfigError(f"--claim {item!r}: write NAME=VALUE")
+        bound[claim] = value
+    binding: dict[str, Any] = {
+        "kind": "jwt",
+        "issuer": issuer,
+        "audience": audience,
+        "subject": subject,
+        "claims": bound,
+    }
+    if jwks_url is not None:
+        binding["jwks_url"] = jwks_url
+    else:
+        assert jwks_file is not None
+        binding["jwks"] = read_document(jwks_file)
+    return binding
+
+
+@click.command("add-machine")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["proposer", "auditor"]),
+    default="proposer",
+    show_default=True,
+    help="proposer: may propose and read; auditor: may read. Never more.",
+)
+@_binding_options
+@remote_options
+def add_machine(
+    remote: Remote,
+    name: str,
+    role: str,
+    issuer: str,
+    audience: str,
+    subject: str,
+    claims: tuple[str, ...],
+    jwks_url: str | None,
+    jwks_file: str | None,
+) -> None:
+    """Create a machine operator: a pipeline that proves who it is with its platform's
+    workload JWT (GitHub Actions, GitLab CI, a Kubernetes service account) and exchanges it
+    at POST /v1/admin/token for a short-lived token (`broker token exchange`). No token is
+    printed. It counts as yours for approvals: you can never approve what it proposes."""
+    binding = _binding(issuer, audience, subject, claims, jwks_url, jwks_file)
+    created = remote.http.post(
+        "/v1/admin/operators", {"name": name, "role": role, "binding": binding}
+    )
+    if remote.as_json:
+        return remote.out.json(created)
+    click.echo(
+        f"machine operator {created['name']!r} created with role {created['role']}: a job "
+        f"whose JWT from {issuer} names audience {audience!r} and subject {subject!r}"
+        + (f" with {', '.join(sorted(binding['claims']))}" if binding["claims"] else "")
+        + " gets a token from `broker token exchange` (POST /v1/admin/token).",
+        err=True,
+    )
+
+
+@click.command("set-binding")
+@click.argument("operator")
+@_binding_options
+@remote_options
+def set_binding(
+    remote: Remote,
+    operator: str,
+    issuer: str,
+    audience: str,
+    subject: str,
+    claims: tuple[str, ...],
+    jwks_url: str | None,
+    jwks_file: str | None,
+) -> None:
+    """Replace a machine operator's binding. Its live tokens end at once, and it counts as
+    yours for approvals from now on."""
+    binding = _binding(issuer, audience, subject, claims, jwks_url, jwks_file)
+    target = _operator_id(remote, operator)
+    done = remote.http.put(f"{_path(target['id'])}/binding", {"binding": binding})
+    if remote.as_json:
+        return remote.out.json(done)
+    click.echo(
+        f"{done['name']}'s binding replaced; {done.get('tokens_ended', 0)} live token(s) ended.",
+        err=True,
+    )
+
+
+@click.group("token")
+def token_group() -> None:
+    """Operator tokens for pipelines (machine operators)."""
+
+
+@token_group.command("exchange")
+@click.option(
+    "--subject-token-file",
+    required=True,
+    metavar="FILE",
+    help="A file holding the pipeline's workload JWT (- for standard input).",
+)
+@click.option(
+    "--subject-token-type",
+    type=click.Choice(["jwt", "id_token"]),
+    default="jwt",
+    show_default=True,
+    help="How RFC 8693 names the JWT's type.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the broker's JSON answer.")
+@click.option(
+    "--addr",
+    metavar="URL",
+    default=None,
+    help="Broker address (else BROKER_ADDR, else addr in the config file).",
+)
+def exchange(
+    subject_token_file: str, subject_token_type: str, as_json: bool, addr: str | None
+) -> None:
+    """Exchange a workload JWT for a short-lived operator token (RFC 8693, POST
+    /v1/admin/token) and print the token, for a pipeline to use as BROKER_TOKEN:
+
+        BROKER_TOKEN=$(broker token exchange --subject-token-file "$JWT_FILE")
+
+    No operator token is needed or sent: the JWT is the credential."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from broker.ops_cli import config
+    from broker.ops_cli.common import Injected
+    from broker.ops_cli.http import BrokerHTTP
+    from broker.ops_cli.output import Output
+
+    try:
+        raw = (
+            sys.stdin.read()
+            if subject_token_file == "-"  # noqa: S105 (standard input, not a secret)
+            else Path(subject_token_file).read_text(encoding="utf-8")
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {subject_token_file}: {type(exc).__name__}") from None
+    subject_token = raw.strip()
+    if not subject_token:
+        raise ConfigError(f"{subject_token_file} holds no token")
+    # The JWT is the credential: no operator token goes with it, whatever is configured.
+    settings = dataclasses.replace(config.resolve(addr, None, need_token=False), token=None)
+    ctx = click.get_current_context(silent=True)
+    injected = ctx.find_object(Injected) if ctx is not None else None
+    with BrokerHTTP(settings, transport=injected.transport if injected else None) as http:
+        answer = http.post(
+            "/v1/admin/token",
+            {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": subject_token,
+                "subject_token_type": f"urn:ietf:params:oauth:token-type:{subject_token_type}",
+            },
+        )
+    if as_json:
+        return Output(True).json(answer)
+    click.echo(answer["access_token"])
+    click.echo(f"It expires in {answer.get('expires_in')} seconds.", err=True)

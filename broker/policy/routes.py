@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.cutoff import policies as cutoff
-from broker.http.deps import requires
+from broker.http.deps import machines_may_approve_narrowing, requires
 from broker.operators.service import OperatorPrincipal, Role
 from broker.policy import brake, rendering, workflow
 from broker.policy.schemas import (
@@ -91,6 +91,7 @@ class PolicyController(Controller):
         )
         return await rendering.render_policy(db, policy)
 
+    @machines_may_approve_narrowing
     @requires(Role.APPROVER)
     @post(
         "/{policy_id:str}/approve",

@@ -13,11 +13,16 @@ An approval names the version and its ``terms_digest`` as the approver read them
 under that lock, so a proposal withdrawn and replaced in between is refused (409), never
 approved; and it counts only from an operator independent of the proposer and of every
 earlier approver (``broker.operators.independence``), else it is refused (403).
+
+A machine operator never approves, except with ``BROKER_MACHINE_MAY_APPROVE_NARROWING`` on
+(the one exception ``broker.http.deps`` lets through) a version that only narrows the
+version in force (``widening`` finds nothing, and something changed).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -490,6 +495,87 @@ async def _supersede(
             )
 
 
+def _looser(before: Any, after: Any) -> bool:
+    """A limit where ``None`` means none at all: ``after`` allows more than ``before``."""
+    if after is None:
+        return before is not None
+    return before is not None and after > before
+
+
+def _within(network: str, networks: tuple[str, ...]) -> bool:
+    inner = ipaddress.ip_network(network, strict=False)
+    for outer in networks:
+        wide = ipaddress.ip_network(outer, strict=False)
+        if inner.version == wide.version and inner.subnet_of(wide):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def widening(before: PolicyTerms, after: PolicyTerms) -> list[str]:
+    """Every way ``after`` grants more than ``before`` (the version in force); empty when
+    it only narrows or changes nothing. More fields or purposes, a longer key life, a
+    limit raised or removed (rate, uses, records, valid_until), fewer approvals needed,
+    a source network outside the current ones (or none: any source), hours changed or
+    removed (hours are not compared as windows: any change of them counts as widening)."""
+    found: list[str] = []
+    for name in ("fields", "purposes"):
+        added = sorted(set(getattr(after, name)) - set(getattr(before, name)))
+        if added:
+            found.append(f"{name} added: {', '.join(added)}")
+    if after.max_ttl_seconds > before.max_ttl_seconds:
+        found.append("max_ttl_seconds raised")
+    for name in ("rate_per_minute", "max_uses", "max_records", "valid_until"):
+        if _looser(getattr(before, name), getattr(after, name)):
+            found.append(f"{name} raised or removed")
+    if after.required_approvals < before.required_approvals:
+        found.append("required_approvals lowered")
+    if before.source_cidrs:
+        if not after.source_cidrs:
+            found.append("source_cidrs removed (any source)")
+        outside = [c for c in after.source_cidrs if not _within(c, before.source_cidrs)]
+        if outside:
+            found.append(f"source networks added: {', '.join(outside)}")
+    if before.allowed_hours is not None and after.allowed_hours != before.allowed_hours:
+        found.append("allowed_hours changed or removed")
+    return found
+
+
+def _machine_may_approve(
+    policy: Policy,
+    versions: list[PolicyVersion],
+    pending: PolicyVersion,
+    approver: OperatorPrincipal,
+    now: datetime,
+) -> None:
+    """An approver without the approver role got here only through the one exception
+    (``broker.http.deps``: a machine operator, ``BROKER_MACHINE_MAY_APPROVE_NARROWING``
+    on): it may approve a version that narrows the version in force, nothing else. A new
+    policy, a suspended one (its resume) or one with nothing in force is never narrowing."""
+    if not approver.is_machine:
+        raise Forbidden("this action needs the approver role", reason="insufficient-role")
+    active = active_of(versions, now)
+    if active is None or policy.state != PolicyState.ACTIVE:
+        raise Forbidden(
+            "a machine operator may approve only a version that narrows the version in "
+            "force, and this policy has none in force",
+            reason="machine-may-not-approve",
+        )
+    before, after = terms_of(active), terms_of(pending)
+    widens = widening(before, after)
+    if widens:
+        raise Forbidden(
+            f"a machine operator may approve only a version that narrows the version in "
+            f"force; version {pending.version} widens it: {'; '.join(widens)}",
+            reason="machine-may-not-approve",
+        )
+    if before == after:
+        raise Forbidden(
+            f"a machine operator may approve only a version that narrows the version in "
+            f"force; version {pending.version} changes none of its terms",
+            reason="machine-may-not-approve",
+        )
+
+
 async def approve(
     session: AsyncSession,
     policy_id: str,
@@ -506,6 +592,8 @@ async def approve(
     policy, versions, pending = await _decidable(session, policy_id, now)
     if has_lapsed(pending, now):
         raise Conflict(f"version {pending.version}'s valid_until has passed; propose a new version")
+    if not approver.can(Role.APPROVER):
+        _machine_may_approve(policy, versions, pending, approver, now)
     digest = digest_of(policy, pending)
     approvals = await _add_decision(
         session,

@@ -125,6 +125,13 @@ app.kubernetes.io/part-of: pii-key-broker
       name: {{ .Values.alerts.existingSecret }}
       key: {{ .Values.alerts.secretKey }}
 {{- end }}
+{{- if and .Values.sso.issuer .Values.sso.existingSecret }}
+- name: BROKER_OIDC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.sso.existingSecret }}
+      key: {{ .Values.sso.clientSecretKey }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -143,13 +150,15 @@ app.kubernetes.io/part-of: pii-key-broker
 BROKER_HOST BROKER_PORT BROKER_HOME BROKER_ISSUER BROKER_WORKERS BROKER_LOG_LEVEL
 BROKER_KEY_BACKEND BROKER_SCHEDULER_ENABLED BROKER_BOOTSTRAP_ADMIN BROKER_DB_POOL_SIZE
 BROKER_KEK_FILE BROKER_VAULT_ADDR BROKER_VAULT_TRANSIT_MOUNT BROKER_VAULT_KEY_NAME
-BROKER_VAULT_TIMEOUT BROKER_ALERT_WEBHOOK_URL
+BROKER_VAULT_TIMEOUT BROKER_ALERT_WEBHOOK_URL BROKER_OIDC_ISSUER BROKER_OIDC_CLIENT_ID
+BROKER_OIDC_ROLE_CLAIM BROKER_OIDC_ROLE_MAP BROKER_OIDC_SCOPES BROKER_OIDC_DISPLAY_NAME
+BROKER_OIDC_REDIRECT_URI
 {{- end }}
 
 {{/* Settings that are secrets: only ever set from a Secret reference, never inline. */}}
 {{- define "pii-key-broker.secretSettings" -}}
 BROKER_DATABASE_URL BROKER_KEK BROKER_PEPPER BROKER_VAULT_TOKEN BROKER_VAULT_ROLE_ID
-BROKER_VAULT_SECRET_ID BROKER_ALERT_WEBHOOK_SECRET
+BROKER_VAULT_SECRET_ID BROKER_ALERT_WEBHOOK_SECRET BROKER_OIDC_CLIENT_SECRET
 {{- end }}
 
 {{/*
@@ -186,6 +195,14 @@ rendering); they are here as well because `--skip-schema-validation` bypasses th
 {{- end }}
 {{- if not $v.vault.auth.existingSecret }}
 {{- fail "keyBackend=vault needs vault.auth.existingSecret: the Secret holding the Vault token or AppRole credentials" }}
+{{- end }}
+{{- end }}
+{{- if $v.sso.issuer }}
+{{- if not $v.sso.clientId }}
+{{- fail "sso.issuer needs sso.clientId (BROKER_OIDC_CLIENT_ID)" }}
+{{- end }}
+{{- if not $v.sso.roleMap }}
+{{- fail "sso.issuer needs sso.roleMap (BROKER_OIDC_ROLE_MAP), e.g. pii-admins=admin,pii-approvers=approver" }}
 {{- end }}
 {{- end }}
 {{- if and $v.alerts.webhookUrl (not $v.alerts.existingSecret) }}
