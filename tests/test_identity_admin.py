@@ -294,11 +294,16 @@ async def _patch_rename_disable_enable(
     assert_problem(await client.patch(path, json={"quarantined": False}, headers=admin), 400)
     missing = await client.patch(f"{SERVICES}/nope", json={"name": "x"}, headers=admin)
     assert_problem(missing, 404, "not-found")
-    actions = [
-        (e.action, e.details)
+    events = [
+        e
         for e in await audit_events(runtime)
         if e.subject == "service:billing-api" and e.action != "operator:service:created"
     ]
+    # Each says how the admin signed in (a pasted token, over the API).
+    assert {str(e.details.get("via")) for e in events} == {
+        str({"origin": "token", "signed_in_via": "token"})
+    }
+    actions = [(e.action, {k: v for k, v in e.details.items() if k != "via"}) for e in events]
     assert actions == [
         ("operator:service:updated", {"name": {"from": "Billing", "to": "Billing API"}}),
         ("operator:service:disabled", {}),

@@ -19,7 +19,7 @@ import base64
 import binascii
 import hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -449,14 +449,7 @@ async def _by_jwt(
         raise _Refused(
             workload_jwt.UNKNOWN_ISSUER, "no service trusts the token's issuer", extra=context
         )
-    cache = jwks_cache(runtime)
-
-    async def keys_for(candidate: Candidate, kid: str | None) -> Sequence[Mapping[str, Any]]:
-        if candidate.jwks is not None:
-            keys: list[Mapping[str, Any]] = candidate.jwks["keys"]
-            return keys
-        assert candidate.jwks_url is not None
-        return await cache.keys(candidate.jwks_url, kid)
+    keys_for = jwks_cache(runtime).binding_keys
 
     try:
         matches = await workload_jwt.verify(

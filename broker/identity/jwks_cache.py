@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from broker.identity.workload_jwt import JwksError, has_kid, validate_jwks
+from broker.identity.workload_jwt import Candidate, JwksError, has_kid, validate_jwks
 from broker.logs import get_logger
 
 log = get_logger("broker.identity.jwks")
@@ -65,6 +65,16 @@ class JwksCache:
         self.fetches = 0
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    async def binding_keys(
+        self, candidate: Candidate, kid: str | None
+    ) -> Sequence[Mapping[str, Any]]:
+        """A binding's keys (``workload_jwt.KeyLookup``): inline, or fetched by its URL."""
+        if candidate.jwks is not None:
+            keys: list[Mapping[str, Any]] = candidate.jwks["keys"]
+            return keys
+        assert candidate.jwks_url is not None
+        return await self.keys(candidate.jwks_url, kid)
 
     async def keys(self, url: str, kid: str | None) -> Sequence[Mapping[str, Any]]:
         """The key set for ``url``, refreshed when stale or when ``kid`` is unknown.

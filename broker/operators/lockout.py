@@ -23,6 +23,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.audit import AuditAction, record
+
 FAILURES = 20
 WINDOW = 300.0
 LOCKOUT = 900.0
@@ -86,3 +90,15 @@ class OperatorLockout:
         entry.locked_until = now + self.lockout
         entry.failures.clear()
         return Lockout(source, count, int(self.lockout))
+
+
+async def record_lockout(session: AsyncSession, started: Lockout) -> None:
+    """The one audit event of a lockout's start, whichever check started it (an operator
+    token, a machine's workload JWT)."""
+    await record(
+        session,
+        AuditAction.OPERATOR_LOCKED_OUT,
+        actor="system:operator-lockout",
+        subject=f"source:{started.source}",
+        details={"failures": started.failures, "seconds": started.seconds},
+    )

@@ -15,7 +15,7 @@ from broker import credentials, metrics
 from broker.audit import AuditAction, record
 from broker.errors import RateLimited, Unauthenticated
 from broker.logs import get_logger
-from broker.operators.lockout import OperatorLockout
+from broker.operators.lockout import OperatorLockout, record_lockout
 from broker.operators.service import OperatorPrincipal, authenticate, touch_operator
 from broker.runtime import Runtime
 
@@ -56,13 +56,7 @@ async def authenticate_operator(
                 details={"token_fingerprint": credentials.fingerprint(token), "source": source},
             )
             if started is not None:
-                await record(
-                    session,
-                    AuditAction.OPERATOR_LOCKED_OUT,
-                    actor="system:operator-lockout",
-                    subject=f"source:{source}",
-                    details={"failures": started.failures, "seconds": started.seconds},
-                )
+                await record_lockout(session, started)
         raise
     try:
         async with runtime.transaction() as session:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -64,7 +64,7 @@ from broker.identity.workload_jwt import ALLOWED_ALGORITHMS, Candidate, JwtFailu
 from broker.models import Operator, ServiceBinding
 from broker.operators import short_tokens
 from broker.operators.lifecycle import MACHINE_ROLES
-from broker.operators.lockout import OperatorLockout
+from broker.operators.lockout import OperatorLockout, record_lockout
 from broker.operators.service import OperatorPrincipal, Role, iso, principal_of
 from broker.runtime import Runtime
 
@@ -378,14 +378,7 @@ async def _verified(runtime: Runtime, token: str) -> tuple[Candidate, dict[str, 
     )
     if not candidates:
         raise _Refused(workload_jwt.UNKNOWN_ISSUER, "no machine operator trusts the token's issuer")
-    cache = jwks_cache(runtime)
-
-    async def keys_for(candidate: Candidate, kid: str | None) -> Sequence[Mapping[str, Any]]:
-        if candidate.jwks is not None:
-            keys: list[Mapping[str, Any]] = candidate.jwks["keys"]
-            return keys
-        assert candidate.jwks_url is not None
-        return await cache.keys(candidate.jwks_url, kid)
+    keys_for = jwks_cache(runtime).binding_keys
 
     try:
         matches = await workload_jwt.verify(
@@ -512,10 +505,4 @@ async def _refusal(runtime: Runtime, token: str, refused: _Refused, source: str 
             },
         )
         if started is not None:
-            await record(
-                session,
-                AuditAction.OPERATOR_LOCKED_OUT,
-                actor="system:operator-lockout",
-                subject=f"source:{source}",
-                details={"failures": started.failures, "seconds": started.seconds},
-            )
+            await record_lockout(session, started)
