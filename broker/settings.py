@@ -216,16 +216,6 @@ class Settings(BaseSettings):
         """True when BROKER_ISSUER is not set and the issuer comes from BROKER_HOST/PORT."""
         return self._issuer_derived
 
-    @field_validator("alert_webhook_url")
-    @classmethod
-    def _webhook_is_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL")
-        return value
-
     @field_validator("alert_webhook_secret")
     @classmethod
     def _webhook_needs_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -241,15 +231,17 @@ class Settings(BaseSettings):
             raise ValueError("must not exceed BROKER_OPERATOR_TOKEN_MAX_TTL")
         return value
 
-    @field_validator("oidc_issuer", "oidc_redirect_uri", "oidc_cli_redirect_uri")
+    @field_validator(
+        "alert_webhook_url", "oidc_issuer", "oidc_redirect_uri", "oidc_cli_redirect_uri"
+    )
     @classmethod
-    def _oidc_urls(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _optional_urls(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
         assert value is not None
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
-        # Both are compared exactly as given: the issuer with the provider's own spelling
+        # Kept exactly as given: the provider's issuer is compared with its own spelling
         # (OpenID Connect Discovery §4.3; some end in "/"), a redirect URI with its
         # registration.
         return value
