@@ -22,6 +22,7 @@ from broker.console import router as console_router
 from broker.console import template_config
 from broker.custody import routes as signing_key_routes
 from broker.custody import unavailable_cause
+from broker.declared import routes as declared_routes
 from broker.errors import Unavailable
 from broker.http.access_log import access_log_middleware
 from broker.http.deps import DEPENDENCIES
@@ -42,7 +43,9 @@ from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
 from broker.operators import routes as operator_routes
 from broker.operators import sign_in_routes
+from broker.policy import recertify_routes
 from broker.policy import routes as policy_routes
+from broker.reports import impact_routes, review_routes
 from broker.revocation import routes as revocation_routes
 from broker.rules import routes as rule_routes
 from broker.rules.worker import signal_worker
@@ -67,6 +70,10 @@ ROUTE_MODULES: tuple[Any, ...] = (
     service_routes,
     catalog_routes,
     policy_routes,
+    recertify_routes,
+    impact_routes,
+    review_routes,
+    declared_routes,
     wellknown,
     signing_key_routes,
     audit_routes,

@@ -147,6 +147,23 @@ class Settings(BaseSettings):
     # may also approve a pending version that only narrows access.
     machine_token_ttl: Duration = Field(default=900, ge=60, le=3600)
     machine_may_approve_narrowing: bool = False
+    # Policies as code and approvals that follow the risk (broker/policy/approval_rules.py,
+    # broker/declared/): a version that only narrows the one in force takes effect without
+    # a second person (approved by rule) unless the switch is off; a widening one needs as
+    # many approvers as the most sensitive field involved asks for
+    # ("government_id=2,financial=2"; unnamed classifications need one).
+    narrowing_takes_effect: bool = True
+    approvals_by_classification: str = Field(default="", validate_default=True)
+    # Impact before approval (broker/reports/impact.py): key decisions are kept as hourly
+    # counts per (service, audience, purpose, fields, source, outcome) for this long, and a
+    # proposed version is replayed against that window. Counts are written by each replica
+    # every flush interval.
+    impact_window: Duration = Field(default=7 * 86400, ge=3600, le=90 * 86400)
+    decision_summary_flush_interval: float = Field(default=2.0, gt=0, le=60)
+    # Recertification (broker/policy/recertification.py): an approved version lapses this
+    # long after its approval unless it is recertified; its owners are reminded ahead.
+    policy_lifetime: Duration = Field(default=180 * 86400, ge=3600, le=5 * 365 * 86400)
+    recertify_warning: Duration = Field(default=14 * 86400, ge=0, le=365 * 86400)
     auth_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     grants_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -277,6 +294,17 @@ class Settings(BaseSettings):
     def oidc_roles(self) -> dict[str, str]:
         return parse_role_map(self.oidc_role_map)
 
+    @field_validator("approvals_by_classification")
+    @classmethod
+    def _approvals_parse(cls, value: str) -> str:
+        parse_approvals_by_classification(value)
+        return value.strip()
+
+    @property
+    def approvals_required(self) -> dict[str, int]:
+        """{classification: approvers a widening change touching it needs} (others: 1)."""
+        return parse_approvals_by_classification(self.approvals_by_classification)
+
     @field_validator("alert_webhook_backoff_cap")
     @classmethod
     def _backoff_cap_not_below_base(cls, value: float, info: ValidationInfo) -> float:
@@ -315,6 +343,46 @@ def parse_role_map(value: str) -> dict[str, str]:
         if mapping.get(claim_value, role) != role:
             raise ValueError(f"{claim_value!r} is mapped to two roles")
         mapping[claim_value] = role
+    return mapping
+
+
+# The classifications of the catalog (broker.catalog.service.Classification, which sits
+# above this module) and the most approvers a version can ask for
+# (broker.policy.validation.MAX_REQUIRED_APPROVALS).
+CLASSIFICATION_NAMES = (
+    "contact",
+    "government_id",
+    "financial",
+    "health",
+    "identity",
+    "location",
+    "other",
+)
+MOST_APPROVERS = 5
+
+
+def parse_approvals_by_classification(value: str) -> dict[str, int]:
+    """``government_id=2,financial=2`` as {classification: approvers}, each 1..5."""
+    mapping: dict[str, int] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, count = item.partition("=")
+        name, count = name.strip(), count.strip()
+        if not sep or not name:
+            raise ValueError(
+                f"expected classification=approvers pairs separated by commas, got {item.strip()!r}"
+            )
+        if name not in CLASSIFICATION_NAMES:
+            raise ValueError(
+                f"unknown classification {name!r}; classifications: "
+                f"{', '.join(CLASSIFICATION_NAMES)}"
+            )
+        if not count.isdigit() or not 1 <= int(count) <= MOST_APPROVERS:
+            raise ValueError(f"{name}: approvers must be a whole number from 1 to {MOST_APPROVERS}")
+        if name in mapping:
+            raise ValueError(f"{name!r} is named twice")
+        mapping[name] = int(count)
     return mapping
 
 

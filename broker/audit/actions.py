@@ -63,6 +63,15 @@ class AuditAction(StrEnum):
     POLICY_SUSPENDED = "operator:policy:suspended"
     POLICY_RESUMED = "operator:policy:resumed"
     POLICY_RETIRED = "operator:policy:retired"
+    # Policies as code (issue 20): a narrowing version approved without a second person;
+    # recertification (a version lapses unless recertified; owners reminded ahead); the
+    # owner a policy file names; one apply of a directory of files.
+    POLICY_APPROVED_BY_RULE = "system:policy:approved_by_rule"
+    POLICY_RECERTIFIED = "operator:policy:recertified"
+    POLICY_RECERTIFICATION_DUE = "system:policy:recertification_due"
+    POLICY_LAPSED = "system:policy:lapsed"
+    POLICY_OWNER_CHANGED = "operator:policy:owner_changed"
+    DECLARED_APPLIED = "operator:declared:applied"
 
     KEY_ISSUED = "service:key:issued"
     KEY_DENIED = "service:key:denied"

@@ -4,6 +4,7 @@ from broker.models._base import SQLModel
 from broker.models.audit_event import AuditEvent
 from broker.models.catalog import PiiField, Purpose
 from broker.models.console_session import ConsoleSession
+from broker.models.decision_summary import DecisionSummary
 from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
@@ -26,6 +27,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "AuditEvent",
     "ConsoleSession",
+    "DecisionSummary",
     "Incident",
     "IssuedKey",
     "JobRun",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from broker.models._base import created_at_field, datetime_field, json_field, optional_json_field
@@ -33,6 +33,9 @@ class Policy(SQLModel, table=True):
     retired_at: datetime | None = datetime_field()
     retired_by: str | None = Field(default=None, max_length=200)
     retirement_reason: str | None = Field(default=None, max_length=500)
+    # Who answers for the policy (a team or a person's handle, from the policy files or the
+    # API); recertification reminders name it. None: the proposer of the version in force.
+    owner: str | None = Field(default=None, max_length=200)
 
 
 class PolicyVersion(SQLModel, table=True):
@@ -65,6 +68,17 @@ class PolicyVersion(SQLModel, table=True):
     # Who ended the proposal (operator id, or "system" for expiry and supersession) and why.
     decided_by: str | None = Field(default=None, max_length=36)
     decision_comment: str = Field(default="", max_length=2000)
+    # Policies as code (issue 20): approved without a second person because the version
+    # only narrows the one in force (``broker.policy.approval_rules``); the source reference
+    # (commit, merge request) the proposal came from; recertification: the version lapses
+    # at ``recertify_by`` (its approval plus BROKER_POLICY_LIFETIME, moved on by each
+    # recertification) and its owners were reminded at ``recertify_reminded_at``.
+    approved_by_rule: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    source_ref: str | None = Field(default=None, max_length=500)
+    recertify_by: datetime | None = datetime_field(index=True)
+    recertified_at: datetime | None = datetime_field()
+    recertified_by: str | None = Field(default=None, max_length=200)
+    recertify_reminded_at: datetime | None = datetime_field()
 
 
 class PolicyApproval(SQLModel, table=True):
