@@ -174,6 +174,25 @@ def jobs(seconds: int, workers: int, keys: int) -> list[Job]:
             database="optional",
         ),
         Job("scan", "one core", "scan.py", ["--megabytes", "128"], timeout=240),
+        # Policies as code (issue 20): plan and a no-change apply of 50 services, 500
+        # policies and 40 fields through the CLI; the impact replay over 7 days at 100/s.
+        Job("policy-as-code", "SQLite", "policy_as_code.py", [], timeout=600),
+        Job(
+            "policy-as-code",
+            "PostgreSQL",
+            "policy_as_code.py",
+            [],
+            timeout=900,
+            database="fresh",
+        ),
+        Job(
+            "impact",
+            "SQLite and PostgreSQL",
+            "impact_replay.py",
+            [],
+            timeout=900,
+            database="optional",
+        ),
     ]
 
 

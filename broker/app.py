@@ -36,6 +36,7 @@ from broker.identity import source_block_routes
 from broker.incidents import routes as incident_routes
 from broker.incidents.webhook import alert_deliverer
 from broker.issuance import routes as issuance_routes
+from broker.issuance.decision_summary import summaries_flushing
 from broker.issuance.routes import HOT_ROUTES
 from broker.issuance.use_counter import use_counter
 from broker.jobs import routes as job_routes
@@ -168,6 +169,7 @@ def create_app(
                 scheduler_running(rt),
                 alert_deliverer(rt),
                 signal_worker(rt),
+                summaries_flushing(rt),
             ):
                 if freeze_gc_after_start:
                     _freeze_what_is_alive()

@@ -14,6 +14,7 @@ from broker.console.session import ConsoleSessions
 from broker.identity.authenticate import IdentityCaches
 from broker.identity.source_blocks import RestrictionCache
 from broker.incidents.webhook import AlertDelivery
+from broker.issuance.decision_summary import DecisionSummaries
 from broker.issuance.recorder import IssuanceRecorder
 from broker.issuance.service import GrantCache
 from broker.issuance.use_counter import UseCounter
@@ -41,6 +42,7 @@ def _add_parts(runtime: Runtime) -> None:
         UseCounter(runtime),
         IssuanceRecorder(runtime),
         GrantCache(settings.grants_cache_ttl),
+        DecisionSummaries(runtime),
         RuleConfigCache(settings.rules_cache_ttl),
         WorkerState(),
         AlertDelivery(

@@ -133,6 +133,13 @@ JOB_RUNS = Counter(
     ["job", "outcome"],
     registry=REGISTRY,
 )
+POLICIES_RECERTIFICATION_DUE = Gauge(
+    "broker_policies_recertification_due",
+    "Policy versions in force that lapse within BROKER_RECERTIFY_WARNING unless recertified, "
+    "as the recertification check last counted them (it runs on one replica: take the max "
+    "across replicas).",
+    registry=REGISTRY,
+)
 OPERATOR_TOKENS_EXPIRING = Gauge(
     "broker_operator_tokens_expiring",
     "Enabled operators' tokens that end within BROKER_OPERATOR_TOKEN_WARNING, as the "

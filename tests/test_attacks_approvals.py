@@ -12,6 +12,10 @@
 
 Each runs on SQLite and PostgreSQL against ``broker serve``, over HTTP, the console and the
 CLI where the attack involves them. Finer races and the pure rules are at the end.
+
+The bait of (b) is a harmless narrowing, which waits for an approver only with
+``BROKER_NARROWING_TAKES_EFFECT`` off (on, the default, it takes effect when proposed and
+is never pending: nothing to switch), so this module runs with it off.
 """
 
 from __future__ import annotations
@@ -41,8 +45,21 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 @pytest.fixture
 def served(tmp_path: Path, database_url: str) -> Iterator[Served]:
-    with served_broker(tmp_path, database_url) as broker:
+    with served_broker(tmp_path, database_url, BROKER_NARROWING_TAKES_EFFECT="false") as broker:
         yield broker
+
+
+@pytest.fixture
+def settings(database_url: str, broker_home: Path) -> Any:
+    """The in-process broker's, with narrowings waiting for approvers (see the module)."""
+    from broker.settings import Settings
+
+    return Settings(
+        database_url=database_url,
+        home=broker_home,
+        issuer="https://broker.test",
+        narrowing_takes_effect=False,
+    )
 
 
 def _ok(resp: httpx.Response, status: int = 200) -> dict[str, Any]:

@@ -300,10 +300,14 @@ async def test_deprecation_refuses_new_proposals_while_the_policy_keeps_issuing(
     await _ok(await _patch(client, admin, "purposes", "billing", status="active"))
 
     # A version without it is welcome, and once it is in force nothing needs attention.
+    # (It also raises the rate, so it waits for an approver: one that only dropped the
+    # field would narrow, and take effect at once, by rule.)
     replacement = await _ok(
         await client.post(
             versions,
-            json=terms(fields=["customer.name"], comment="drop the deprecated field"),
+            json=terms(
+                fields=["customer.name"], rate_per_minute=1200, comment="drop the deprecated field"
+            ),
             headers=_h(admin),
         ),
         201,

@@ -261,8 +261,13 @@ async def test_approving_an_older_pending_version_does_not_lift_a_suspension(
         k: current["versions"][0][k]
         for k in ("purposes", "max_ttl_seconds", "rate_per_minute", "required_approvals")
     }
-    narrower = {**terms, "fields": ["customer.email"], "comment": "narrower"}
-    ok(await propose_version(client, operators.admin, policy_id, **narrower), 201)
+    # Fewer fields but no rate limit: it widens, so it waits (a version that only narrows
+    # would take effect at once, by rule).
+    narrower = {**terms, "fields": ["customer.email"], "rate_per_minute": None, "comment": "x"}
+    assert (
+        ok(await propose_version(client, operators.admin, policy_id, **narrower), 201)["status"]
+        == "proposed"
+    )
     ok(await brake(client, operators.admin, policy_id, "suspend", reason="incident"))
     # Resume is refused while that version is pending.
     assert_problem(await brake(client, operators.approver, policy_id, "resume"), 409)

@@ -143,7 +143,8 @@ async def test_every_problem_is_named_at_once(
     [
         {"fields": "customer.email"},
         {"required_approvals": True},
-        {"owner": "me"},
+        {"proposer": "me"},  # not a member of the body
+        {"owner": 5},
         {"valid_until": "tomorrow"},
     ],
 )

@@ -513,6 +513,7 @@ async def test_listing_filters_and_not_found(
         "suspended_at": None,
         "suspension_reason": None,
         "retired_at": None,
+        "owner": None,
     }
     assert_problem(
         await client.get("/v1/admin/policies", params={"status": "pending"}, headers=h), 422

@@ -5,7 +5,9 @@ A machine operator never approves, unless ``BROKER_MACHINE_MAY_APPROVE_NARROWING
 and then only a pending version that narrows the version in force, from a proposer
 independent of the admin who made the machine. The approval route still declares the
 approver role: the exception is a marker on that one route (``broker.http.deps``), checked
-here, and the narrowing is checked by the workflow (``broker.policy.workflow.widening``).
+here, and the narrowing is checked by the workflow (``broker.policy.approval_rules``).
+That exception matters only with ``BROKER_NARROWING_TAKES_EFFECT`` off (else a narrowing
+takes effect when proposed, tested in test_risk_approvals.py), so it is off here.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def settings(database_url: str, broker_home: Path, narrowing: bool) -> Any:
         home=broker_home,
         issuer="https://broker.test",
         machine_may_approve_narrowing=narrowing,
+        # The machine's approval matters only while a narrowing waits for approvers.
+        narrowing_takes_effect=False,
     )
 
 

@@ -86,6 +86,13 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("POST", "/v1/admin/policies/{policy_id:str}/suspend"): ADMIN,
     ("POST", "/v1/admin/policies/{policy_id:str}/resume"): APPROVER,
     ("POST", "/v1/admin/policies/{policy_id:str}/retire"): ADMIN,
+    ("POST", "/v1/admin/policies/{policy_id:str}/recertify"): APPROVER,
+    ("GET", "/v1/admin/policies/{policy_id:str}/impact"): AUDITOR,
+    ("GET", "/v1/admin/reports/access-review"): AUDITOR,
+    # policies as code
+    ("GET", "/v1/admin/declared"): AUDITOR,
+    ("POST", "/v1/admin/declared/plan"): AUDITOR,
+    ("POST", "/v1/admin/declared/apply"): PROPOSER,
     # signing keys
     ("GET", "/v1/admin/signing-keys"): AUDITOR,
     ("POST", "/v1/admin/signing-keys/rotate"): ADMIN,
@@ -144,6 +151,8 @@ OPERATOR_ROUTES: dict[tuple[str, str], Role] = {
     ("POST", "/console/policies/{policy_id:str}/suspend"): ADMIN,
     ("POST", "/console/policies/{policy_id:str}/resume"): APPROVER,
     ("POST", "/console/policies/{policy_id:str}/retire"): ADMIN,
+    ("GET", "/console/review"): AUDITOR,
+    ("POST", "/console/review/{policy_id:str}/recertify"): APPROVER,
     ("POST", "/console/services/{service_id:str}/release"): ADMIN,
     ("GET", "/console/services/{service_id:str}"): AUDITOR,
     ("GET", "/console/services/{service_id:str}/bindings"): AUDITOR,

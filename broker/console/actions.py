@@ -14,6 +14,7 @@ from litestar.response import Redirect
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.console.auth import ConsoleForm
+from broker.cutoff import approvals
 from broker.http.deps import requires
 from broker.incidents import outbox
 from broker.incidents import service as incidents
@@ -56,10 +57,14 @@ async def approve(
     policy_id: FromPath[str],
     form: NamedDependency[ConsoleForm],
     db: NamedDependency[AsyncSession],
+    runtime: NamedDependency[Runtime],
 ) -> Redirect:
     version, digest = _read_version(form)
-    change = workflow.approve(
+    # Through the cutoff: an approval that replaces the version in force ends the live
+    # keys the new version no longer covers, in this transaction.
+    change = approvals.approve(
         db,
+        runtime.settings,
         policy_id,
         form.text("comment"),
         version=version,

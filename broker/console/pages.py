@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit import AuditAction
 from broker.audit.routes import MAX_SEQ
-from broker.console import views
+from broker.console import policy_pages, views
 from broker.console.auth import ConsoleOperator
 from broker.console.chart import Window
 from broker.console.rendering import page
@@ -45,6 +45,7 @@ async def overview(
 async def approvals(
     operator: NamedDependency[ConsoleOperator],
     db: NamedDependency[AsyncSession],
+    runtime: NamedDependency[Runtime],
     notice: Notice = None,
 ) -> Template:
     pending = await views.pending_approvals(db, operator.principal)
@@ -55,6 +56,8 @@ async def approvals(
         title="Pending approvals",
         notice=notice,
         pending=pending,
+        details=await policy_pages.approval_details(db, runtime.settings, pending),
+        is_link=policy_pages.is_link,
     )
 
 

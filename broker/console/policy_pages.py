@@ -1,5 +1,7 @@
 """The console's pages and forms for policies: every policy with its state and the terms in
-force, and the emergency brake (suspend, resume, retire).
+force, and the emergency brake (suspend, resume, retire); the impact of each pending version
+and the approval rule of each pending version that the Approvals page shows
+(``approval_details``).
 
 The forms call the same functions as the API routes (``broker.cutoff.policies`` for the
 suspension and the retirement, which revoke the policy's keys in the same transaction;
@@ -10,6 +12,7 @@ blank reason, a policy already suspended) is the console's error page, nothing w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -25,19 +28,24 @@ from broker.console.auth import ConsoleForm, ConsoleOperator
 from broker.console.rendering import page
 from broker.cutoff import policies as cutoff
 from broker.db import utcnow
+from broker.errors import BrokerError
 from broker.http.deps import requires
 from broker.models import Policy, PolicyVersion
 from broker.operators.service import Role
 from broker.policy import brake
+from broker.policy.approval_rules import pending_rule
 from broker.policy.versions import (
     PolicyState,
     PolicyStatus,
     active_of,
     held_of,
     is_stale,
+    load_policy,
     pending_of,
 )
+from broker.reports.impact import impact_of_version
 from broker.runtime import Runtime
+from broker.settings import Settings
 
 Notice = Annotated[str | None, QueryParameter(name="done", max_length=40)]
 StateFilter = Annotated[str | None, QueryParameter(name="state", max_length=20)]
@@ -130,6 +138,44 @@ async def policy_cards(session: AsyncSession, state: str | None, now: datetime) 
     return cards
 
 
+@dataclass(frozen=True)
+class ApprovalDetail:
+    """What the Approvals page shows of a pending version besides its diff and terms: how
+    it is approved (``approval_rules``) and its impact (``reports.impact``), each as its
+    ``to_dict()``; None when it could not be worked out (the page says so)."""
+
+    rule: dict[str, Any] | None
+    impact: dict[str, Any] | None
+
+
+async def approval_details(
+    session: AsyncSession, settings: Settings, pending: Iterable[Any]
+) -> dict[str, ApprovalDetail]:
+    """{policy id: its pending version's rule and impact}; ``pending`` are the page's items
+    (``.policy.id``, ``.pending.version``). A version whose replay fails is shown without
+    it rather than no page at all."""
+    out: dict[str, ApprovalDetail] = {}
+    for item in pending:
+        rule: dict[str, Any] | None = None
+        impact: dict[str, Any] | None = None
+        try:
+            policy = await load_policy(session, item.policy.id)
+            found = await pending_rule(session, settings, policy)
+            rule = found.to_dict() if found is not None else None
+            impact = (
+                await impact_of_version(session, settings, item.policy.id, item.pending.version)
+            ).to_dict()
+        except BrokerError:
+            pass
+        out[item.policy.id] = ApprovalDetail(rule, impact)
+    return out
+
+
+def is_link(text: str | None) -> bool:
+    """A source reference shown as a link only when it is an http(s) URL."""
+    return bool(text) and (text or "").lower().startswith(("https://", "http://"))
+
+
 @requires(Role.AUDITOR)
 @get("/policies", name="console-policies")
 async def policies(
@@ -149,6 +195,7 @@ async def policies(
         cards=cards,
         state=shown,
         states=STATES,
+        is_link=is_link,
     )
 
 

@@ -23,6 +23,7 @@ from broker.console import (
     operator_pages,
     pages,
     policy_pages,
+    review_pages,
     service_pages,
     signin,
 )
@@ -71,6 +72,7 @@ def console_router() -> Router:
             *pages.ROUTES,
             *actions.ROUTES,
             *policy_pages.ROUTES,
+            *review_pages.ROUTES,
             *service_pages.ROUTES,
             *operator_pages.ROUTES,
             *catalog_pages.ROUTES,

@@ -20,6 +20,7 @@ from broker.audit import AuditAction, record
 from broker.claims import PiiAccess, authorization_details, key_claims
 from broker.errors import Forbidden, RateLimited
 from broker.identity.authenticate import ServiceIdentity
+from broker.issuance.decision_summary import ISSUED, DecisionSummaries
 from broker.issuance.minting import mint
 from broker.issuance.recorder import IssuedKeyRow, issuance_recorder
 from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, decide
@@ -64,15 +65,40 @@ class IssuedKeyResult:
         return authorization_details(PiiAccess(self.fields, self.purpose, self.policy_ref))
 
 
+def _count(
+    runtime: Runtime,
+    identity: ServiceIdentity,
+    order: KeyOrder,
+    at: datetime,
+    source: str | None,
+    outcome: str,
+) -> None:
+    """One more decision of this kind for the impact replay (in memory; see
+    ``decision_summary``)."""
+    runtime.parts.get(DecisionSummaries).count(
+        at=at,
+        service_id=identity.service_id,
+        audience=order.audience,
+        purpose=order.purpose,
+        fields=tuple(sorted(order.fields)),
+        source=source,
+        outcome=outcome,
+    )
+
+
 async def _deny(
     runtime: Runtime,
     identity: ServiceIdentity,
     order: KeyOrder,
     reason: str,
     detail: str,
+    *,
+    at: datetime,
+    source: str | None,
     **extra: Any,
 ) -> None:
     metrics.KEYS_DENIED.labels(reason=reason).inc()
+    _count(runtime, identity, order, at, source, reason)
     async with runtime.transaction() as session:
         await record(
             session,
@@ -140,7 +166,15 @@ async def issue_key(
 ) -> IssuedKeyResult:
     settings = runtime.settings
     if identity.quarantined:
-        await _deny(runtime, identity, order, "quarantined", "service is quarantined")
+        await _deny(
+            runtime,
+            identity,
+            order,
+            "quarantined",
+            "service is quarantined",
+            at=datetime.now(UTC),
+            source=source,
+        )
         raise Forbidden(
             "this service is quarantined and gets no new keys until an operator releases it",
             reason="quarantined",
@@ -168,6 +202,8 @@ async def issue_key(
             order,
             decision.reason,
             decision.detail,
+            at=now,
+            source=source,
             refused_fields=sorted(decision.refused_fields),
             refused_purpose=decision.refused_purpose,
         )
@@ -239,9 +275,19 @@ async def issue_key(
             row, details, rate_limit=grant.rate_per_minute, policy_ref=grant.ref
         )
     except RateLimited as exc:
-        await _deny(runtime, identity, order, "rate-limited", exc.detail, policy=grant.ref)
+        await _deny(
+            runtime,
+            identity,
+            order,
+            "rate-limited",
+            exc.detail,
+            at=now,
+            source=source,
+            policy=grant.ref,
+        )
         raise
     metrics.KEYS_ISSUED.inc()
+    _count(runtime, identity, order, now, source, ISSUED)
     await runtime.signals.emit(Issued(identity.service_id, jti, tuple(fields), now))
     return IssuedKeyResult(
         token=token,

@@ -9,6 +9,7 @@ from sqlmodel import col
 
 from broker.identity.source_blocks import purge_source_blocks
 from broker.incidents.secret_age import flag_aging_secrets
+from broker.jobs.recertification import check_recertification
 from broker.jobs.run_once import Job
 from broker.models import IssuedKey, JobRun
 from broker.operators.expiry import CHECK_INTERVAL, flag_expiring_tokens
@@ -74,4 +75,5 @@ def default_jobs(runtime: Runtime) -> list[Job]:
         Job("flag_aging_secrets", settings.secret_check_interval, flag_secrets),
         Job("prune_windows", settings.purge_interval, prune_windows),
         Job("flag_expiring_operator_tokens", CHECK_INTERVAL, flag_operator_tokens),
+        Job("check_recertification", settings.proposal_check_interval, check_recertification),
     ]

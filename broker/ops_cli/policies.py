@@ -4,8 +4,9 @@ usual), ``retire`` (for good).
 
 An approver approves a *change*, so ``show`` and ``approve`` put the difference from the
 version in force first (the broker's own ``diff``): fields and purposes added or removed,
-limits before and after. ``approve`` then sends the version number and ``terms_digest`` it
-showed, so the broker refuses (409) if anything else is pending by the time it arrives.
+limits before and after; ``approve`` adds its impact (``broker policies impact``).
+``approve`` then sends the version number and ``terms_digest`` it showed, so the broker
+refuses (409) if anything else is pending by the time it arrives.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 
 from broker.ops_cli.common import Remote, ask_first, read_document, remote_options, yes_option
 from broker.ops_cli.errors import CheckFailed, ConfigError, Refused
+from broker.ops_cli.impact import show_impact_before_deciding
 from broker.ops_cli.output import Output, clean, when
 
 LIST_TERMS = ("fields", "purposes", "source_cidrs")
@@ -66,6 +68,27 @@ def render_diff(out: Output, version: dict[str, Any]) -> None:
         out.styled(f"  {sign} {term:<18} {text}", _STYLE[sign])
 
 
+def render_rule(out: Output, rule: dict[str, Any] | None) -> None:
+    """How the pending version is approved (the broker's ``approval_rule``)."""
+    if not rule:
+        return
+    out.note(f"Approval: {rule.get('summary', '')}")
+    for word, key in (("widens", "widens"), ("narrows", "narrows")):
+        for item in rule.get(key) or []:
+            out.note(f"  {word}: {item}")
+    if rule.get("because"):
+        out.note(f"  needs {rule['approvers']} approver(s): classification {rule['because']}")
+    ended = [*(rule.get("ended_fields") or []), *(rule.get("ended_purposes") or [])]
+    if ended:
+        out.styled(f"  ends live keys naming: {', '.join(ended)}", "red")
+
+
+def _how_approved(version: dict[str, Any]) -> str:
+    if version.get("approved_by_rule"):
+        return "approved by rule (only narrowed)"
+    return ""
+
+
 def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any]) -> None:
     status = version["status"]
     extra = ""
@@ -74,12 +97,24 @@ def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any])
             f", needs {version['approvals_remaining']} more approval(s), "
             f"proposal expires {when(version.get('proposal_expires_at'))}"
         )
+    if version.get("approved_by_rule"):
+        extra += f", {_how_approved(version)}"
     out.note(
         f"\nVersion {version['version']}: {status} (proposed by {clean(version['proposed_by'])} "
         f"at {when(version['proposed_at'])}{extra})"
     )
     if version.get("comment"):
         out.note(f"  comment: {version['comment']}")
+    if version.get("source_ref"):
+        out.note(f"  source: {clean(version['source_ref'])}")
+    if status == "approved" and version.get("recertify_by"):
+        recertified = version.get("recertified_at")
+        out.note(
+            f"  recertify by {when(version['recertify_by'])}"
+            + (f" (recertified {when(recertified)})" if recertified else "")
+        )
+    if status == "proposed":
+        render_rule(out, policy.get("approval_rule"))
     render_diff(out, version)
     out.fields(
         [
@@ -213,6 +248,8 @@ def show_policy(remote: Remote, policy_id: str, number: int | None, history: boo
         f"(in force: version {policy.get('active_version') or 'none'}; "
         f"created by {clean(policy['created_by'])} at {when(policy['created_at'])})"
     )
+    if policy.get("owner"):
+        out.note(f"owner: {clean(policy['owner'])}")
     render_state(out, policy)
     versions = policy["versions"]
     if history:
@@ -249,15 +286,26 @@ def show_policy(remote: Remote, policy_id: str, number: int | None, history: boo
     "policy_id",
     help="Propose a new version of this existing policy (or put id: in the file).",
 )
+@click.option(
+    "--source",
+    "source_ref",
+    metavar="REF",
+    help="Where the change comes from (a commit, a merge request URL): kept with the "
+    "version and in the audit (or put source_ref: in the file).",
+)
 @remote_options
-def propose(remote: Remote, spec: str, policy_id: str | None) -> None:
+def propose(remote: Remote, spec: str, policy_id: str | None, source_ref: str | None) -> None:
     """Propose a policy, or a change to one, from a YAML or JSON file (- for stdin).
 
     The file holds the request body: service, audience, fields, purposes, max_ttl_seconds,
     and optionally rate_per_minute, source_cidrs, allowed_hours, max_uses, max_records,
-    valid_until, required_approvals, comment.
+    valid_until, required_approvals, comment, source_ref, and owner (a new policy).
+    A change that only narrows the version in force takes effect at once (approved by
+    rule), ending the live keys that name what it removes.
     """
     body = read_document(spec)
+    if source_ref is not None:
+        body["source_ref"] = source_ref
     target = policy_id or body.pop("id", None)
     if target:
         current = remote.http.get(_path(str(target)))
@@ -273,12 +321,27 @@ def propose(remote: Remote, spec: str, policy_id: str | None) -> None:
         result = remote.http.post("/v1/admin/policies", body)
     if remote.as_json:
         return remote.out.json(result)
-    pending = pending_version(result) or result["versions"][-1]
+    pending = pending_version(result)
+    rule = result.get("approval_rule") or {}
+    if pending is None:
+        newest = result["versions"][-1]
+        if newest.get("status") == "approved" and newest.get("approved_by_rule"):
+            remote.out.note(
+                f"policy {result['id']} version {newest['version']} "
+                f"({result['service']} -> {result['audience']}) is in force now "
+                "(approved by rule: it only narrows)."
+            )
+            ended = [*(rule.get("ended_fields") or []), *(rule.get("ended_purposes") or [])]
+            if ended:
+                remote.out.note(f"Live keys naming {', '.join(ended)} were ended.")
+            return
+        pending = newest
     remote.out.note(
         f"proposed policy {result['id']} version {pending['version']} "
         f"({result['service']} -> {result['audience']}); it needs "
         f"{pending['approvals_remaining']} approval(s) from operators other than you.\n"
-        f"Review it with: broker policies show {result['id']}"
+        + (f"{rule['summary']}\n" if rule.get("summary") else "")
+        + f"Review it with: broker policies show {result['id']}"
     )
 
 
@@ -302,6 +365,8 @@ def _reviewed(
         raise CheckFailed(f"policy {policy_id} has no version waiting for a decision")
     if not remote.as_json:
         render_version(remote.out, policy, seen)
+        if verb == "approve":
+            show_impact_before_deciding(remote, policy_id)
         if not yes and sys.stdin.isatty():
             click.confirm(
                 f"\n{verb.capitalize()} version {seen['version']} of policy {policy_id} "
@@ -393,9 +458,10 @@ def approve(
 ) -> None:
     """Approve the pending version (never your own proposal).
 
-    Shows the change against the version in force and the terms digest first, and the
-    approval names that version and digest: if the proposal was replaced meanwhile, the
-    broker refuses it and nothing is approved.
+    Shows the change against the version in force, its impact (who would gain or lose
+    access, replayed against recent key requests; the live keys it ends) and the terms
+    digest first, and the approval names that version and digest: if the proposal was
+    replaced meanwhile, the broker refuses it and nothing is approved.
     """
     _decide(remote, policy_id, "approve", comment, yes, number, digest)
 

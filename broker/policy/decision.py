@@ -172,6 +172,23 @@ class NotAfter:
 
 
 @dataclass(frozen=True)
+class Recertified:
+    """The version's ``recertify_by``: unless an approver recertifies it before then, the
+    grant lapses at that instant (issue 20), and the denial says why, so that whoever
+    reads it knows a recertification, not a new policy, was what was missing."""
+
+    by: datetime
+
+    def verify(self, request: AccessRequest) -> Success | Failure:
+        if request.at < self.by:
+            return Success()
+        return Failure(
+            DenyReason.EXPIRED,
+            f"the policy lapsed at {self.by.isoformat()} for want of recertification",
+        )
+
+
+@dataclass(frozen=True)
 class SourceWithin:
     """The request must come from one of these networks; no known source is no match."""
 
@@ -240,6 +257,8 @@ class PolicyGrant:
     max_uses: int | None
     max_records: int | None
     valid_until: datetime | None
+    # When the version lapses unless recertified (None: never, as before issue 20).
+    recertify_by: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.max_ttl_seconds < 1:
@@ -252,8 +271,14 @@ class PolicyGrant:
     def conditions(self) -> tuple[Condition, ...]:
         """Checked in this order, so the reason reported for a grant is stable."""
         found: list[Condition] = []
+        # The grant ends at the earlier of valid_until and recertify_by; that one is checked
+        # first, so a denial names what actually ended it.
+        ends: list[tuple[datetime, Condition]] = []
         if self.valid_until is not None:
-            found.append(NotAfter(self.valid_until))
+            ends.append((self.valid_until, NotAfter(self.valid_until)))
+        if self.recertify_by is not None:
+            ends.append((self.recertify_by, Recertified(self.recertify_by)))
+        found += [condition for _, condition in sorted(ends, key=lambda end: end[0])]
         if self.source_cidrs:
             found.append(SourceWithin(self.source_cidrs))
         if self.allowed_hours is not None:

@@ -27,6 +27,7 @@ def grant_of(policy: Policy, row: PolicyVersion) -> PolicyGrant:
         max_uses=row.max_uses,
         max_records=row.max_records,
         valid_until=row.valid_until,
+        recertify_by=row.recertify_by,
     )
 
 
@@ -35,7 +36,12 @@ async def approved_grants(
 ) -> list[PolicyGrant]:
     """The grants in force at ``at``: approved, not superseded, not past ``valid_until``, of
     a policy neither suspended nor retired (its version's status says so as well; both are
-    checked, so that neither alone can put a braked policy back in force)."""
+    checked, so that neither alone can put a braked policy back in force).
+
+    A version past ``recertify_by`` that the lapse job has not marked yet is still read:
+    its grant carries ``recertify_by``, and ``decide`` refuses it from that instant saying
+    it lapsed for want of recertification (the same holds for a grant cached before the
+    instant). Once marked (``expired``) it is no longer read at all."""
     rows = await session.exec(
         select(Policy, PolicyVersion)
         .join(PolicyVersion, col(PolicyVersion.policy_id) == col(Policy.id))

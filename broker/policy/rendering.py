@@ -13,9 +13,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker.db import utcnow
 from broker.errors import InvalidInput
 from broker.models import Operator, Policy, PolicyApproval, PolicyVersion
+from broker.policy.approval_rules import ApprovalRule, pending_rule
 from broker.policy.diff import VersionDiff, diff_terms
 from broker.policy.schemas import (
     ApprovalOut,
+    ApprovalRuleOut,
     DiffOut,
     PolicyOut,
     PolicySummaryOut,
@@ -36,6 +38,7 @@ from broker.policy.versions import (
     terms_of,
     versions_of,
 )
+from broker.settings import Settings
 
 
 async def _operator_names(session: AsyncSession, ids: Iterable[str]) -> dict[str, str]:
@@ -64,11 +67,34 @@ def _diff_out(diff: VersionDiff) -> DiffOut:
     )
 
 
+def rule_out(rule: ApprovalRule) -> ApprovalRuleOut:
+    return ApprovalRuleOut(
+        change=rule.change.value,
+        widens=list(rule.widens),
+        narrows=list(rule.narrows),
+        approvers=rule.approvers,
+        because=rule.because,
+        by_rule=rule.by_rule,
+        ended_fields=list(rule.ended_fields),
+        ended_purposes=list(rule.ended_purposes),
+        summary=rule.summary,
+    )
+
+
 async def render_policy(
-    session: AsyncSession, policy: Policy, now: datetime | None = None
+    session: AsyncSession,
+    policy: Policy,
+    now: datetime | None = None,
+    *,
+    settings: Settings | None = None,
+    rule: ApprovalRule | None = None,
 ) -> PolicyOut:
     """The policy with every version, its approvals, its terms digest, and what it changes
-    against the version in force now (never merely the version numbered before it)."""
+    against the version in force now (never merely the version numbered before it).
+
+    With ``settings``, ``approval_rule`` is the pending version's rule against the version
+    in force (``rule``: the one a proposal was just decided by, shown even when it took
+    effect at once and nothing is pending)."""
     now = now or utcnow()
     versions = await versions_of(session, policy.id)
     active = active_of(versions, now)
@@ -135,8 +161,14 @@ async def render_policy(
                 ],
                 diff=_diff_out(diff),
                 terms_digest=digest_of(policy, row),
+                approved_by_rule=row.approved_by_rule,
+                source_ref=row.source_ref,
+                recertify_by=row.recertify_by,
+                recertified_at=row.recertified_at,
             )
         )
+    if rule is None and settings is not None:
+        rule = await pending_rule(session, settings, policy, versions, now)
     latest = out[-1]
     return PolicyOut(
         id=policy.id,
@@ -161,13 +193,22 @@ async def render_policy(
         retired_at=policy.retired_at,
         retired_by=policy.retired_by,
         retirement_reason=policy.retirement_reason,
+        owner=policy.owner,
+        approval_rule=rule_out(rule) if rule is not None else None,
     )
 
 
 async def get_policy(
-    session: AsyncSession, policy_id: str, now: datetime | None = None
+    session: AsyncSession,
+    policy_id: str,
+    now: datetime | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> PolicyOut:
-    return await render_policy(session, await load_policy(session, policy_id), now)
+    """``settings``: include the pending version's ``approval_rule``."""
+    return await render_policy(
+        session, await load_policy(session, policy_id), now, settings=settings
+    )
 
 
 async def list_policies(
@@ -235,6 +276,7 @@ async def list_policies(
                 suspended_at=policy.suspended_at,
                 suspension_reason=policy.suspension_reason,
                 retired_at=policy.retired_at,
+                owner=policy.owner,
             )
         )
     return out

@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.cutoff import approvals
 from broker.cutoff import policies as cutoff
 from broker.http.deps import machines_may_approve_narrowing, requires
 from broker.operators.service import OperatorPrincipal, Role
@@ -63,21 +64,35 @@ class PolicyController(Controller):
         runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        policy = await workflow.propose_policy(db, runtime.settings, data, proposer=operator)
-        return await rendering.render_policy(db, policy)
+        done = await approvals.propose_policy(db, runtime.settings, data, proposer=operator)
+        return await rendering.render_policy(
+            db, done.policy, settings=runtime.settings, rule=done.rule
+        )
 
     @requires(Role.AUDITOR)
-    @get("/{policy_id:str}", summary="A policy with its versions, approvals and diffs")
+    @get(
+        "/{policy_id:str}",
+        summary=(
+            "A policy with its versions, approvals, diffs and the pending version's approval rule"
+        ),
+    )
     async def get_policy(
         self,
         policy_id: FromPath[str],
         db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        return await rendering.get_policy(db, policy_id)
+        return await rendering.get_policy(db, policy_id, settings=runtime.settings)
 
     @requires(Role.PROPOSER)
-    @post("/{policy_id:str}/versions", summary="Propose a change as a new version")
+    @post(
+        "/{policy_id:str}/versions",
+        summary=(
+            "Propose a change as a new version: one that only narrows the version in force "
+            "takes effect at once (approved by rule) and ends the live keys it no longer covers"
+        ),
+    )
     async def propose_version(
         self,
         policy_id: FromPath[str],
@@ -86,10 +101,12 @@ class PolicyController(Controller):
         runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        policy = await workflow.propose_version(
+        done = await approvals.propose_version(
             db, runtime.settings, policy_id, data, proposer=operator
         )
-        return await rendering.render_policy(db, policy)
+        return await rendering.render_policy(
+            db, done.policy, settings=runtime.settings, rule=done.rule
+        )
 
     @machines_may_approve_narrowing
     @requires(Role.APPROVER)
@@ -106,17 +123,19 @@ class PolicyController(Controller):
         policy_id: FromPath[str],
         data: JSONBody[PolicyDecision],
         db: NamedDependency[AsyncSession],
+        runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> PolicyOut:
-        policy = await workflow.approve(
+        done = await approvals.approve(
             db,
+            runtime.settings,
             policy_id,
             data.comment,
             version=data.version,
             terms_digest=data.terms_digest,
             approver=operator,
         )
-        return await rendering.render_policy(db, policy)
+        return await rendering.render_policy(db, done.policy, settings=runtime.settings)
 
     @requires(Role.APPROVER)
     @post("/{policy_id:str}/reject", status_code=HTTP_200_OK, summary="Reject the pending version")

@@ -36,11 +36,29 @@ class PolicyVersionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
         int, msgspec.Meta(description="Distinct approvers needed, never the proposer (1-5)")
     ] = 1
     comment: str = ""
+    source_ref: Annotated[
+        str | None,
+        msgspec.Meta(
+            description=(
+                "Where the proposal comes from (a commit, a merge request URL): at most 500 "
+                "printable characters, kept on the version and in its audit events"
+            )
+        ),
+    ] = None
 
 
 class PolicyCreate(PolicyVersionCreate, forbid_unknown_fields=True, kw_only=True):
     service: Annotated[str, msgspec.Meta(description="The requesting service's id")]
     audience: Annotated[str, msgspec.Meta(description="The resource service's id")]
+    owner: Annotated[
+        str | None,
+        msgspec.Meta(
+            description=(
+                "Who answers for the policy (a team or a person's handle, at most 200 "
+                "printable characters); recertification reminders name it"
+            )
+        ),
+    ] = None
 
 
 _BOUND = (
@@ -121,6 +139,23 @@ class DiffOut(msgspec.Struct):
     changed: list[ScalarChangeOut]
 
 
+class ApprovalRuleOut(msgspec.Struct):
+    """How a version is approved (``broker.policy.approval_rules``): against the version in
+    force, what it widens and narrows; the approvers it needs (never the proposer) and the
+    classification that set that number; ``by_rule``: it takes effect at once, approved by
+    rule, because it only narrows; the fields and purposes whose live keys it ends."""
+
+    change: Annotated[str, msgspec.Meta(description="new, widens, narrows or same")]
+    widens: list[str]
+    narrows: list[str]
+    approvers: int
+    because: str | None
+    by_rule: bool
+    ended_fields: list[str]
+    ended_purposes: list[str]
+    summary: str
+
+
 class PolicyVersionOut(msgspec.Struct):
     version: int
     status: str
@@ -153,6 +188,20 @@ class PolicyVersionOut(msgspec.Struct):
             )
         ),
     ]
+    approved_by_rule: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Approved without approvers because it only narrowed the version in force"
+        ),
+    ]
+    source_ref: Annotated[
+        str | None, msgspec.Meta(description="Where the proposal came from (commit, merge request)")
+    ]
+    recertify_by: Annotated[
+        datetime | None,
+        msgspec.Meta(description="An approved version lapses then unless recertified"),
+    ]
+    recertified_at: datetime | None
 
 
 _STATE = (
@@ -176,6 +225,7 @@ class PolicySummaryOut(msgspec.Struct):
     suspended_at: datetime | None
     suspension_reason: str | None
     retired_at: datetime | None
+    owner: str | None = None
 
 
 class PolicyOut(msgspec.Struct):
@@ -199,3 +249,8 @@ class PolicyOut(msgspec.Struct):
     retired_at: datetime | None
     retired_by: str | None
     retirement_reason: str | None
+    owner: str | None = None
+    # How the pending version is approved, against the version in force (null: nothing is
+    # pending); a proposal's answer gives the rule it was decided by, even when it took
+    # effect at once.
+    approval_rule: ApprovalRuleOut | None = None

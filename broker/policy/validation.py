@@ -7,6 +7,7 @@ one 422.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,8 @@ MAX_REQUIRED_APPROVALS = 5
 MAX_COUNT = 1_000_000_000
 COMMENT_MAX = 2000
 SERVICE_ID_MAX = 63
+SOURCE_REF_MAX = 500
+OWNER_MAX = 200
 
 Problems = list[tuple[str, str]]
 
@@ -196,6 +199,35 @@ async def _check_services(
         problems.append(("audience", "a service cannot be its own audience"))
 
 
+def _label_problem(value: str | None, limit: int) -> str | None:
+    """Why ``value`` cannot be kept as a label (a source reference, an owner), if it cannot."""
+    if value is None:
+        return None
+    cleaned = unicodedata.normalize("NFC", value.strip())
+    if len(cleaned) > limit:
+        return f"is at most {limit} characters"
+    if not cleaned.isprintable():
+        return "must be printable text (no control or format characters, no line breaks)"
+    return None
+
+
+def clean_label(value: str | None) -> str | None:
+    """A source reference or an owner as stored: trimmed, NFC, ``None`` when blank (the
+    proposal's checks have refused anything longer or not printable)."""
+    if value is None:
+        return None
+    cleaned = unicodedata.normalize("NFC", value.strip())
+    return cleaned or None
+
+
+def _check_labels(data: PolicyVersionCreate, problems: Problems) -> None:
+    if problem := _label_problem(data.source_ref, SOURCE_REF_MAX):
+        problems.append(("source_ref", problem))
+    owner = getattr(data, "owner", None)
+    if problem := _label_problem(owner, OWNER_MAX):
+        problems.append(("owner", problem))
+
+
 async def validated_terms(
     session: AsyncSession,
     settings: Settings,
@@ -203,13 +235,15 @@ async def validated_terms(
     now: datetime,
     services: tuple[str, str] | None,
 ) -> PolicyTerms:
-    """Every problem at once, in one 422, before anything is written."""
+    """Every problem at once, in one 422, before anything is written (the proposal's
+    ``source_ref`` and a new policy's ``owner`` included)."""
     problems: Problems = []
     if services is not None:
         await _check_services(session, problems, *services)
     fields, purposes, terms = _check_terms(
         data, ceiling=settings.max_ttl_ceiling, now=now, problems=problems
     )
+    _check_labels(data, problems)
     await _check_catalog(session, problems, fields, purposes)
     if problems or terms is None:
         raise refuse(problems)

@@ -96,7 +96,10 @@ def is_stale(row: PolicyVersion, now: datetime) -> bool:
 
 
 def has_lapsed(row: PolicyVersion, now: datetime) -> bool:
-    return row.valid_until is not None and row.valid_until <= now
+    """Past ``valid_until``, or past ``recertify_by`` without a recertification (issue 20):
+    either way the version grants nothing from that instant, so it is not in force, and a
+    proposal after it is judged against nothing in force (never narrowing a lapsed grant)."""
+    return any(end is not None and end <= now for end in (row.valid_until, row.recertify_by))
 
 
 def effective_status(row: PolicyVersion, now: datetime) -> str:

@@ -16,14 +16,27 @@ earlier approver (``broker.operators.independence``), else it is refused (403).
 
 A machine operator never approves, except with ``BROKER_MACHINE_MAY_APPROVE_NARROWING`` on
 (the one exception ``broker.http.deps`` lets through) a version that only narrows the
-version in force (``widening`` finds nothing, and something changed).
+version in force (``widening`` finds nothing, and something changed). With
+``BROKER_NARROWING_TAKES_EFFECT`` on (the default) such a version never waits anyway.
+
+Approval rules (issue 20, ``broker.policy.approval_rules``): a proposal's
+``required_approvals`` is raised to what the most sensitive field of the version asks for;
+a version that only narrows the version in force of an active policy is approved by rule
+in the transaction that proposes it (``approved_by_rule``, decided by ``system``). Every
+approval, by approvers or by rule, sets ``recertify_by`` (now + ``BROKER_POLICY_LIFETIME``).
+When an approval supersedes a version in force, the caller's ``end_keys`` revokes the live
+keys the new version no longer covers, in the same transaction, and the approval's event
+names the revocations' cursors: revocation sits above this layer, so
+``broker.cutoff.approvals`` supplies it (routes, the console and the declared apply call
+those wrappers, never these functions directly).
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,9 +51,17 @@ from broker.errors import Conflict, Forbidden
 from broker.models import Policy, PolicyApproval, PolicyVersion
 from broker.operators.independence import approval_problem
 from broker.operators.service import OperatorPrincipal, Role, load_roster
+from broker.policy.approval_rules import (
+    ApprovalRule,
+    Change,
+    approvers_needed,
+    classifications_of,
+    rule_for,
+)
+from broker.policy.approval_rules import widening as widening  # re-exported, as before
 from broker.policy.diff import PolicyTerms, diff_terms
 from broker.policy.schemas import PolicyCreate, PolicyVersionCreate
-from broker.policy.validation import check_comment, refuse, validated_terms
+from broker.policy.validation import check_comment, clean_label, refuse, validated_terms
 from broker.policy.versions import (
     SYSTEM,
     ApprovalDecision,
@@ -73,6 +94,29 @@ POLICIES = "policies"
 
 POLICY_RESUMED = AuditAction.POLICY_RESUMED
 
+EndKeys = Callable[[Policy, PolicyVersion, PolicyVersion], Awaitable[list[int]]]
+"""Given the policy, the version in force being superseded and the version taking effect,
+revoke the live keys issued under the first that the second no longer covers, in the
+caller's transaction; return the revocation cursors (``broker.cutoff.approvals``)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a proposal or an approval did, in the caller's transaction.
+
+    ``version``: the version proposed or approved; ``rule``: the approval rule it was
+    decided by (proposals); ``approved``: it took effect now (by its approvers, or by rule:
+    ``by_rule``); ``superseded``: the version in force it replaced; ``revocations``: the
+    cursors of the revocation entries that ended the live keys it no longer covers."""
+
+    policy: Policy
+    version: int
+    rule: ApprovalRule | None = None
+    approved: bool = False
+    by_rule: bool = False
+    superseded: int | None = None
+    revocations: tuple[int, ...] = ()
+
 
 def subject(policy_id: str, version: int | None = None) -> str:
     """The audit subject of a policy, or of one of its versions."""
@@ -104,6 +148,7 @@ def new_version_row(
     proposer: OperatorPrincipal,
     now: datetime,
     proposal_ttl: int,
+    source_ref: str | None = None,
 ) -> PolicyVersion:
     return PolicyVersion(
         id=str(uuid.uuid4()),
@@ -124,6 +169,7 @@ def new_version_row(
         proposed_at=now,
         proposal_expires_at=now + timedelta(seconds=proposal_ttl),
         comment=comment,
+        source_ref=source_ref,
     )
 
 
@@ -145,6 +191,7 @@ async def record_proposal(
             "max_ttl_seconds": row.max_ttl_seconds,
             "required_approvals": row.required_approvals,
             "proposal_expires_at": row.proposal_expires_at,
+            **({"source_ref": row.source_ref} if row.source_ref else {}),
         },
     )
 
@@ -158,15 +205,32 @@ async def add_proposal(
     comment: str,
     proposer: OperatorPrincipal,
     now: datetime,
+    source_ref: str | None = None,
     **audit: Any,
 ) -> PolicyVersion:
     """Version ``number`` of ``policy``, proposed with ``terms``, and its
-    ``policy.proposed`` event (``audit``: more details for it)."""
-    row = new_version_row(policy.id, number, terms, comment, proposer, now, settings.proposal_ttl)
+    ``policy.proposed`` event (``audit``: more details for it). ``required_approvals`` is
+    raised to what the most sensitive of its fields asks for
+    (``BROKER_APPROVALS_BY_CLASSIFICATION``), whoever proposes it (a resume too)."""
+    terms = await with_required_approvals(session, settings, terms)
+    row = new_version_row(
+        policy.id, number, terms, comment, proposer, now, settings.proposal_ttl, source_ref
+    )
     session.add(row)
     await session.flush()
     await record_proposal(session, policy, row, proposer.actor, **audit)
     return row
+
+
+async def with_required_approvals(
+    session: AsyncSession, settings: Settings, terms: PolicyTerms
+) -> PolicyTerms:
+    """``terms`` asking for at least as many approvers as their fields' classifications do."""
+    classes = await classifications_of(session, terms.fields)
+    needed, _ = approvers_needed(settings, classes.values())
+    if needed <= terms.required_approvals:
+        return terms
+    return replace(terms, required_approvals=needed)
 
 
 async def clear_pending(
@@ -201,18 +265,32 @@ async def propose_policy(
     proposer: OperatorPrincipal,
     now: datetime | None = None,
 ) -> Policy:
+    """A new policy, its version 1 pending (a new policy never takes effect by rule)."""
     now = now or utcnow()
     terms = await validated_terms(session, settings, data, now, (data.service, data.audience))
+    owner = clean_label(data.owner)
     policy = Policy(
         id=str(uuid.uuid4()),
         service_id=data.service,
         audience=data.audience,
         created_at=now,
         created_by=proposer.id,
+        owner=owner,
     )
     session.add(policy)
     await session.flush()
-    await add_proposal(session, settings, policy, 1, terms, data.comment, proposer, now)
+    await add_proposal(
+        session,
+        settings,
+        policy,
+        1,
+        terms,
+        data.comment,
+        proposer,
+        now,
+        clean_label(data.source_ref),
+        **({"owner": owner} if owner else {}),
+    )
     return policy
 
 
@@ -223,8 +301,12 @@ async def propose_version(
     data: PolicyVersionCreate,
     *,
     proposer: OperatorPrincipal,
+    end_keys: EndKeys,
     now: datetime | None = None,
-) -> Policy:
+) -> Outcome:
+    """A new version of the policy. One that only narrows the version in force of an active
+    policy (``approval_rules.rule_for``) is approved by rule at once, with
+    ``BROKER_NARROWING_TAKES_EFFECT`` on; the others wait for their approvers."""
     now = now or utcnow()
     policy = await load_policy(session, policy_id, lock=True)
     refuse_retired(policy)
@@ -232,6 +314,9 @@ async def propose_version(
     await clear_pending(session, policy.id, versions, now, proposing="another")
     terms = await validated_terms(session, settings, data, now, None)
     active = active_of(versions, now)
+    before = terms_of(active) if active is not None else None
+    rule = await rule_for(session, settings, policy, before, terms)
+    terms = replace(terms, required_approvals=rule.approvers)
     if (
         active is not None
         and diff_terms(
@@ -240,8 +325,35 @@ async def propose_version(
     ):
         raise refuse([("terms", f"identical to the approved version {active.version}")])
     number = max(v.version for v in versions) + 1
-    await add_proposal(session, settings, policy, number, terms, data.comment, proposer, now)
-    return policy
+    source_ref = clean_label(data.source_ref)
+    row = await add_proposal(
+        session, settings, policy, number, terms, data.comment, proposer, now, source_ref
+    )
+    if not rule.by_rule:
+        return Outcome(policy, number, rule)
+    superseded, revocations = await _take_effect(
+        session,
+        settings,
+        policy,
+        versions,
+        row,
+        by=None,
+        comment="",
+        now=now,
+        end_keys=end_keys,
+        details={
+            "version": number,
+            "terms_digest": digest_of(policy, row),
+            "service": policy.service_id,
+            "audience": policy.audience,
+            "fields": row.fields,
+            "purposes": row.purposes,
+            "narrows": rule.narrows,
+            "proposer": proposer.actor,
+            **({"source_ref": source_ref} if source_ref else {}),
+        },
+    )
+    return Outcome(policy, number, rule, True, True, superseded, revocations)
 
 
 # -- closing a version -----------------------------------------------------------------------
@@ -264,9 +376,10 @@ async def _close(
     comment: str,
     now: datetime,
     details: dict[str, Any],
+    action: AuditAction | None = None,
 ) -> None:
     """End the pending version (``by`` None: the broker itself) and audit it, in the
-    caller's transaction."""
+    caller's transaction (``action``: another event than the status's own)."""
     changed(session, POLICIES)
     row.status = status.value
     row.decided_at = now
@@ -276,7 +389,7 @@ async def _close(
     await session.flush()
     await record(
         session,
-        _AUDITED_AS[status],
+        action or _AUDITED_AS[status],
         actor=by.actor if by is not None else SYSTEM,
         subject=_subject(policy_id, row.version),
         details=details,
@@ -495,52 +608,9 @@ async def _supersede(
             )
 
 
-def _looser(before: Any, after: Any) -> bool:
-    """A limit where ``None`` means none at all: ``after`` allows more than ``before``."""
-    if after is None:
-        return before is not None
-    return before is not None and after > before
-
-
-def _within(network: str, networks: tuple[str, ...]) -> bool:
-    inner = ipaddress.ip_network(network, strict=False)
-    for outer in networks:
-        wide = ipaddress.ip_network(outer, strict=False)
-        if inner.version == wide.version and inner.subnet_of(wide):  # type: ignore[arg-type]
-            return True
-    return False
-
-
-def widening(before: PolicyTerms, after: PolicyTerms) -> list[str]:
-    """Every way ``after`` grants more than ``before`` (the version in force); empty when
-    it only narrows or changes nothing. More fields or purposes, a longer key life, a
-    limit raised or removed (rate, uses, records, valid_until), fewer approvals needed,
-    a source network outside the current ones (or none: any source), hours changed or
-    removed (hours are not compared as windows: any change of them counts as widening)."""
-    found: list[str] = []
-    for name in ("fields", "purposes"):
-        added = sorted(set(getattr(after, name)) - set(getattr(before, name)))
-        if added:
-            found.append(f"{name} added: {', '.join(added)}")
-    if after.max_ttl_seconds > before.max_ttl_seconds:
-        found.append("max_ttl_seconds raised")
-    for name in ("rate_per_minute", "max_uses", "max_records", "valid_until"):
-        if _looser(getattr(before, name), getattr(after, name)):
-            found.append(f"{name} raised or removed")
-    if after.required_approvals < before.required_approvals:
-        found.append("required_approvals lowered")
-    if before.source_cidrs:
-        if not after.source_cidrs:
-            found.append("source_cidrs removed (any source)")
-        outside = [c for c in after.source_cidrs if not _within(c, before.source_cidrs)]
-        if outside:
-            found.append(f"source networks added: {', '.join(outside)}")
-    if before.allowed_hours is not None and after.allowed_hours != before.allowed_hours:
-        found.append("allowed_hours changed or removed")
-    return found
-
-
-def _machine_may_approve(
+async def _machine_may_approve(
+    session: AsyncSession,
+    settings: Settings,
     policy: Policy,
     versions: list[PolicyVersion],
     pending: PolicyVersion,
@@ -560,15 +630,14 @@ def _machine_may_approve(
             "force, and this policy has none in force",
             reason="machine-may-not-approve",
         )
-    before, after = terms_of(active), terms_of(pending)
-    widens = widening(before, after)
-    if widens:
+    rule = await rule_for(session, settings, policy, terms_of(active), terms_of(pending))
+    if rule.change == Change.WIDENS:
         raise Forbidden(
             f"a machine operator may approve only a version that narrows the version in "
-            f"force; version {pending.version} widens it: {'; '.join(widens)}",
+            f"force; version {pending.version} widens it: {'; '.join(rule.widens)}",
             reason="machine-may-not-approve",
         )
-    if before == after:
+    if rule.change != Change.NARROWS:
         raise Forbidden(
             f"a machine operator may approve only a version that narrows the version in "
             f"force; version {pending.version} changes none of its terms",
@@ -576,24 +645,86 @@ def _machine_may_approve(
         )
 
 
+async def _take_effect(
+    session: AsyncSession,
+    settings: Settings,
+    policy: Policy,
+    versions: list[PolicyVersion],
+    pending: PolicyVersion,
+    *,
+    by: OperatorPrincipal | None,
+    comment: str,
+    now: datetime,
+    end_keys: EndKeys,
+    details: dict[str, Any],
+) -> tuple[int | None, tuple[int, ...]]:
+    """The pending version is approved (``by`` None: by rule) and replaces the version in
+    force, whose live keys it no longer covers are revoked (``end_keys``) first, so the
+    approval's event names the revocations. Returns (the version superseded, cursors).
+
+    While the policy is suspended only its resume proposal ends the suspension; any other
+    version approved meanwhile is held by it (status suspended) and takes effect only
+    through a resume (which proposes its terms again). Nothing is in force then: every key
+    was revoked when it was suspended."""
+    suspended = policy.state == PolicyState.SUSPENDED
+    resumes = suspended and policy.resume_version == pending.version
+    held = suspended and not resumes
+    in_force = None if suspended else active_of(versions, now)
+    revocations: tuple[int, ...] = ()
+    if in_force is not None:
+        revocations = tuple(await end_keys(policy, in_force, pending))
+    by_rule = by is None
+    pending.approved_by_rule = by_rule
+    pending.recertify_by = now + timedelta(seconds=settings.policy_lifetime)
+    await _close(
+        session,
+        policy.id,
+        pending,
+        PolicyStatus.APPROVED,
+        by=by,
+        comment=comment,
+        now=now,
+        details={
+            **details,
+            "recertify_by": pending.recertify_by,
+            **({"superseded": in_force.version} if in_force is not None else {}),
+            **({"revocations": list(revocations)} if revocations else {}),
+            **({"held_by_suspension": True} if held else {}),
+        },
+        action=AuditAction.POLICY_APPROVED_BY_RULE if by_rule else None,
+    )
+    await _supersede(session, policy, versions, pending.version)
+    if held:
+        pending.status = PolicyStatus.SUSPENDED.value
+        session.add(pending)
+    if resumes:
+        assert by is not None  # a resume is never narrowing: it waits for approvers
+        await _end_suspension(session, policy, pending, by, now)
+    await session.flush()
+    return (in_force.version if in_force is not None else None), revocations
+
+
 async def approve(
     session: AsyncSession,
+    settings: Settings,
     policy_id: str,
     comment: str,
     *,
     version: int | None,
     terms_digest: str | None,
     approver: OperatorPrincipal,
+    end_keys: EndKeys,
     now: datetime | None = None,
-) -> Policy:
+) -> Outcome:
     """Approve the pending version, which must be ``version`` with ``terms_digest`` (both
-    required: what the approver read is what is approved)."""
+    required: what the approver read is what is approved). The last approval needed makes
+    it take effect (``_take_effect``)."""
     now = now or utcnow()
     policy, versions, pending = await _decidable(session, policy_id, now)
     if has_lapsed(pending, now):
         raise Conflict(f"version {pending.version}'s valid_until has passed; propose a new version")
     if not approver.can(Role.APPROVER):
-        _machine_may_approve(policy, versions, pending, approver, now)
+        await _machine_may_approve(session, settings, policy, versions, pending, approver, now)
     digest = digest_of(policy, pending)
     approvals = await _add_decision(
         session,
@@ -618,40 +749,30 @@ async def approve(
             "required": pending.required_approvals,
         },
     )
-    if granted >= pending.required_approvals:
-        # While the policy is suspended only its resume proposal ends the suspension; any
-        # other version approved meanwhile is held by it (status suspended) and takes
-        # effect only through a resume (which proposes its terms again).
-        suspended = policy.state == PolicyState.SUSPENDED
-        resumes = suspended and policy.resume_version == pending.version
-        held = suspended and not resumes
-        await _close(
-            session,
-            policy.id,
-            pending,
-            PolicyStatus.APPROVED,
-            by=approver,
-            comment=comment,
-            now=now,
-            details={
-                "version": pending.version,
-                "terms_digest": digest,
-                "service": policy.service_id,
-                "audience": policy.audience,
-                "fields": pending.fields,
-                "purposes": pending.purposes,
-                "approvers": granted,
-                **({"held_by_suspension": True} if held else {}),
-            },
-        )
-        await _supersede(session, policy, versions, pending.version)
-        if held:
-            pending.status = PolicyStatus.SUSPENDED.value
-            session.add(pending)
-        if resumes:
-            await _end_suspension(session, policy, pending, approver, now)
-        await session.flush()
-    return policy
+    if granted < pending.required_approvals:
+        return Outcome(policy, pending.version)
+    superseded, revocations = await _take_effect(
+        session,
+        settings,
+        policy,
+        versions,
+        pending,
+        by=approver,
+        comment=comment,
+        now=now,
+        end_keys=end_keys,
+        details={
+            "version": pending.version,
+            "terms_digest": digest,
+            "service": policy.service_id,
+            "audience": policy.audience,
+            "fields": pending.fields,
+            "purposes": pending.purposes,
+            "approvers": granted,
+            **({"source_ref": pending.source_ref} if pending.source_ref else {}),
+        },
+    )
+    return Outcome(policy, pending.version, None, True, False, superseded, revocations)
 
 
 async def _end_suspension(

@@ -27,12 +27,17 @@ MAX_KEYS = 10_000
 _PAGE = 1000
 _GRANT_EVENTS: tuple[str, ...] = (
     AuditAction.POLICY_APPROVED.value,
+    # A narrowing version takes effect without a second person (``policy.approval_rules``).
+    AuditAction.POLICY_APPROVED_BY_RULE.value,
     AuditAction.POLICY_SUPERSEDED.value,
     AuditAction.POLICY_EXPIRED.value,
+    # A version not recertified in time (``policy.recertification``).
+    AuditAction.POLICY_LAPSED.value,
     # The emergency brake takes a version out of force too (``policy.brake``).
     AuditAction.POLICY_SUSPENDED.value,
     AuditAction.POLICY_RETIRED.value,
 )
+_STARTS = frozenset({AuditAction.POLICY_APPROVED.value, AuditAction.POLICY_APPROVED_BY_RULE.value})
 _REVOCATION_EVENTS = (
     AuditAction.REVOCATION_CREATED.value,
     AuditAction.REVOCATION_CREATED_BY_SYSTEM.value,
@@ -176,7 +181,7 @@ async def _grants(session: AsyncSession, flt: ReportFilter) -> list[Grant]:
     async for event in _events(session, _GRANT_EVENTS):
         ref = event.subject.removeprefix("policy:")
         details = event.details or {}
-        if event.action == AuditAction.POLICY_APPROVED.value:
+        if event.action in _STARTS:
             grants[ref] = Grant(
                 policy=ref,
                 service=str(details.get("service", "")),

@@ -83,6 +83,6 @@ def _watch(model: type[Any], *, only: tuple[str, ...] = ()) -> None:
 _watch(Service, only=("disabled", "quarantined", "retired_at"))
 _watch(ServiceSecret, only=("expires_at", "secret_hash"))
 _watch(ServiceBinding)
-_watch(PolicyVersion, only=("status",))
+_watch(PolicyVersion, only=("status", "recertify_by"))
 _watch(RuleSetting)
 _watch(SourceBlock)
