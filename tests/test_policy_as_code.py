@@ -443,3 +443,17 @@ async def test_a_proposer_may_prune_since_closing_only_narrows(
     assert states == {"billing-api": "active", "support-api": "retired"}
     retired = await _audit(client, operators.admin, "operator:policy:retired")
     assert "no longer in the declared policy files (mr!9)" in retired[-1]["details"]["reason"]
+
+
+async def test_an_export_of_an_empty_broker_is_a_directory_plan_can_read(
+    runtime: Any, operators: Operators, tmp_path: Path
+) -> None:
+    """A team starting its repository before anything is in force gets a directory to
+    commit, and plan on it has nothing to do."""
+    target = tmp_path / "new-repo"
+    async with in_process_cli(runtime, tmp_path / "config", operators.admin) as cli:
+        exported = ok(await cli("export", str(target)))
+        assert "wrote 1 file(s)" in exported.stdout
+        assert read(target / "catalog.yaml") == {"fields": [], "purposes": []}
+        planned = await cli("plan", str(target))
+        assert planned.exit_code == 0, (planned.stdout, planned.stderr)

@@ -161,9 +161,9 @@ def layout(document: dict[str, Any]) -> dict[str, str]:
     ``services/<id>.yaml``, ``policies/<service>/<audience>.yaml`` (every policy of that
     pair), ``rules.yaml`` (the rules configured away from their defaults)."""
     files: dict[str, str] = {}
-    catalog = {k: document[k] for k in ("fields", "purposes") if document.get(k)}
-    if catalog:
-        files[CATALOG_FILE] = _dump(catalog)
+    # Always written, empty lists included: a broker with nothing in force yet still
+    # exports a repository that plan reads (a directory without files is refused).
+    files[CATALOG_FILE] = _dump({k: document.get(k) or [] for k in ("fields", "purposes")})
     for service in document.get("services") or []:
         files[f"services/{_safe_part(service['id'])}.yaml"] = _dump({"services": [service]})
     pairs: dict[str, list[Any]] = {}

@@ -240,36 +240,29 @@ class _Planner:
             )
             return
         row = self.state.fields.get(decl.name)
-        step = Step("field", decl.name, Action.NO_OP, origin=decl.origin, decl=decl)
-        if row is None:
-            step.action, step.needs = Action.CREATE, Role.ADMIN
-            step.changes = [
-                _value("classification", None, decl.classification),
-                *([_value("description", None, decl.description)] if decl.description else []),
-                *(
-                    [_value("status", None, decl.status)]
-                    if decl.status not in (None, "active")
-                    else []
-                ),
-            ]
-        elif not self._status_problem(decl, "fields", row.status):
-            pairs = [
-                ("classification", row.classification, decl.classification),
-                ("description", row.description, decl.description),
-                ("status", row.status, decl.status if decl.status is not None else row.status),
-            ]
-            step.changes = [_value(t, b, a) for t, b, a in pairs if b != a]
-        if step.changes and step.action == Action.NO_OP:
-            step.action, step.needs = Action.CHANGE, Role.ADMIN
-        self.steps.append(step)
+        self._catalog_step("field", "fields", decl, row, ("classification", decl.classification))
 
     def purpose_step(self, decl: PurposeDecl) -> None:
         row = self.state.purposes.get(decl.name)
-        step = Step("purpose", decl.name, Action.NO_OP, origin=decl.origin, decl=decl)
+        self._catalog_step("purpose", "purposes", decl, row, ("legal_basis", decl.legal_basis))
+
+    def _catalog_step(
+        self,
+        kind: str,
+        table: str,
+        decl: FieldDecl | PurposeDecl,
+        row: Any,
+        first: tuple[str, str],
+    ) -> None:
+        """A field or a purpose: created with its first term (classification, legal basis),
+        description and a status other than active; else each of them compared. A status
+        the file leaves out is not managed."""
+        term, declared = first
+        step = Step(kind, decl.name, Action.NO_OP, origin=decl.origin, decl=decl)
         if row is None:
             step.action, step.needs = Action.CREATE, Role.ADMIN
             step.changes = [
-                _value("legal_basis", None, decl.legal_basis),
+                _value(term, None, declared),
                 *([_value("description", None, decl.description)] if decl.description else []),
                 *(
                     [_value("status", None, decl.status)]
@@ -277,9 +270,9 @@ class _Planner:
                     else []
                 ),
             ]
-        elif not self._status_problem(decl, "purposes", row.status):
+        elif not self._status_problem(decl, table, row.status):
             pairs = [
-                ("legal_basis", row.legal_basis, decl.legal_basis),
+                (term, getattr(row, term), declared),
                 ("description", row.description, decl.description),
                 ("status", row.status, decl.status if decl.status is not None else row.status),
             ]
