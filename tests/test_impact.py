@@ -24,6 +24,7 @@ from tests.conftest import Operators
 from tests.support.asgi import asgi_client
 from tests.support.cli import Cli, ok, quiet_server_logs
 from tests.support.console import signed_in
+from tests.support.policies import terms
 from tests.support.problems import assert_problem
 from tests.support.world import World, bearer, build_world
 
@@ -55,21 +56,7 @@ async def _key(broker: Broker, **body: Any) -> httpx.Response:
 
 
 def _terms(**over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "fields": ["customer.email", "customer.name"],
-        "purposes": ["billing"],
-        "max_ttl_seconds": 300,
-        "rate_per_minute": 600,
-        "source_cidrs": [],
-        "allowed_hours": None,
-        "max_uses": None,
-        "max_records": None,
-        "valid_until": None,
-        "required_approvals": 1,
-        "comment": "change",
-    }
-    body.update(over)
-    return body
+    return terms(**{"comment": "change", **over})
 
 
 async def _propose(broker: Broker, token: str, **over: Any) -> dict[str, Any]:

@@ -137,28 +137,29 @@ def _rule_dict(view: RuleView) -> dict[str, Any]:
     return out
 
 
+def _catalog_entry(row: PiiField | Purpose, term: str, value: str) -> dict[str, Any]:
+    """A field or purpose as the files write it: a description and a status other than
+    active only when there is one."""
+    entry: dict[str, Any] = {"name": row.name, term: value}
+    if row.description:
+        entry["description"] = row.description
+    if row.status != "active":
+        entry["status"] = row.status
+    return entry
+
+
 def export_document(state: InForce) -> dict[str, Any]:
     """What is in force as one document (what ``broker export`` writes as files)."""
-    fields = []
-    for row in sorted(state.fields.values(), key=lambda f: f.name):
-        if row.status == "retired":
-            continue
-        item: dict[str, Any] = {"name": row.name, "classification": row.classification}
-        if row.description:
-            item["description"] = row.description
-        if row.status != "active":
-            item["status"] = row.status
-        fields.append(item)
-    purposes = []
-    for p in sorted(state.purposes.values(), key=lambda p: p.name):
-        if p.status == "retired":
-            continue
-        entry: dict[str, Any] = {"name": p.name, "legal_basis": p.legal_basis}
-        if p.description:
-            entry["description"] = p.description
-        if p.status != "active":
-            entry["status"] = p.status
-        purposes.append(entry)
+    fields = [
+        _catalog_entry(row, "classification", row.classification)
+        for row in sorted(state.fields.values(), key=lambda f: f.name)
+        if row.status != "retired"
+    ]
+    purposes = [
+        _catalog_entry(row, "legal_basis", row.legal_basis)
+        for row in sorted(state.purposes.values(), key=lambda p: p.name)
+        if row.status != "retired"
+    ]
     services = []
     for s in sorted(state.services.values(), key=lambda s: s.id):
         if s.retired_at is not None:
