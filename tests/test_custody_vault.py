@@ -512,6 +512,48 @@ async def test_approle_login_renewal_and_relogin_at_max_ttl(
 
 
 @pytest.mark.sqlite_only
+async def test_a_renewal_refused_past_the_max_ttl_logs_in_again_without_refusing_anyone(
+    runtime: Runtime, vault_server: OpenBao, key_prefix: str
+) -> None:
+    """OpenBao answers a renewal that arrives after the maximum TTL, before it has revoked
+    the token, with a 500 ("past the max TTL, cannot renew"). A busy machine makes that
+    race likely; it is not an outage, so signing must go on under a fresh login."""
+    role = vault_server.approle(
+        f"{key_prefix}-late", f"broker-{key_prefix}", ttl="30s", max_ttl="1h"
+    )
+    custody = VaultCustody(
+        runtime.settings.model_copy(
+            update={"vault_token": None, "vault_role_id": role[0], "vault_secret_id": role[1]}
+        ),
+        runtime.sessions,
+    )
+    try:
+        await custody.sign(b"x")
+        transit = custody.transit
+        first = transit.client.token
+        real_renew = transit.client.auth.token.renew_self
+        late: list[str] = []
+
+        def renew_past_max_ttl(*args: object, **kwargs: object) -> object:
+            if not late:
+                late.append(transit.client.token)
+                raise hvac.exceptions.InternalServerError(
+                    "1 error occurred: past the max TTL, cannot renew"
+                )
+            return real_renew(*args, **kwargs)
+
+        transit.client.auth.token.renew_self = renew_past_max_ttl
+        await transit._renew()
+        assert late == [first]
+        # Logged in again at once, and no back-off refuses the next signature.
+        assert transit.client.token != first
+        await custody.sign(b"y")
+        await custody.check()
+    finally:
+        await custody.close()
+
+
+@pytest.mark.sqlite_only
 async def test_refused_credentials_are_unavailable_and_never_logged(
     runtime: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -364,10 +364,11 @@ class Transit:
             return self._cause(lookup, SELF_LOOKUP, LOOKUP_SELF)
         return self._cause(exc, what, need)
 
-    async def _run(self, what: str, fn: Callable[[Any], T]) -> T:
+    async def _run(self, what: str, fn: Callable[[Any], T], *, trip: bool = True) -> T:
         """One blocking hvac call, off the event loop, bounded by ``vault_timeout``.
 
-        Transport failures and Vault outages trip the back-off and become
+        Transport failures and Vault outages trip the back-off (unless ``trip`` is false:
+        the caller has a better next step than refusing everyone) and become
         ``VaultUnavailable``; any other Vault answer is raised as hvac raised it.
         """
         loop = asyncio.get_running_loop()
@@ -375,7 +376,8 @@ class Transit:
         try:
             result = await asyncio.wait_for(future, self.timeout)
         except _TRANSPORT as exc:
-            self._down_until = time.monotonic() + lifecycle.FAILURE_BACKOFF
+            if trip:
+                self._down_until = time.monotonic() + lifecycle.FAILURE_BACKOFF
             cause = self._cause(exc, what, None)
             self.last_cause = cause
             log.warning("%s", cause)
@@ -487,7 +489,18 @@ class Transit:
             )
             raise _TokenExpired
         try:
-            response = await self._run("renew its token", lambda c: c.auth.token.renew_self())
+            # An AppRole token renewed past its maximum TTL draws a 500 from OpenBao ("past
+            # the max TTL, cannot renew"), which is not an outage: log in again, and let only
+            # the login trip the back-off if Vault is really away.
+            response = await self._run(
+                "renew its token", lambda c: c.auth.token.renew_self(), trip=not self.approle
+            )
+        except VaultUnavailable:
+            if not self.approle:
+                raise
+            log.warning("Vault token renewal failed; logging in again")
+            await self._login()
+            return
         except hvac.exceptions.VaultError as exc:
             if self.approle:
                 log.warning("Vault token renewal refused (%s); logging in again", exc)
