@@ -32,7 +32,7 @@ from broker.http.openapi_raw_routes import document_raw_routes
 from broker.http.problems import EXCEPTION_HANDLERS
 from broker.http.strict_bodies import hold_json_bodies
 from broker.identity import routes as service_routes
-from broker.identity import source_block_routes
+from broker.identity import source_block_routes, sub_processor_routes
 from broker.incidents import routes as incident_routes
 from broker.incidents.webhook import alert_deliverer
 from broker.issuance import routes as issuance_routes
@@ -42,12 +42,21 @@ from broker.issuance.use_counter import use_counter
 from broker.jobs import routes as job_routes
 from broker.jobs.scheduler import scheduler_running
 from broker.logs import configure_logging, get_logger
+from broker.masking import mask_routes
+from broker.masking import routes as masking_routes
 from broker.operators import routes as operator_routes
 from broker.operators import sign_in_routes
 from broker.policy import recertify_routes
 from broker.policy import routes as policy_routes
-from broker.reports import impact_routes, review_routes
+from broker.reports import (
+    impact_routes,
+    review_routes,
+)
+from broker.reports import (
+    sub_processor_routes as sub_processor_report_routes,
+)
 from broker.revocation import routes as revocation_routes
+from broker.revocation import status_list_routes
 from broker.rules import routes as rule_routes
 from broker.rules.worker import signal_worker
 from broker.runtime import Runtime
@@ -69,18 +78,23 @@ ROUTE_MODULES: tuple[Any, ...] = (
     login_routes,
     token_routes,
     service_routes,
+    sub_processor_routes,
     catalog_routes,
     policy_routes,
     recertify_routes,
     impact_routes,
     review_routes,
+    sub_processor_report_routes,
     declared_routes,
     wellknown,
     signing_key_routes,
     audit_routes,
     issuance_routes,
     revocation_routes,
+    status_list_routes,
     usage_routes,
+    masking_routes,
+    mask_routes,
     rule_routes,
     incident_routes,
     source_block_routes,

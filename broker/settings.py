@@ -164,6 +164,25 @@ class Settings(BaseSettings):
     # long after its approval unless it is recertified; its owners are reminded ahead.
     policy_lifetime: Duration = Field(default=180 * 86400, ge=3600, le=5 * 365 * 86400)
     recertify_warning: Duration = Field(default=14 * 86400, ge=0, le=365 * 86400)
+    # Central masking (issue 21, broker/masking/): what POST /v1/mask takes at most in one
+    # call, and how long a resource service's SDK may keep the rules it fetched (the
+    # Cache-Control of GET /v1/mask/rules); a change is in force on every replica within a
+    # second whatever this says.
+    mask_max_records: int = Field(default=1000, ge=1, le=100_000)
+    mask_rules_max_age: float = Field(default=1.0, ge=0, le=300)
+    # Token Status Lists (draft-ietf-oauth-status-list, broker/revocation/status_list*.py):
+    # entries per list, indices a process reserves at a time, how long a published list may
+    # be cached (its ``ttl`` claim and Cache-Control max-age) and how long its JWT is valid.
+    status_list_size: int = Field(default=1 << 20, ge=1024, le=1 << 24)
+    status_list_block: int = Field(default=1024, ge=1, le=65536)
+    status_list_max_age: float = Field(default=1.0, ge=0, le=300)
+    status_list_validity: Duration = Field(default=3600, ge=60, le=86400)
+    # Sub-processors (issue 21): their keys live at most this long whatever a policy allows;
+    # a policy granting them a field unmasked needs this many approvers; their owners are
+    # warned this long before a review lapses (then the sub-processor is quarantined).
+    subprocessor_max_ttl: Duration = Field(default=120, ge=10, le=3600)
+    subprocessor_raw_approvals: int = Field(default=2, ge=2, le=10)
+    subprocessor_review_warning: Duration = Field(default=30 * 86400, ge=0, le=365 * 86400)
     auth_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     grants_cache_ttl: float = Field(default=1.0, ge=0, le=30)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -73,6 +73,17 @@ class AuditAction(StrEnum):
     POLICY_OWNER_CHANGED = "operator:policy:owner_changed"
     DECLARED_APPLIED = "operator:declared:applied"
 
+    # Any-language resource services and sub-processors (issue 21): the central masking
+    # rules changed (before and after); records masked through POST /v1/mask (counts per
+    # field, never a value); a service registered, changed or reviewed as a sub-processor,
+    # its review coming due, and its review lapsed (which quarantines it).
+    MASKING_RULES_CHANGED = "operator:masking_rules:changed"
+    RECORDS_MASKED = "service:records:masked"
+    SUBPROCESSOR_SET = "operator:service:subprocessor_set"
+    SUBPROCESSOR_REVIEWED = "operator:service:subprocessor_reviewed"
+    SUBPROCESSOR_REVIEW_DUE = "system:service:subprocessor_review_due"
+    SUBPROCESSOR_REVIEW_LAPSED = "system:service:subprocessor_review_lapsed"
+
     KEY_ISSUED = "service:key:issued"
     KEY_DENIED = "service:key:denied"
     KEY_REVOKED = "service:key:revoked"

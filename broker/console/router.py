@@ -19,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from broker.console import (
     actions,
     catalog_pages,
+    masking_pages,
     oidc_signin,
     operator_pages,
     pages,
@@ -26,6 +27,7 @@ from broker.console import (
     review_pages,
     service_pages,
     signin,
+    sub_processor_pages,
 )
 from broker.console.auth import NotSignedIn, posted_values, require_form, require_signed_in
 from broker.console.rendering import STATIC, page
@@ -73,6 +75,8 @@ def console_router() -> Router:
             *actions.ROUTES,
             *policy_pages.ROUTES,
             *review_pages.ROUTES,
+            *masking_pages.ROUTES,
+            *sub_processor_pages.ROUTES,
             *service_pages.ROUTES,
             *operator_pages.ROUTES,
             *catalog_pages.ROUTES,

@@ -8,6 +8,7 @@ from broker.models.decision_summary import DecisionSummary
 from broker.models.incident import Incident
 from broker.models.issued_key import IssuedKey
 from broker.models.job_run import JobRun
+from broker.models.masking_rule import MaskingRule
 from broker.models.oidc_flow import OidcFlow
 from broker.models.operator import Operator
 from broker.models.operator_token import OperatorToken
@@ -20,6 +21,7 @@ from broker.models.setting_fingerprint import SettingFingerprint
 from broker.models.sign_in_setting import SignInSetting
 from broker.models.signing_key import SigningKey
 from broker.models.source_block import SourceBlock
+from broker.models.status_list import StatusList
 from broker.models.usage import UsageEvent
 
 metadata = SQLModel.metadata
@@ -31,6 +33,7 @@ __all__ = [
     "Incident",
     "IssuedKey",
     "JobRun",
+    "MaskingRule",
     "OidcFlow",
     "Operator",
     "OperatorToken",
@@ -52,6 +55,7 @@ __all__ = [
     "SignInSetting",
     "SigningKey",
     "SourceBlock",
+    "StatusList",
     "UsageEvent",
     "metadata",
 ]

@@ -51,6 +51,8 @@ class PolicyVersion(SQLModel, table=True):
     version: int
     status: str = Field(max_length=16, index=True)
     fields: list[str] = json_field(list)
+    # Fields granted only in masked form (issue 21): a key names them apart from ``fields``.
+    masked_fields: list[str] = json_field(list)
     purposes: list[str] = json_field(list)
     max_ttl_seconds: int
     rate_per_minute: int | None = Field(default=None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import false
 from sqlmodel import Field, SQLModel
 
 from broker.models._base import created_at_field, datetime_field, json_field, optional_json_field
@@ -31,6 +32,13 @@ class Service(SQLModel, table=True):
     retired_at: datetime | None = datetime_field()
     retired_by: str | None = Field(default=None, max_length=200)
     retirement_reason: str | None = Field(default=None, max_length=500)
+    # An outside sub-processor (issue 21): its agreement, where it processes, and when its
+    # review is next due; a lapsed review quarantines it, with reminders ahead.
+    sub_processor: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    subprocessor_agreement: str | None = Field(default=None, max_length=200)
+    subprocessor_region: str | None = Field(default=None, max_length=100)
+    subprocessor_review_by: datetime | None = datetime_field(index=True)
+    subprocessor_reminded_at: datetime | None = datetime_field()
 
 
 class ServiceBinding(SQLModel, table=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from broker.ops_cli import declared, impact, review
+from broker.ops_cli import declared, impact, masking, review, sub_processors
 from broker.ops_cli.audit import audit
 from broker.ops_cli.blocks import blocks
 from broker.ops_cli.catalog import fields, purposes
@@ -50,11 +50,13 @@ def register(main: click.Group) -> None:
     main.add_command(token_group)
     for extra in (*LOGIN_COMMANDS, *SIGN_IN_COMMANDS):
         main.add_command(extra)
-    for part in (declared, impact, review):
+    for part in (declared, impact, review, masking, sub_processors):
         for command in part.COMMANDS:
             main.add_command(command)
         for subcommand in part.POLICY_COMMANDS:
             policies.add_command(subcommand)
+        for subcommand in getattr(part, "SERVICE_COMMANDS", ()):
+            services.add_command(subcommand)
     keys = main.commands.get("keys")
     if isinstance(keys, click.Group):
         keys.add_command(list_keys)
