@@ -193,6 +193,26 @@ def jobs(seconds: int, workers: int, keys: int) -> list[Job]:
             timeout=900,
             database="optional",
         ),
+        # Any-language resource services (issue 21): masking in process (the SDK) and over
+        # HTTP (/v1/mask) beside Presidio's structured anonymizer in process and behind Flask
+        # under gunicorn; the status list's refresh after a revocation with 1M issued keys.
+        Job(
+            "masking",
+            "SQLite, 1 worker",
+            "masking.py",
+            ["--seconds", s, "--rounds", "3"],
+            timeout=work * 3 + 600,
+        ),
+        Job(
+            "masking",
+            "PostgreSQL, 2 workers",
+            "masking.py",
+            ["--seconds", s, "--rounds", "1", "--workers", "2", "--only", "http"],
+            timeout=work + 600,
+            database="server",
+        ),
+        Job("status-list", "SQLite", "status_list.py", [], timeout=900),
+        Job("status-list", "PostgreSQL", "status_list.py", [], timeout=900, database="server"),
     ]
 
 

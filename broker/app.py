@@ -206,7 +206,7 @@ def create_app(
         logging_config=None,
     )
     hold_json_bodies(app)
-    serve_hot_routes(app, HOT_ROUTES)
+    serve_hot_routes(app, {**HOT_ROUTES, **mask_routes.HOT_ROUTES})
     document_raw_routes(app.openapi_schema)
     document_problems(app.openapi_schema)
     return app

@@ -22,6 +22,8 @@ from broker.issuance.verification import OwnKeyVerifier
 from broker.jobs.scheduler import new_job_schedule
 from broker.operators.lockout import OperatorLockout
 from broker.revocation.feed import new_revocation_feed
+from broker.revocation.status_index import StatusIndices
+from broker.revocation.status_list import new_status_lists
 from broker.rules import intake
 from broker.rules.config import RuleConfigCache
 from broker.rules.worker import WorkerState
@@ -33,11 +35,14 @@ from broker.signon.provider import OidcProvider
 
 def _add_parts(runtime: Runtime) -> None:
     settings = runtime.settings
+    feed = new_revocation_feed(runtime)
     runtime.parts.add(
         IdentityCaches(settings.auth_cache_ttl),
         RestrictionCache(),
         OperatorLockout(),
-        new_revocation_feed(runtime),
+        feed,
+        StatusIndices(runtime),
+        new_status_lists(runtime, feed),
         OwnKeyVerifier(runtime),
         UseCounter(runtime),
         IssuanceRecorder(runtime),

@@ -9,9 +9,12 @@ definition. The SDK cannot import the server and keeps its own copy
 answers, refusals included.
 
 The contract for a key's detail is strict, since the broker signs nothing else:
-``authorization_details`` is exactly one entry, of type ``pii_access``, with a non-empty list
-of non-empty field names, a non-empty purpose and, if present, a string policy. Anything
-else is malformed, whoever signed it (a holder of a stolen signing key, say).
+``authorization_details`` is exactly one entry, of type ``pii_access``, with a list of
+non-empty field names granted raw, if present a non-empty list ``masked_fields`` of names
+granted only masked (none of them in ``fields``; ``fields`` may be empty only then: a
+verifier older than masked grants refuses such a key, failing closed), a non-empty purpose
+and, if present, a string policy. Anything else is malformed, whoever signed it (a holder
+of a stolen signing key, say).
 
 When a key was issued, to the millisecond, is ``issued_at_ms``: revocation cuts are held
 to it (``iat`` has whole seconds; the UUIDv7 ``jti`` has the millisecond).
@@ -61,13 +64,18 @@ class PiiAccess:
     fields: tuple[str, ...]
     purpose: str
     policy: str | None = None  # "policy-id@version"; None in a request
+    # Fields the key grants only in masked form (issue 21); ``fields`` then may be empty.
+    masked_fields: tuple[str, ...] = ()
 
     def entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "type": PII_ACCESS,
             "fields": list(self.fields),
-            "purpose": self.purpose,
         }
+        if self.masked_fields:
+            # Only when the key grants any field masked: a key without is as before.
+            entry["masked_fields"] = list(self.masked_fields)
+        entry["purpose"] = self.purpose
         if self.policy is not None:
             entry["policy"] = self.policy
         return entry
@@ -145,13 +153,31 @@ def pii_access(details: Any) -> PiiAccess:
         raise MalformedClaims("authorization_details must hold exactly one pii_access entry")
     entry = details[0]
     fields, purpose, policy = entry.get("fields"), entry.get("purpose"), entry.get("policy")
-    if not isinstance(fields, list) or not fields or not all(_nonempty_str(f) for f in fields):
+    masked = _masked_fields(entry)
+    if (
+        not isinstance(fields, list)
+        or not (fields or masked)
+        or not all(_nonempty_str(f) for f in fields)
+    ):
         raise MalformedClaims("pii_access fields must be a non-empty list of names")
+    if set(fields) & set(masked):
+        raise MalformedClaims("pii_access names a field both in fields and in masked_fields")
     if not _nonempty_str(purpose):
         raise MalformedClaims("pii_access purpose is missing")
     if policy is not None and not isinstance(policy, str):
         raise MalformedClaims("pii_access policy must be a string")
-    return PiiAccess(tuple(fields), purpose, policy)
+    return PiiAccess(tuple(fields), purpose, policy, tuple(masked))
+
+
+def _masked_fields(entry: dict[str, Any]) -> list[str]:
+    """The detail's ``masked_fields`` (issue 21): absent, or a non-empty list of names (the
+    broker writes it only when the key grants a field masked)."""
+    if "masked_fields" not in entry:
+        return []
+    masked = entry["masked_fields"]
+    if not isinstance(masked, list) or not masked or not all(_nonempty_str(f) for f in masked):
+        raise MalformedClaims("pii_access masked_fields must be a non-empty list of names")
+    return masked
 
 
 def is_field_name(value: Any) -> TypeGuard[str]:

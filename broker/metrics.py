@@ -140,6 +140,13 @@ POLICIES_RECERTIFICATION_DUE = Gauge(
     "across replicas).",
     registry=REGISTRY,
 )
+SUBPROCESSOR_REVIEWS_DUE = Gauge(
+    "broker_subprocessor_reviews_due",
+    "Sub-processors whose review date falls within BROKER_SUBPROCESSOR_REVIEW_WARNING, as "
+    "the review check last counted them (it runs on one replica: take the max across "
+    "replicas).",
+    registry=REGISTRY,
+)
 OPERATOR_TOKENS_EXPIRING = Gauge(
     "broker_operator_tokens_expiring",
     "Enabled operators' tokens that end within BROKER_OPERATOR_TOKEN_WARNING, as the "
@@ -151,6 +158,19 @@ SIGNING_KEY_ROTATIONS = Counter(
     "broker_signing_key_rotations_total",
     "Signing-key rotations, by trigger (scheduled, operator, compromised).",
     ["trigger"],
+    registry=REGISTRY,
+)
+MASK_REQUESTS = Counter(
+    "broker_mask_requests_total",
+    "POST /v1/mask calls, by result (masked, key-not-active, invalid).",
+    ["result"],
+    registry=REGISTRY,
+)
+MASKED_VALUES = Counter(
+    "broker_masked_values_total",
+    "Values POST /v1/mask handled, by catalogued field (unmapped members as '(unmapped)') "
+    "and outcome (masked or passed); counts only, never a value.",
+    ["field", "outcome"],
     registry=REGISTRY,
 )
 

@@ -193,6 +193,7 @@ CHANGES: dict[str, Any] = {
     "max_records": 10,
     "valid_until": datetime(2099, 1, 1, tzinfo=UTC),
     "required_approvals": 2,
+    "masked_fields": ("customer.ssn",),
 }
 
 
@@ -243,7 +244,7 @@ def test_every_granted_term_is_a_policy_term() -> None:
 
 
 def test_the_diff_compares_every_term() -> None:
-    lists = {"fields", "purposes", "source_cidrs"}
+    lists = {"fields", "purposes", "source_cidrs", "masked_fields"}
     assert set(SCALAR_TERMS) | lists == {f.name for f in dataclasses.fields(PolicyTerms)}
     for name, value in CHANGES.items():
         diff = diff_terms(

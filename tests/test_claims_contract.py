@@ -58,7 +58,14 @@ _valid_entry = st.fixed_dictionaries(
         ),
         "purpose": st.sampled_from(["billing", "fraud-review"]) | st.text(min_size=1, max_size=8),
     },
-    optional={"policy": st.none() | st.text(max_size=8), "extra": _json},
+    optional={
+        "policy": st.none() | st.text(max_size=8),
+        "extra": _json,
+        "masked_fields": st.lists(
+            st.sampled_from(["customer.ssn", "customer.email"]) | st.text(min_size=1, max_size=8),
+            max_size=2,
+        ),
+    },
 )
 _DELETE = object()
 
@@ -69,7 +76,7 @@ def _entries(draw: st.DrawFn) -> dict[str, Any]:
     that accepted and refused entries (for each reason) both come up often."""
     entry: dict[str, Any] = draw(_valid_entry)
     changes = st.tuples(
-        st.sampled_from(["type", "fields", "purpose", "policy"]),
+        st.sampled_from(["type", "fields", "purpose", "policy", "masked_fields"]),
         st.just(_DELETE) | _names | _json | st.sampled_from(["", "other", "pii_access"]),
     )
     for name, value in draw(st.lists(changes, max_size=2)):
@@ -84,11 +91,23 @@ _details = (
     st.lists(_entries(), min_size=1, max_size=1) | st.lists(_entries() | _json, max_size=3) | _json
 )
 _accesses = st.builds(
-    lambda fields, purpose, policy: (tuple(fields), purpose, policy),
+    lambda fields, purpose, policy: (tuple(fields), purpose, policy, ()),
     st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5),
     st.text(min_size=1, max_size=12),
     st.none() | st.text(max_size=12),
-)
+) | st.builds(
+    # With masked grants (issue 21): raw and masked names disjoint, raw ones may be none.
+    lambda names, raw, purpose, policy: (
+        tuple(names[:raw]),
+        purpose,
+        policy,
+        tuple(names[raw:]),
+    ),
+    st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5, unique=True),
+    st.integers(0, 4),
+    st.text(min_size=1, max_size=12),
+    st.none() | st.text(max_size=12),
+).filter(lambda access: access[3])
 
 # Refused by both sides, each for its own reason (the SDK verifier's list, and more).
 REFUSED: list[Any] = [
@@ -113,11 +132,22 @@ REFUSED: list[Any] = [
     ],
     # One pii_access entry beside a detail of another type: the broker issues no such key.
     [{"type": "pii_access", "fields": ["a"], "purpose": "x"}, {"type": "other"}],
+    # Masked grants (issue 21): never empty when present, names only, none also raw, and
+    # no key grants nothing at all.
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": [], "purpose": "x"}],
+    [{"type": "pii_access", "fields": [], "masked_fields": [], "purpose": "x"}],
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": "b", "purpose": "x"}],
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": [""], "purpose": "x"}],
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": [None], "purpose": "x"}],
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": ["a"], "purpose": "x"}],
+    [{"type": "pii_access", "masked_fields": ["a"], "purpose": "x"}],
 ]
 ACCEPTED: list[Any] = [
     [{"type": "pii_access", "fields": ["customer.email"], "purpose": "billing"}],
     [{"type": "pii_access", "fields": ["a", "a"], "purpose": "x", "policy": None}],
     [{"type": "pii_access", "fields": ["a"], "purpose": "x", "policy": "p@1", "more": 1}],
+    [{"type": "pii_access", "fields": ["a"], "masked_fields": ["b"], "purpose": "x"}],
+    [{"type": "pii_access", "fields": [], "masked_fields": ["b"], "purpose": "x", "policy": "p@1"}],
 ]
 
 

@@ -142,6 +142,7 @@ def _key_row(jti: str, at: datetime, *, policy_version: int) -> IssuedKeyRow:
         "audience": "customers-db",
         "purpose": "billing",
         "fields": ["customer.email", "customer.phone"],
+        "masked_fields": [],
         "policy_id": "p" * 36,
         "policy_version": policy_version,
         "kid": "k" * 43,

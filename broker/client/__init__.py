@@ -33,7 +33,8 @@ from broker.client.keyclient import (
     SyncKeyClient,
     workload_token_file,
 )
-from broker.client.mask import REDACTED, Rule, mask
+from broker.client.mask import REDACTED, MaskedRecords, MaskPlan, Rule, mask, mask_records
+from broker.client.masking_rules import HashKeyUnavailable, MaskingRules
 from broker.client.usage import UsageReporter
 from broker.client.verifier import KeyVerifier
 
@@ -45,6 +46,7 @@ __all__ = [
     "DPoPChecker",
     "Flow",
     "Grant",
+    "HashKeyUnavailable",
     "Introspection",
     "InvalidKey",
     "IssuedKey",
@@ -53,6 +55,9 @@ __all__ = [
     "KeyDenied",
     "KeyRequestError",
     "KeyVerifier",
+    "MaskPlan",
+    "MaskedRecords",
+    "MaskingRules",
     "RateLimited",
     "Reason",
     "Rule",
@@ -64,6 +69,7 @@ __all__ = [
     "jwk_thumbprint",
     "make_dpop_proof",
     "mask",
+    "mask_records",
     "public_jwk",
     "workload_token_file",
 ]

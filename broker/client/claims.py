@@ -5,9 +5,11 @@ A copy of the server's ``broker.claims`` (the SDK imports nothing of the server)
 the two accept and refuse exactly the same entries, with the same messages. Change both or
 neither.
 
-``authorization_details`` is exactly one entry, of type ``pii_access``, with a non-empty
-list of non-empty field names, a non-empty purpose and, if present, a string policy; the
-broker signs nothing else, so anything else is malformed whoever signed it.
+``authorization_details`` is exactly one entry, of type ``pii_access``, with a list of
+non-empty field names granted raw, if present a non-empty list ``masked_fields`` of names
+granted only masked (none in ``fields``; ``fields`` may be empty only then), a non-empty
+purpose and, if present, a string policy; the broker signs nothing else, so anything else
+is malformed whoever signed it.
 
 ``issued_at_ms`` is when a key was issued, to the millisecond, as a revocation's cut sees
 it; the server's copy answers the same for any ``jti`` and ``iat`` (same test).
@@ -40,13 +42,18 @@ class PiiAccess:
     fields: tuple[str, ...]
     purpose: str
     policy: str | None = None  # "policy-id@version"
+    # Fields the key grants only in masked form; ``fields`` then may be empty.
+    masked_fields: tuple[str, ...] = ()
 
     def entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "type": PII_ACCESS,
             "fields": list(self.fields),
-            "purpose": self.purpose,
         }
+        if self.masked_fields:
+            # Only when the key grants any field masked: a key without is as before.
+            entry["masked_fields"] = list(self.masked_fields)
+        entry["purpose"] = self.purpose
         if self.policy is not None:
             entry["policy"] = self.policy
         return entry
@@ -74,13 +81,31 @@ def pii_access(details: Any) -> PiiAccess:
         raise MalformedClaims("authorization_details must hold exactly one pii_access entry")
     entry = details[0]
     fields, purpose, policy = entry.get("fields"), entry.get("purpose"), entry.get("policy")
-    if not isinstance(fields, list) or not fields or not all(_nonempty_str(f) for f in fields):
+    masked = _masked_fields(entry)
+    if (
+        not isinstance(fields, list)
+        or not (fields or masked)
+        or not all(_nonempty_str(f) for f in fields)
+    ):
         raise MalformedClaims("pii_access fields must be a non-empty list of names")
+    if set(fields) & set(masked):
+        raise MalformedClaims("pii_access names a field both in fields and in masked_fields")
     if not _nonempty_str(purpose):
         raise MalformedClaims("pii_access purpose is missing")
     if policy is not None and not isinstance(policy, str):
         raise MalformedClaims("pii_access policy must be a string")
-    return PiiAccess(tuple(fields), purpose, policy)
+    return PiiAccess(tuple(fields), purpose, policy, tuple(masked))
+
+
+def _masked_fields(entry: dict[str, Any]) -> list[str]:
+    """The detail's ``masked_fields`` (issue 21): absent, or a non-empty list of names (the
+    broker writes it only when the key grants a field masked)."""
+    if "masked_fields" not in entry:
+        return []
+    masked = entry["masked_fields"]
+    if not isinstance(masked, list) or not masked or not all(_nonempty_str(f) for f in masked):
+        raise MalformedClaims("pii_access masked_fields must be a non-empty list of names")
+    return masked
 
 
 def issued_at_ms(jti: Any, iat: float) -> int:

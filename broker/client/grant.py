@@ -11,8 +11,11 @@ from datetime import datetime
 class Grant:
     """The claims of one accepted key, checked and typed.
 
-    `fields` are dotted field names (`customer.email`). A grant never carries the token
-    itself, so it can be logged or passed around without leaking the key.
+    `fields` are dotted field names (`customer.email`) granted unmasked; `masked_fields`
+    those granted only in masked form (the key may name them, the service may hold them
+    only masked: `covers` is false for them, so `mask` and `mask_records` mask them). A
+    grant never carries the token itself, so it can be logged or passed around without
+    leaking the key.
     """
 
     jti: str
@@ -27,6 +30,7 @@ class Grant:
     kid: str
     max_uses: int | None = None
     cnf_jkt: str | None = None
+    masked_fields: frozenset[str] = frozenset()
 
     def covers(self, field: str) -> bool:
         """True when `field` or one of its parents (`customer` for `customer.email`) is granted."""
@@ -38,3 +42,7 @@ class Grant:
     def missing(self, fields: Iterable[str]) -> frozenset[str]:
         """The requested fields this grant does not cover (empty when all are covered)."""
         return frozenset(f for f in fields if not self.covers(f))
+
+    def covers_masked(self, field: str) -> bool:
+        """True when `field` is granted only in masked form (exactly as named)."""
+        return field in self.masked_fields

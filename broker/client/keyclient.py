@@ -36,6 +36,7 @@ import httpx
 
 from broker.client.claims import PiiAccess, authorization_details, pii_access
 from broker.client.errors import BrokerUnavailable, KeyDenied, KeyRequestError, RateLimited
+from broker.client.masking_rules import MaskingRules, MaskingRulesCache, RulesResponse
 
 log = logging.getLogger("broker.client")
 
@@ -278,6 +279,7 @@ class KeyClient:
         self._own_http = http_client is None
         self._cache: dict[Scope, _Entry] = {}
         self._inflight: dict[Scope, asyncio.Task[_Entry]] = {}
+        self._mask_rules = MaskingRulesCache()
         self.requests_sent = 0
 
     # --- keys ---------------------------------------------------------------------------
@@ -531,6 +533,37 @@ class KeyClient:
         active = body.pop("active")
         return Introspection(active=active, claims=body if active else {})
 
+    # --- central masking rules -----------------------------------------------------------
+
+    async def mask_rules(self, *, refresh: bool = False) -> MaskingRules:
+        """The broker's masking rules (`GET /v1/mask/rules`), for `mask_records`.
+
+        Cached for the answer's `max-age` and then revalidated with `If-None-Match` (a
+        `304` keeps the copy, and the plans compiled on it). `refresh=True` asks now. While
+        the broker cannot be reached the copy is served up to `max_stale` past its
+        lifetime, then `BrokerUnavailable` is raised; a refusal (not a resource service,
+        bad credentials) raises `KeyDenied`.
+        """
+        if refresh:
+            self._mask_rules.invalidate()
+        return await self._mask_rules.get(self._fetch_mask_rules)
+
+    async def _fetch_mask_rules(self, etag: str | None) -> RulesResponse:
+        headers = {"If-None-Match": etag} if etag else None
+        response = await self._send("GET", "/v1/mask/rules", extra_headers=headers)
+        cache_control = response.headers.get("cache-control")
+        if response.status_code == 304 and etag:
+            return RulesResponse(304, None, etag, cache_control)
+        if response.status_code != 200:
+            self._raise_for(response)
+        try:
+            rules = MaskingRules.from_wire(response.json())
+        except (ValueError, RecursionError) as exc:
+            raise BrokerUnavailable(
+                f"the broker's masking rules are malformed ({type(exc).__name__})"
+            ) from None
+        return RulesResponse(200, rules, response.headers.get("etag"), cache_control)
+
     # --- transport ----------------------------------------------------------------------
 
     def _read_workload_token(self) -> str:
@@ -583,6 +616,7 @@ class KeyClient:
         json_body: Any = None,
         data: dict[str, str] | None = None,
         token_request: bool = False,
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request, retried on connection failures and 502/503/504 with backoff.
 
@@ -593,6 +627,8 @@ class KeyClient:
         last: httpx.Response | None = None
         for attempt in range(self.retries + 1):
             auth, headers, params = self._credentials(token_request=token_request)
+            if extra_headers:
+                headers.update(extra_headers)
             body: dict[str, Any] = {"json": json_body} if data is None else {"data": data | params}
             try:
                 response = await self._http.request(method, url, headers=headers, auth=auth, **body)
@@ -726,6 +762,10 @@ class SyncKeyClient:
 
     def introspect(self, token: str) -> Introspection:
         return self._run(self._client.introspect(token))
+
+    def mask_rules(self, *, refresh: bool = False) -> MaskingRules:
+        """See `KeyClient.mask_rules`."""
+        return self._run(self._client.mask_rules(refresh=refresh))
 
     def invalidate(self, issued: IssuedKey) -> None:
         self._loop.call_soon_threadsafe(self._client.invalidate, issued)

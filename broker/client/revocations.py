@@ -157,7 +157,9 @@ class RevokedSelector:
             return False
         if self.kid is not None and grant.kid != self.kid:
             return False
-        if self.field is not None and not any(self.field in _parents(f) for f in grant.fields):
+        if self.field is not None and not any(
+            self.field in _parents(f) for f in (*grant.fields, *grant.masked_fields)
+        ):
             return False
         if self.policy is not None:
             if grant.policy is None:
@@ -215,7 +217,7 @@ def _anchors(grant: Grant) -> Generator[tuple[str, str], None, None]:
         if "@" in grant.policy:
             yield "policy", grant.policy.split("@", 1)[0]
     seen: set[str] = set()
-    for name in grant.fields:
+    for name in (*grant.fields, *grant.masked_fields):
         for prefix in _parents(name):
             if prefix not in seen:
                 seen.add(prefix)

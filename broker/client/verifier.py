@@ -500,4 +500,5 @@ class KeyVerifier:
             kid=kid,
             max_uses=max_uses,
             cnf_jkt=jkt,
+            masked_fields=frozenset(access.masked_fields),
         )

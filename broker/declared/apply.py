@@ -41,12 +41,14 @@ from broker.declared.document import (
     PurposeDecl,
     RuleDecl,
     ServiceDecl,
+    SubProcessorDecl,
     where,
 )
 from broker.declared.plan import Action, Plan, Step, make_plan
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidInput
 from broker.identity import service as identity
-from broker.identity.schemas import ServiceCreate, ServiceUpdate
+from broker.identity import sub_processors
+from broker.identity.schemas import ServiceCreate, ServiceUpdate, SubProcessorIn
 from broker.models import Policy
 from broker.operators.service import OperatorPrincipal
 from broker.policy import catalog_use, workflow
@@ -225,10 +227,27 @@ class _Applier:
     async def service(self, step: Step) -> None:
         decl: ServiceDecl = step.decl
         session, actor = self.session, self.operator.actor
+        declared_terms = (
+            decl.sub_processor if isinstance(decl.sub_processor, SubProcessorDecl) else None
+        )
         if step.action == Action.CREATE:
-            spec = ServiceCreate(id=decl.id, name=decl.name, bindings=list(step.bindings))
+            spec = ServiceCreate(
+                id=decl.id,
+                name=decl.name,
+                bindings=list(step.bindings),
+                sub_processor=(
+                    SubProcessorIn(
+                        agreement=declared_terms.agreement,
+                        region=declared_terms.region,
+                        review_by=declared_terms.review_by,
+                    )
+                    if declared_terms is not None
+                    else None
+                ),
+            )
             created = await _at(
-                step, lambda: identity.create_service(session, self.pepper, spec, actor=actor)
+                step,
+                lambda: sub_processors.create_service(session, self.pepper, spec, actor=actor),
             )
             if decl.disabled:
                 await _at(
@@ -269,6 +288,24 @@ class _Applier:
                     confirm=step.bindings_digest,
                 ),
             )
+        if "sub_processor" in terms:
+            if declared_terms is None:
+                await _at(
+                    step,
+                    lambda: sub_processors.clear_sub_processor(session, decl.id, actor=actor),
+                )
+            else:
+                wanted = declared_terms
+
+                async def set_terms() -> Any:
+                    checked = sub_processors.check_terms(
+                        wanted.agreement, wanted.region, wanted.review_by
+                    )
+                    return await sub_processors.set_sub_processor(
+                        session, decl.id, checked, actor=actor
+                    )
+
+                await _at(step, set_terms)
         self.note(step, "changed")
 
     async def rules(self, steps: list[Step]) -> None:
@@ -323,6 +360,7 @@ class _Applier:
         assert terms is not None
         return {
             "fields": list(terms.fields),
+            "masked_fields": list(terms.masked_fields),
             "purposes": list(terms.purposes),
             "max_ttl_seconds": terms.max_ttl_seconds,
             "rate_per_minute": terms.rate_per_minute,

@@ -28,13 +28,15 @@ ORIGIN = "origin"  # the member the CLI adds to each object; never written in a 
 
 _FIELD_KEYS = ("name", "classification", "description", "status")
 _PURPOSE_KEYS = ("name", "legal_basis", "description", "status")
-_SERVICE_KEYS = ("id", "name", "disabled", "bindings")
+_SERVICE_KEYS = ("id", "name", "disabled", "bindings", "sub_processor")
+_SUB_PROCESSOR_KEYS = ("agreement", "region", "review_by")
 _POLICY_KEYS = (
     "id",
     "service",
     "audience",
     "owner",
     "fields",
+    "masked_fields",
     "purposes",
     "max_ttl_seconds",
     "rate_per_minute",
@@ -99,6 +101,7 @@ class Terms:
     max_records: int | None
     valid_until: datetime | None
     required_approvals: int
+    masked_fields: tuple[str, ...] = ()  # granted only masked (issue 21)
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,23 @@ class PurposeDecl:
     index: int
 
 
+@dataclass(frozen=True)
+class SubProcessorDecl:
+    """A service's ``sub_processor:`` block: it is an outside sub-processor on these terms."""
+
+    agreement: str
+    region: str
+    review_by: datetime  # UTC
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the plan shows it and the export writes it."""
+        return {
+            "agreement": self.agreement,
+            "region": self.region,
+            "review_by": self.review_by.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+
+
 @dataclass
 class ServiceDecl:
     id: str
@@ -179,6 +199,9 @@ class ServiceDecl:
     bindings: list[dict[str, Any]]  # shapes checked by the plan (``identity.schemas``)
     origin: Origin | None
     index: int
+    # ``sub_processor:`` a block (it is one, on these terms), ``false`` (it is not one), or
+    # left out (None: the files do not say; what is in force stays).
+    sub_processor: SubProcessorDecl | bool | None = None
 
 
 @dataclass
@@ -345,9 +368,66 @@ def _service(check: _Checker) -> ServiceDecl | None:
             )
         else:
             bindings.append(dict(item))
+    sub_processor = _sub_processor(check)
     if not check.ok or service_id is None or name is None:
         return None
-    return ServiceDecl(service_id, name, disabled, bindings, check.origin, check.index)
+    return ServiceDecl(
+        service_id, name, disabled, bindings, check.origin, check.index, sub_processor
+    )
+
+
+def _sub_processor(check: _Checker) -> SubProcessorDecl | bool | None:
+    """``sub_processor:`` with ``agreement``, ``region`` and ``review_by`` (a date, taken as
+    midnight UTC, or a date and time with its offset); or ``false``."""
+    raw = check.raw.get("sub_processor")
+    if raw is None or raw is False:
+        return False if raw is False else None
+    if not isinstance(raw, Mapping):
+        check.fail(
+            "sub_processor", "must be an object with agreement, region, review_by (or false)"
+        )
+        return None
+    problems = 0
+    for key in raw:
+        if key not in _SUB_PROCESSOR_KEYS:
+            check.fail(
+                f"sub_processor.{key}", f"unknown key (known: {', '.join(_SUB_PROCESSOR_KEYS)})"
+            )
+            problems += 1
+    texts: dict[str, str] = {}
+    for key, limit in (("agreement", 200), ("region", 100)):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            check.fail(f"sub_processor.{key}", "is required (text)")
+            problems += 1
+        elif len(value.strip()) > limit:
+            check.fail(f"sub_processor.{key}", f"is at most {limit} characters")
+            problems += 1
+        else:
+            texts[key] = value.strip()
+    review_by = _review_by(check, raw.get("review_by"))
+    if problems or review_by is None or len(texts) != 2:
+        return None
+    return SubProcessorDecl(texts["agreement"], texts["region"], review_by)
+
+
+def _review_by(check: _Checker, raw: Any) -> datetime | None:
+    key = "sub_processor.review_by"
+    if raw is None:
+        check.fail(key, "is required (a date such as 2027-06-01, or a date and time with Z)")
+        return None
+    text = str(raw).strip()
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        check.fail(key, "must be a date such as 2027-06-01, or a date and time with Z")
+        return None
+    if at.tzinfo is None:
+        if len(text) != 10:  # a date alone is midnight UTC; a time needs its offset
+            check.fail(key, "must carry a time zone offset, such as Z")
+            return None
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).replace(microsecond=0)
 
 
 def _hours(check: _Checker) -> dict[str, Any] | None:
@@ -396,6 +476,7 @@ def _policy(check: _Checker) -> PolicyDecl | None:
     audience = check.text("audience", required=True, limit=63)
     owner = check.text("owner", limit=200)
     fields = check.names("fields", required=True)
+    masked = check.names("masked_fields") or []
     purposes = check.names("purposes", required=True)
     ttl = check.duration("max_ttl_seconds", required=True)
     rate = check.count("rate_per_minute")
@@ -406,7 +487,9 @@ def _policy(check: _Checker) -> PolicyDecl | None:
     until = _valid_until(check)
     required = check.count("required_approvals")
     comment = check.text("comment") or ""
-    for key, names in (("fields", fields), ("purposes", purposes)):
+    if both := sorted(set(fields or ()) & set(masked)):
+        check.fail("masked_fields", f"names fields also granted unmasked: {', '.join(both)}")
+    for key, names in (("fields", fields), ("masked_fields", masked), ("purposes", purposes)):
         if names is not None and len(set(names)) != len(names):
             repeated = sorted({n for n in names if names.count(n) > 1})
             check.fail(key, f"lists {', '.join(repeated)} more than once")
@@ -430,6 +513,7 @@ def _policy(check: _Checker) -> PolicyDecl | None:
         max_records=records,
         valid_until=until,
         required_approvals=required if required is not None else 1,
+        masked_fields=tuple(sorted(masked)),
     )
     return PolicyDecl(
         policy_id, service, audience, owner, terms, comment, check.origin, check.index
@@ -570,6 +654,7 @@ def terms_dict(terms: Any) -> dict[str, Any]:
         "max_ttl_seconds": duration_text(terms.max_ttl_seconds),
     }
     optional: dict[str, Any] = {
+        "masked_fields": list(getattr(terms, "masked_fields", None) or ()) or None,
         "rate_per_minute": terms.rate_per_minute,
         "source_cidrs": list(terms.source_cidrs) or None,
         "allowed_hours": terms.allowed_hours,

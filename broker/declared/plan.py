@@ -41,6 +41,7 @@ from broker.declared.document import (
     PurposeDecl,
     RuleDecl,
     ServiceDecl,
+    SubProcessorDecl,
     where,
 )
 from broker.declared.state import InForce, OpenPolicy, load
@@ -48,9 +49,9 @@ from broker.errors import InvalidInput
 from broker.identity import bindings as binding_diff
 from broker.identity.schemas import BindingIn, JwtBindingIn
 from broker.identity.service import jwt_binding
-from broker.models import ServiceBinding
+from broker.models import Service, ServiceBinding
 from broker.operators.service import Role
-from broker.policy.approval_rules import approvers_needed, rule_from
+from broker.policy.approval_rules import approvers_needed, rule_from, sub_processor_approvals
 from broker.policy.decision import AllowedHours
 from broker.policy.diff import PolicyTerms, diff_terms
 from broker.policy.validation import MAX_COUNT, MAX_REQUIRED_APPROVALS
@@ -169,11 +170,22 @@ def _names(term: str, before: Any, after: Any) -> dict[str, Any] | None:
     return {"term": term, "added": added, "removed": removed} if added or removed else None
 
 
+def _sub_processor_in_force(row: Service) -> dict[str, Any] | None:
+    """A service's sub-processor terms in the form the files write them (None: not one)."""
+    if not row.sub_processor or row.subprocessor_review_by is None:
+        return None
+    return SubProcessorDecl(
+        row.subprocessor_agreement or "",
+        row.subprocessor_region or "",
+        row.subprocessor_review_by,
+    ).to_dict()
+
+
 def terms_changes(before: PolicyTerms | None, after: PolicyTerms) -> list[dict[str, Any]]:
     """A policy's diff in the plan's form (``policy.diff`` does the comparing)."""
     diff = diff_terms(before, after, from_version=None, to_version=0)
     out: list[dict[str, Any]] = []
-    for term in ("fields", "purposes", "source_cidrs"):
+    for term in ("fields", "masked_fields", "purposes", "source_cidrs"):
         added, removed = getattr(diff, f"{term}_added"), getattr(diff, f"{term}_removed")
         if added or removed:
             out.append({"term": term, "added": list(added), "removed": list(removed)})
@@ -310,6 +322,20 @@ class _Planner:
             return None
         return rows
 
+    def _review_ahead(self, decl: ServiceDecl, terms: SubProcessorDecl) -> bool:
+        """A review date the apply sets must lie ahead (as the API requires)."""
+        if terms.review_by > self.now:
+            return True
+        self.fail(
+            decl.origin,
+            "services",
+            decl.index,
+            "sub_processor",
+            "review_by has passed: give the next review date (after a review, "
+            "broker services review records it; broker export writes it)",
+        )
+        return False
+
     def service_step(self, decl: ServiceDecl) -> None:
         row = self.state.services.get(decl.id)
         step = Step("service", decl.id, Action.NO_OP, origin=decl.origin, decl=decl)
@@ -329,6 +355,10 @@ class _Planner:
             ]
             if decl.disabled:
                 step.changes.append(_value("disabled", None, True))
+            if isinstance(decl.sub_processor, SubProcessorDecl):
+                if not self._review_ahead(decl, decl.sub_processor):
+                    return
+                step.changes.append(_value("sub_processor", None, decl.sub_processor.to_dict()))
             if any(b.kind == "secret" for b in proposed):
                 step.notes.append(
                     "a secret binding: no secret is shown; run broker services rotate-secret "
@@ -348,6 +378,19 @@ class _Planner:
                 step.changes.append(_value("name", row.name, decl.name))
             if decl.disabled is not None and decl.disabled != row.disabled:
                 step.changes.append(_value("disabled", row.disabled, decl.disabled))
+            if decl.sub_processor is not None:
+                before = _sub_processor_in_force(row)
+                after = (
+                    decl.sub_processor.to_dict()
+                    if isinstance(decl.sub_processor, SubProcessorDecl)
+                    else None
+                )
+                if before != after:
+                    if isinstance(decl.sub_processor, SubProcessorDecl) and not (
+                        self._review_ahead(decl, decl.sub_processor)
+                    ):
+                        return
+                    step.changes.append(_value("sub_processor", before, after))
             change = binding_diff.compare(decl.id, self.state.bindings.get(decl.id, []), proposed)
             if not change.empty:
                 step.changes.append(
@@ -422,9 +465,13 @@ class _Planner:
             fail("audience", "a service cannot be its own audience")
         for key, names, statuses in (
             ("fields", decl.terms.fields, self.field_status),
+            ("masked_fields", decl.terms.masked_fields, self.field_status),
             ("purposes", decl.terms.purposes, self.purpose_status),
         ):
-            if not names:
+            # A policy may grant fields only masked (issue 21): fields may then be empty.
+            if not names and (
+                key == "purposes" or (key == "fields" and not decl.terms.masked_fields)
+            ):
                 fail(key, "must name at least one entry")
             if missing := sorted(n for n in names if n not in statuses):
                 fail(key, f"not in the catalog (nor declared in the files): {', '.join(missing)}")
@@ -457,13 +504,28 @@ class _Planner:
         members = dataclasses.asdict(decl.terms) | {"allowed_hours": hours}
         return PolicyTerms(**members)
 
-    def _wanted(self, terms: PolicyTerms) -> PolicyTerms:
-        """The terms as a proposal stores them: at least the approvers its fields ask for."""
+    def _wanted(self, terms: PolicyTerms, service: str | None = None) -> PolicyTerms:
+        """The terms as a proposal stores them: at least the approvers its fields ask for,
+        and for a sub-processor granted any field raw the exception's (issue 21)."""
         needed, _ = approvers_needed(
             self.settings,
             (self.classification[f] for f in terms.fields if f in self.classification),
         )
+        needed = max(
+            needed,
+            sub_processor_approvals(self.settings, terms, self.is_sub_processor(service)),
+        )
         return replace(terms, required_approvals=max(terms.required_approvals, needed))
+
+    def is_sub_processor(self, service: str | None) -> bool:
+        """As the files declare it (``sub_processor:``), else as stored."""
+        if service is None:
+            return False
+        declared = next((s for s in self.document.services if s.id == service), None)
+        if declared is not None and declared.sub_processor is not None:
+            return declared.sub_processor is not False
+        row = self.state.services.get(service)
+        return bool(row is not None and row.sub_processor)
 
     def match_policies(self) -> dict[int, OpenPolicy | None]:
         """Each declaration's open policy (by id, else by its pair when exactly one open
@@ -527,7 +589,7 @@ class _Planner:
         declared = self.terms_of(decl)
         if declared is None:
             return
-        wanted = self._wanted(declared)
+        wanted = self._wanted(declared, decl.service)
         key = decl.pair if found is None else f"{decl.pair} ({found.policy.id})"
         step = Step("policy", key, Action.NO_OP, origin=decl.origin, decl=decl, terms=wanted)
         if wanted.valid_until is not None and wanted.valid_until <= self.now:
@@ -636,6 +698,7 @@ async def make_plan(
                 before,
                 step.terms,
                 planner.classification,
+                sub_processor=planner.is_sub_processor(step.decl.service),
             )
             step.approval_rule = rule.to_dict()
             if assess:

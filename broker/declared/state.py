@@ -17,7 +17,7 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.declared.document import duration_text, terms_dict
+from broker.declared.document import SubProcessorDecl, duration_text, terms_dict
 from broker.models import PiiField, Policy, PolicyVersion, Purpose, Service, ServiceBinding
 from broker.policy.diff import PolicyTerms
 from broker.policy.versions import (
@@ -168,6 +168,12 @@ def export_document(state: InForce) -> dict[str, Any]:
         if s.disabled:
             svc["disabled"] = True
         svc["bindings"] = [binding_dict(b) for b in state.bindings.get(s.id, [])]
+        if s.sub_processor and s.subprocessor_review_by is not None:
+            svc["sub_processor"] = SubProcessorDecl(
+                s.subprocessor_agreement or "",
+                s.subprocessor_region or "",
+                s.subprocessor_review_by,
+            ).to_dict()
         services.append(svc)
     policies = []
     for open_policy in sorted(

@@ -71,6 +71,12 @@ class ServiceIdentity:
     method: AuthMethod
     subject: str | None
     quarantined: bool = False
+    # An outside sub-processor (``identity.sub_processors``): its keys live at most
+    # ``settings.subprocessor_max_ttl``, and it is never handed the masking hash key.
+    sub_processor: bool = False
+    # Its review date: once passed, it gets no new key even before the review job has
+    # quarantined it (the job runs every few minutes; issuance must not wait for it).
+    subprocessor_review_by: datetime | None = None
 
 
 class ConflictingCredentials(BrokerError):
@@ -379,7 +385,14 @@ async def _find_secret(
                 service_id=service.id,
             )
         seen_long_ago = _stale(service.last_seen_at, now)
-        identity = ServiceIdentity(service.id, "secret", None, quarantined=service.quarantined)
+        identity = ServiceIdentity(
+            service.id,
+            "secret",
+            None,
+            quarantined=service.quarantined,
+            sub_processor=service.sub_processor,
+            subprocessor_review_by=service.subprocessor_review_by,
+        )
     if seen_long_ago:
         await _note_seen(runtime, service_id, now)
     valid_until = secret_refused_after(row.created_at, runtime.settings)
@@ -486,7 +499,12 @@ async def _by_jwt(
     if _stale(last_seen.get(service_id), now):
         await _note_seen(runtime, service_id, now)
     return ServiceIdentity(
-        service_id, "jwt", str(match.claims["sub"]), quarantined=match.candidate.quarantined
+        service_id,
+        "jwt",
+        str(match.claims["sub"]),
+        quarantined=match.candidate.quarantined,
+        sub_processor=match.candidate.sub_processor,
+        subprocessor_review_by=match.candidate.subprocessor_review_by,
     )
 
 
@@ -515,6 +533,8 @@ async def _candidates(
             disabled=s.disabled,
             quarantined=s.quarantined,
             retired=s.retired_at is not None,
+            sub_processor=s.sub_processor,
+            subprocessor_review_by=s.subprocessor_review_by,
         )
         for b, s in rows
     ]

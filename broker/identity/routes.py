@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker.cutoff.services import retire_service
 from broker.db import utcnow
 from broker.http.deps import requires
-from broker.identity import service
+from broker.identity import service, sub_processors
 from broker.identity.schemas import (
     BindingOut,
     BindingsChangeOut,
@@ -27,9 +27,10 @@ from broker.identity.schemas import (
     ServiceRelease,
     ServiceRetire,
     ServiceUpdate,
+    SubProcessorOut,
 )
 from broker.identity.service import SECRET, ServiceView, state_of
-from broker.models import ServiceBinding, ServiceSecret
+from broker.models import Service, ServiceBinding, ServiceSecret
 from broker.operators.service import OperatorPrincipal, Role
 from broker.rules.evidence import release_quarantine
 from broker.runtime import Runtime
@@ -59,7 +60,18 @@ def _secret_out(s: ServiceSecret, now: datetime) -> SecretOut:
     )
 
 
-def _service_out(view: ServiceView) -> ServiceOut:
+def sub_processor_out(s: Service) -> SubProcessorOut | None:
+    if not s.sub_processor:
+        return None
+    return SubProcessorOut(
+        agreement=s.subprocessor_agreement,
+        region=s.subprocessor_region,
+        review_by=s.subprocessor_review_by,
+        reminded_at=s.subprocessor_reminded_at,
+    )
+
+
+def service_out(view: ServiceView) -> ServiceOut:
     s, now = view.service, utcnow()
     return ServiceOut(
         id=s.id,
@@ -78,6 +90,7 @@ def _service_out(view: ServiceView) -> ServiceOut:
         retirement_reason=s.retirement_reason,
         bindings=[_binding_out(b) for b in view.bindings],
         secrets=[_secret_out(x, now) for x in view.secrets],
+        sub_processor=sub_processor_out(s),
     )
 
 
@@ -92,7 +105,7 @@ def bindings_change_out(outcome: service.BindingsOutcome, *, dry_run: bool) -> B
         widening=list(change.widening),
         change_digest=change.change_digest,
         secrets_ended=outcome.secrets_ended,
-        service=_service_out(outcome.view),
+        service=service_out(outcome.view),
     )
 
 
@@ -109,10 +122,10 @@ class ServiceController(Controller):
         runtime: NamedDependency[Runtime],
         operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceCreated:
-        created = await service.create_service(
+        created = await sub_processors.create_service(
             db, runtime.secrets.pepper, data, actor=operator.actor
         )
-        out = _service_out(created.view)
+        out = service_out(created.view)
         return ServiceCreated(
             id=out.id,
             name=out.name,
@@ -122,6 +135,7 @@ class ServiceController(Controller):
             bindings=out.bindings,
             secrets=out.secrets,
             client_secret=created.client_secret,
+            sub_processor=out.sub_processor,
         )
 
     @requires(Role.AUDITOR)
@@ -129,7 +143,7 @@ class ServiceController(Controller):
     async def list_services(
         self, db: NamedDependency[AsyncSession], operator: NamedDependency[OperatorPrincipal]
     ) -> list[ServiceOut]:
-        return [_service_out(v) for v in await service.list_services(db)]
+        return [service_out(v) for v in await service.list_services(db)]
 
     @requires(Role.AUDITOR)
     @get("/{service_id:str}", summary="A service, its bindings and secret hints")
@@ -139,7 +153,7 @@ class ServiceController(Controller):
         db: NamedDependency[AsyncSession],
         operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceOut:
-        return _service_out(await service.get_service_view(db, service_id))
+        return service_out(await service.get_service_view(db, service_id))
 
     @requires(Role.ADMIN)
     @patch("/{service_id:str}", summary="Rename, disable or enable a service")
@@ -151,7 +165,7 @@ class ServiceController(Controller):
         operator: NamedDependency[OperatorPrincipal],
     ) -> ServiceOut:
         view = await service.update_service(db, service_id, data, actor=operator.actor)
-        return _service_out(view)
+        return service_out(view)
 
     @requires(Role.ADMIN)
     @post("/{service_id:str}/secret", summary="Issue a new client secret; older ones expire")
@@ -188,7 +202,7 @@ class ServiceController(Controller):
     ) -> ServiceOut:
         comment = data.comment if data is not None else ""
         view = await release_quarantine(db, service_id, actor=operator.actor, comment=comment)
-        return _service_out(view)
+        return service_out(view)
 
     @requires(Role.ADMIN)
     @put(
@@ -238,7 +252,7 @@ class ServiceController(Controller):
         view = await service.quarantine_by_hand(
             db, service_id, actor=operator.actor, reason=data.reason
         )
-        return _service_out(view)
+        return service_out(view)
 
     @requires(Role.ADMIN)
     @post(
@@ -257,7 +271,7 @@ class ServiceController(Controller):
         retired = await retire_service(
             db, service_id, actor=operator.actor, reason=data.reason, settings=runtime.settings
         )
-        return _service_out(retired.view)
+        return service_out(retired.view)
 
 
 ROUTES = [ServiceController]

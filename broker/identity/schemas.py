@@ -53,10 +53,40 @@ class JwtBindingIn(msgspec.Struct, tag_field="kind", tag="jwt", forbid_unknown_f
 BindingIn = SecretBindingIn | JwtBindingIn
 
 
+Agreement = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Region = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+ReviewBy = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class SubProcessorIn(msgspec.Struct, forbid_unknown_fields=True):
+    """An outside sub-processor's terms: the reference of its processing agreement, the
+    region it processes in, and when its review is next due (a future instant with a time
+    zone; once it passes the service is quarantined until reviewed)."""
+
+    agreement: Agreement
+    region: Region
+    review_by: ReviewBy
+
+
+class SubProcessorOut(msgspec.Struct):
+    agreement: str | None
+    region: str | None
+    review_by: datetime | None
+    reminded_at: datetime | None
+
+
+class SubProcessorReview(msgspec.Struct, forbid_unknown_fields=True):
+    """A review of a sub-processor: the next review date and what was looked at."""
+
+    review_by: ReviewBy
+    comment: Comment
+
+
 class ServiceCreate(msgspec.Struct, forbid_unknown_fields=True):
     id: ServiceId
     name: ServiceName
     bindings: Annotated[list[BindingIn], msgspec.Meta(max_length=10)] = []
+    sub_processor: SubProcessorIn | None = None
 
 
 class ServiceUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,9 +136,10 @@ class SecretOut(msgspec.Struct):
     active: bool
 
 
-class ServiceOut(msgspec.Struct):
+class ServiceOut(msgspec.Struct, omit_defaults=True):
     """``state`` is ``active``, ``disabled``, ``quarantined`` or ``retired`` (for good:
-    nothing authenticates as it, nothing about it can change)."""
+    nothing authenticates as it, nothing about it can change). ``sub_processor`` is left
+    out unless the service is an outside sub-processor."""
 
     id: str
     name: str
@@ -126,6 +157,8 @@ class ServiceOut(msgspec.Struct):
     retirement_reason: str | None
     bindings: list[BindingOut]
     secrets: list[SecretOut]
+    # Present (not null) only for an outside sub-processor.
+    sub_processor: SubProcessorOut | None = None
 
 
 class BindingsDiff(msgspec.Struct):
@@ -164,6 +197,7 @@ class ServiceCreated(msgspec.Struct, omit_defaults=True):
     bindings: list[BindingOut]
     secrets: list[SecretOut]
     client_secret: str | None = None
+    sub_processor: SubProcessorOut | None = None
 
 
 class SecretIssued(msgspec.Struct):

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeGuard
 
 import jwt
@@ -171,6 +172,8 @@ class Candidate:
     disabled: bool = False
     quarantined: bool = False
     retired: bool = False
+    sub_processor: bool = False
+    subprocessor_review_by: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,22 @@ def _header_segment(alg: str, typ: str, kid: str) -> bytes:
 
 
 async def mint(
-    custody: SigningCustody, claims: dict[str, Any], *, typ: str = "at+jwt"
+    custody: SigningCustody,
+    claims: dict[str, Any],
+    *,
+    typ: str = "at+jwt",
+    status: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Sign ``claims`` with the active key; returns (compact JWS, kid).
 
     The header names the key that actually signs: custody hands out one signer, and the
-    signing input is built for it before it signs. Raises ``Unavailable`` when the key
+    signing input is built for it before it signs. ``status`` is the key's Token Status
+    List entry (``revocation.status_index.StatusRef.claim``), signed in as its ``status``
+    claim (draft-ietf-oauth-status-list section 6.1). Raises ``Unavailable`` when the key
     backend cannot be reached.
     """
+    if status is not None:
+        claims = {**claims, "status": status}
     signer = await custody.signer()
     alg, kid = signer.alg, signer.kid
     if alg not in SUPPORTED_ALGS:

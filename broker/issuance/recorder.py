@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy import Engine, Select, Table, func, insert, select
 from sqlalchemy.engine import Dialect
@@ -64,6 +64,7 @@ class IssuedKeyRow(TypedDict):
     audience: str
     purpose: str
     fields: list[str]
+    masked_fields: list[str]  # granted only masked (issue 21); [] for most keys
     policy_id: str
     policy_version: int
     kid: str
@@ -71,6 +72,10 @@ class IssuedKeyRow(TypedDict):
     expires_at: datetime
     max_uses: int | None
     cnf_jkt: str | None
+    # The key's Token Status List entry (``status.status_list``; None only for rows made
+    # by hand, as some tests do).
+    status_list: NotRequired[int | None]
+    status_index: NotRequired[int | None]
 
 
 @dataclass(slots=True)

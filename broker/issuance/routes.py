@@ -79,6 +79,7 @@ def _key_out(result: IssuedKeyResult) -> IssuedKeyOut:
         ttl_clamped=result.ttl_clamped,
         max_uses=result.max_uses,
         cnf_jkt=result.cnf_jkt,
+        masked_fields=list(result.masked_fields) if result.masked_fields else msgspec.UNSET,
     )
 
 
@@ -360,6 +361,7 @@ def _introspection_out(result: Introspection) -> IntrospectionOut:
         jti=c["jti"],
         token_type="DPoP" if "cnf" in c else "Bearer",
         fields=list(access.fields),
+        masked_fields=list(access.masked_fields) if access.masked_fields else None,
         purpose=access.purpose,
         policy=access.policy,
         authorization_details=c["authorization_details"],

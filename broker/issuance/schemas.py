@@ -67,6 +67,8 @@ class IssuedKeyOut(msgspec.Struct):
     ttl_clamped: bool
     max_uses: int | None = None
     cnf_jkt: str | None = None
+    # Granted only masked (issue 21); absent when none, so other keys' answers are as before.
+    masked_fields: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class TokenOut(msgspec.Struct, omit_defaults=True):
@@ -93,6 +95,7 @@ class IntrospectionOut(msgspec.Struct, omit_defaults=True):
     jti: str | None = None
     token_type: str | None = None
     fields: list[str] | None = None
+    masked_fields: list[str] | None = None  # absent unless the key grants any field masked
     purpose: str | None = None
     policy: str | None = None
     authorization_details: list[dict[str, Any]] | None = None

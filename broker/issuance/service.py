@@ -9,7 +9,7 @@ caused them fails.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from broker.issuance.recorder import IssuedKeyRow, issuance_recorder
 from broker.policy.decision import AccessRequest, Allow, Deny, PolicyGrant, decide
 from broker.policy.grants import approved_grants
 from broker.policy.workflow import POLICIES
+from broker.revocation.status_index import status_indices
 from broker.runtime import Runtime
 from broker.signals import Issued
 from broker.ttl_cache import SingleFlight, TTLCache
@@ -59,10 +60,13 @@ class IssuedKeyResult:
     ttl_clamped: bool
     max_uses: int | None
     cnf_jkt: str | None
+    masked_fields: tuple[str, ...] = ()  # granted only masked (issue 21)
 
     @property
     def authorization_details(self) -> list[dict[str, Any]]:
-        return authorization_details(PiiAccess(self.fields, self.purpose, self.policy_ref))
+        return authorization_details(
+            PiiAccess(self.fields, self.purpose, self.policy_ref, self.masked_fields)
+        )
 
 
 def _count(
@@ -179,6 +183,24 @@ async def issue_key(
             "this service is quarantined and gets no new keys until an operator releases it",
             reason="quarantined",
         )
+    review_by = identity.subprocessor_review_by
+    if identity.sub_processor and review_by is not None and review_by <= datetime.now(UTC):
+        # The review job quarantines it at its next run; until then it is refused all the
+        # same, so a lapsed agreement never buys a few more minutes of keys.
+        await _deny(
+            runtime,
+            identity,
+            order,
+            "quarantined",
+            "sub-processor review lapsed",
+            at=datetime.now(UTC),
+            source=source,
+        )
+        raise Forbidden(
+            "this sub-processor's review date has passed; it gets no new keys until an "
+            "operator records a review",
+            reason="quarantined",
+        )
     now = datetime.now(UTC).replace(microsecond=0)
     grants = await _grants(runtime, identity.service_id, order.audience, now)
     decision = decide(
@@ -214,6 +236,10 @@ async def issue_key(
             refused_purpose=decision.refused_purpose,
         )
     assert isinstance(decision, Allow)
+    if identity.sub_processor and decision.ttl_seconds > settings.subprocessor_max_ttl:
+        # An outside sub-processor's keys are shorter-lived whatever its policy allows;
+        # reported as the policy clamp is (``ttl_clamped``).
+        decision = replace(decision, ttl_seconds=settings.subprocessor_max_ttl, clamped=True)
     grant = decision.grant
     max_uses = order.max_uses
     if grant.max_uses is not None:
@@ -228,7 +254,9 @@ async def issue_key(
     jti = uuid_utils.uuid7().hex
     iat = int(now.timestamp())
     exp = iat + decision.ttl_seconds
-    fields = tuple(sorted(order.fields))
+    # Each requested field goes to ``fields`` when the grant names it raw, to
+    # ``masked_fields`` when it names it masked (issue 21); most keys have no masked ones.
+    fields, masked = grant.split(order.fields)
     claims = key_claims(
         issuer=settings.issuer,
         service=identity.service_id,
@@ -236,11 +264,12 @@ async def issue_key(
         issued_at=iat,
         expires_at=exp,
         jti=jti,
-        access=PiiAccess(fields, order.purpose, grant.ref),
+        access=PiiAccess(fields, order.purpose, grant.ref, masked),
         jkt=order.jkt,
         max_uses=max_uses,
     )
-    token, kid = await mint(runtime.custody, claims)
+    status = await status_indices(runtime).allocate()
+    token, kid = await mint(runtime.custody, claims, status=status.claim(settings.issuer))
 
     expires_at = datetime.fromtimestamp(exp, UTC)
     row: IssuedKeyRow = {
@@ -249,6 +278,7 @@ async def issue_key(
         "audience": order.audience,
         "purpose": order.purpose,
         "fields": list(fields),
+        "masked_fields": list(masked),
         "policy_id": grant.policy_id,
         "policy_version": grant.version,
         "kid": kid,
@@ -256,6 +286,8 @@ async def issue_key(
         "expires_at": expires_at,
         "max_uses": max_uses,
         "cnf_jkt": order.jkt,
+        "status_list": status.list_id,
+        "status_index": status.index,
     }
     details = {
         "jti": jti,
@@ -263,6 +295,7 @@ async def issue_key(
         "audience": order.audience,
         "purpose": order.purpose,
         "fields": list(fields),
+        **({"masked_fields": list(masked)} if masked else {}),
         "policy": grant.ref,
         "expires_at": expires_at.isoformat(),
         "ttl_clamped": decision.clamped,
@@ -288,7 +321,7 @@ async def issue_key(
         raise
     metrics.KEYS_ISSUED.inc()
     _count(runtime, identity, order, now, source, ISSUED)
-    await runtime.signals.emit(Issued(identity.service_id, jti, tuple(fields), now))
+    await runtime.signals.emit(Issued(identity.service_id, jti, tuple(sorted(order.fields)), now))
     return IssuedKeyResult(
         token=token,
         jti=jti,
@@ -304,4 +337,5 @@ async def issue_key(
         ttl_clamped=decision.clamped,
         max_uses=max_uses,
         cnf_jkt=order.jkt,
+        masked_fields=masked,
     )

@@ -11,6 +11,7 @@ from broker.identity.source_blocks import purge_source_blocks
 from broker.incidents.secret_age import flag_aging_secrets
 from broker.jobs.recertification import check_recertification
 from broker.jobs.run_once import Job
+from broker.jobs.sub_processor_reviews import check_sub_processor_reviews
 from broker.models import IssuedKey, JobRun
 from broker.operators.expiry import CHECK_INTERVAL, flag_expiring_tokens
 from broker.policy.workflow import expire_lapsed_versions, expire_stale_proposals
@@ -76,4 +77,9 @@ def default_jobs(runtime: Runtime) -> list[Job]:
         Job("prune_windows", settings.purge_interval, prune_windows),
         Job("flag_expiring_operator_tokens", CHECK_INTERVAL, flag_operator_tokens),
         Job("check_recertification", settings.proposal_check_interval, check_recertification),
+        Job(
+            "check_sub_processor_reviews",
+            settings.proposal_check_interval,
+            check_sub_processor_reviews,
+        ),
     ]

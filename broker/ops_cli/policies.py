@@ -22,7 +22,7 @@ from broker.ops_cli.errors import CheckFailed, ConfigError, Refused
 from broker.ops_cli.impact import show_impact_before_deciding
 from broker.ops_cli.output import Output, clean, when
 
-LIST_TERMS = ("fields", "purposes", "source_cidrs")
+LIST_TERMS = ("fields", "masked_fields", "purposes", "source_cidrs")
 
 
 def _path(policy_id: str, *rest: str) -> str:
@@ -119,6 +119,11 @@ def render_version(out: Output, policy: dict[str, Any], version: dict[str, Any])
     out.fields(
         [
             ("fields", version["fields"]),
+            *(
+                [("masked fields", version["masked_fields"])]
+                if version.get("masked_fields")
+                else []
+            ),
             ("purposes", version["purposes"]),
             ("max ttl", f"{version['max_ttl_seconds']}s"),
             ("rate per minute", version.get("rate_per_minute") or "no limit"),
@@ -293,19 +298,38 @@ def show_policy(remote: Remote, policy_id: str, number: int | None, history: boo
     help="Where the change comes from (a commit, a merge request URL): kept with the "
     "version and in the audit (or put source_ref: in the file).",
 )
+@click.option(
+    "--masked-field",
+    "masked_fields",
+    multiple=True,
+    metavar="FIELD",
+    help="Grant this field only in masked form (repeatable; added to masked_fields: in the "
+    "file, and taken out of its fields:).",
+)
 @remote_options
-def propose(remote: Remote, spec: str, policy_id: str | None, source_ref: str | None) -> None:
+def propose(
+    remote: Remote,
+    spec: str,
+    policy_id: str | None,
+    source_ref: str | None,
+    masked_fields: tuple[str, ...] = (),
+) -> None:
     """Propose a policy, or a change to one, from a YAML or JSON file (- for stdin).
 
     The file holds the request body: service, audience, fields, purposes, max_ttl_seconds,
-    and optionally rate_per_minute, source_cidrs, allowed_hours, max_uses, max_records,
-    valid_until, required_approvals, comment, source_ref, and owner (a new policy).
+    and optionally masked_fields (granted only masked), rate_per_minute, source_cidrs,
+    allowed_hours, max_uses, max_records, valid_until, required_approvals, comment,
+    source_ref, and owner (a new policy).
     A change that only narrows the version in force takes effect at once (approved by
     rule), ending the live keys that name what it removes.
     """
     body = read_document(spec)
     if source_ref is not None:
         body["source_ref"] = source_ref
+    if masked_fields:
+        masked = [*(body.get("masked_fields") or []), *masked_fields]
+        body["masked_fields"] = list(dict.fromkeys(masked))
+        body["fields"] = [f for f in body.get("fields") or [] if f not in set(masked)]
     target = policy_id or body.pop("id", None)
     if target:
         current = remote.http.get(_path(str(target)))

@@ -10,6 +10,14 @@ version in force, and so how it is approved.
   approvers as the most sensitive field of the version asks for
   (``BROKER_APPROVALS_BY_CLASSIFICATION``; a classification not named asks for one), or for
   the number the proposal asked for when that is more. The proposer never counts.
+- Masked grants (issue 21): a field granted only masked (``masked_fields``) is a grant of
+  its own. Adding one, or moving a field from masked to raw, widens; removing one, or
+  moving a field from raw to masked, narrows. Classifications weigh the raw fields only:
+  a masked form is what the central masking rules let through.
+- The sub-processor exception (issue 21): a version for a service registered as an outside
+  sub-processor (``Service.sub_processor``) that grants any field raw needs at least
+  ``BROKER_SUBPROCESSOR_RAW_APPROVALS`` approvers (never the proposer), whatever it changes;
+  its rule names the raw fields. A masked-only grant needs no such exception.
 
 One function, ``rule_for``, answers this for the API, the plan of ``broker plan`` and the
 console, so that what is shown is what the workflow does. Pure apart from reading the
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -29,7 +37,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.db import utcnow
-from broker.models import PiiField, Policy, PolicyVersion
+from broker.models import PiiField, Policy, PolicyVersion, Service
 from broker.policy.diff import PolicyTerms
 from broker.policy.versions import (
     PolicyState,
@@ -57,9 +65,15 @@ def ended_scope(before: PolicyTerms, after: PolicyTerms) -> tuple[frozenset[str]
     issued under ``before`` that names one of them is ended when ``after`` is approved.
 
     A shorter key life or a lower rate ends no key: a key already issued was issued under
-    terms that allowed it, and lives out at most the old ``max_ttl_seconds``."""
+    terms that allowed it, and lives out at most the old ``max_ttl_seconds``.
+
+    A field moved from raw to masked is ended (a key holding it raw must go); a masked field
+    no longer granted in any form is ended too; one moved from masked to raw is not."""
+    masked_gone = (
+        frozenset(before.masked_fields) - frozenset(after.masked_fields) - frozenset(after.fields)
+    )
     return (
-        frozenset(before.fields) - frozenset(after.fields),
+        (frozenset(before.fields) - frozenset(after.fields)) | masked_gone,
         frozenset(before.purposes) - frozenset(after.purposes),
     )
 
@@ -102,6 +116,13 @@ def widening(before: PolicyTerms, after: PolicyTerms, *, implied_approvals: int 
         added = sorted(set(getattr(after, name)) - set(getattr(before, name)))
         if added:
             found.append(f"{name} added: {', '.join(added)}")
+    # A field granted masked where it was not granted at all; raw to masked narrows.
+    masked = sorted(set(after.masked_fields) - set(before.masked_fields) - set(before.fields))
+    if masked:
+        found.append(f"masked_fields added: {', '.join(masked)}")
+    unmasked = sorted(set(after.fields) & set(before.masked_fields))
+    if unmasked:
+        found.append(f"fields unmasked: {', '.join(unmasked)}")
     if after.max_ttl_seconds > before.max_ttl_seconds:
         found.append("max_ttl_seconds raised")
     for name in ("rate_per_minute", "max_uses", "max_records", "valid_until"):
@@ -132,6 +153,12 @@ def narrowing(before: PolicyTerms, after: PolicyTerms) -> list[str]:
         removed = sorted(set(getattr(before, name)) - set(getattr(after, name)))
         if removed:
             found.append(f"{name} removed: {', '.join(removed)}")
+    masked = sorted(set(before.masked_fields) - set(after.masked_fields) - set(after.fields))
+    if masked:
+        found.append(f"masked_fields removed: {', '.join(masked)}")
+    now_masked = sorted(set(before.fields) & set(after.masked_fields))
+    if now_masked:
+        found.append(f"fields masked: {', '.join(now_masked)}")
     if after.max_ttl_seconds < before.max_ttl_seconds:
         found.append("max_ttl_seconds lowered")
     for name in ("rate_per_minute", "max_uses", "max_records"):
@@ -194,7 +221,9 @@ class ApprovalRule:
     number. ``by_rule``: it takes effect at once, without them (it only narrows the version
     in force of an active policy, and ``BROKER_NARROWING_TAKES_EFFECT`` is on).
     ``ended_fields``/``ended_purposes``: what the version in force grants and this one no
-    longer does; live keys naming them are revoked when it takes effect."""
+    longer does; live keys naming them are revoked when it takes effect.
+    ``sub_processor_raw``: the raw fields it grants a sub-processor, when the exception
+    (``BROKER_SUBPROCESSOR_RAW_APPROVALS``) applies; empty otherwise."""
 
     change: Change
     widens: list[str]
@@ -204,6 +233,7 @@ class ApprovalRule:
     by_rule: bool
     ended_fields: list[str]
     ended_purposes: list[str]
+    sub_processor_raw: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,6 +245,11 @@ class ApprovalRule:
             "by_rule": self.by_rule,
             "ended_fields": list(self.ended_fields),
             "ended_purposes": list(self.ended_purposes),
+            **(
+                {"sub_processor_raw": list(self.sub_processor_raw)}
+                if self.sub_processor_raw
+                else {}
+            ),
             "summary": self.summary,
         }
 
@@ -231,7 +266,27 @@ class ApprovalRule:
             Change.NARROWS: "narrows the version in force",
             Change.SAME: "changes nothing in force",
         }[self.change]
+        if self.sub_processor_raw:
+            raw = ", ".join(self.sub_processor_raw)
+            return (
+                f"{what}; grants a sub-processor unmasked fields ({raw}): {who}{why}, "
+                "never the proposer"
+            )
         return f"{what}: needs {who}{why}, never the proposer"
+
+
+def sub_processor_approvals(settings: Settings, terms: PolicyTerms, sub_processor: bool) -> int:
+    """What the sub-processor exception asks of ``terms``: ``BROKER_SUBPROCESSOR_RAW_APPROVALS``
+    when they grant a sub-processor any field raw, else 0 (no exception needed)."""
+    return settings.subprocessor_raw_approvals if sub_processor and terms.fields else 0
+
+
+async def is_sub_processor(session: AsyncSession, service_id: str | None) -> bool:
+    """Whether ``service_id`` is registered as an outside sub-processor (unknown: no)."""
+    if service_id is None:
+        return False
+    row = await session.get(Service, service_id)
+    return bool(row is not None and row.sub_processor)
 
 
 def rule_from(
@@ -240,21 +295,27 @@ def rule_from(
     before: PolicyTerms | None,
     after: PolicyTerms,
     classifications: Mapping[str, str],
+    *,
+    sub_processor: bool = False,
 ) -> ApprovalRule:
     """``rule_for`` with the fields' classifications already read (for callers deciding
-    many versions at once, such as the plan of a whole repository)."""
+    many versions at once, such as the plan of a whole repository). ``sub_processor``: the
+    policy's service is an outside sub-processor (``Service.sub_processor``)."""
     needed, because = approvers_needed(
         settings, (classifications[f] for f in after.fields if f in classifications)
     )
-    approvers = max(after.required_approvals, needed)
+    exception = sub_processor_approvals(settings, after, sub_processor)
+    raw = sorted(after.fields) if exception else []
+    approvers = max(after.required_approvals, needed, exception)
     if needed < approvers:
         because = None
     after = replace(after, required_approvals=approvers)
     if before is None:
-        return ApprovalRule(Change.NEW, [], [], approvers, because, False, [], [])
+        return ApprovalRule(Change.NEW, [], [], approvers, because, False, [], [], raw)
     implied, _ = approvers_needed(
         settings, (classifications[f] for f in before.fields if f in classifications)
     )
+    implied = max(implied, sub_processor_approvals(settings, before, sub_processor))
     widens = widening(before, after, implied_approvals=implied)
     narrows = narrowing(before, after)
     if widens:
@@ -276,7 +337,15 @@ def rule_from(
     )
     fields, purposes = ended_scope(before, after)
     return ApprovalRule(
-        change, widens, narrows, approvers, because, by_rule, sorted(fields), sorted(purposes)
+        change,
+        widens,
+        narrows,
+        approvers,
+        because,
+        by_rule,
+        sorted(fields),
+        sorted(purposes),
+        raw,
     )
 
 
@@ -286,13 +355,24 @@ async def rule_for(
     policy: Policy | None,
     before: PolicyTerms | None,
     after: PolicyTerms,
+    *,
+    service_id: str | None = None,
 ) -> ApprovalRule:
     """The approval rule of ``after`` against ``before``, the version in force of ``policy``
-    (``before`` None: nothing in force; ``policy`` None: a policy not yet created). Only an
-    active policy's narrowing takes effect by rule: a suspended one's versions wait (its
-    resume is a widening by nature). Reads the fields' classifications in one query."""
+    (``before`` None: nothing in force; ``policy`` None: a policy not yet created, for
+    ``service_id``). Only an active policy's narrowing takes effect by rule: a suspended
+    one's versions wait (its resume is a widening by nature). Reads the fields'
+    classifications in one query, and whether the service is a sub-processor."""
     fields = set(after.fields) | (set(before.fields) if before is not None else set())
-    return rule_from(settings, policy, before, after, await classifications_of(session, fields))
+    service = policy.service_id if policy is not None else service_id
+    return rule_from(
+        settings,
+        policy,
+        before,
+        after,
+        await classifications_of(session, fields),
+        sub_processor=await is_sub_processor(session, service),
+    )
 
 
 async def pending_rule(

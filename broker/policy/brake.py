@@ -198,6 +198,7 @@ async def propose_resume(
         raise Conflict("the suspended policy holds no version to resume", state=policy.state)
     data = PolicyVersionCreate(
         fields=list(held.fields),
+        masked_fields=list(held.masked_fields or ()),
         purposes=list(held.purposes),
         max_ttl_seconds=held.max_ttl_seconds,
         rate_per_minute=held.rate_per_minute,

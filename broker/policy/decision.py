@@ -259,6 +259,8 @@ class PolicyGrant:
     valid_until: datetime | None
     # When the version lapses unless recertified (None: never, as before issue 20).
     recertify_by: datetime | None = None
+    # Fields granted only in masked form (issue 21), disjoint from ``fields``.
+    masked_fields: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_ttl_seconds < 1:
@@ -267,6 +269,20 @@ class PolicyGrant:
     @property
     def ref(self) -> str:
         return f"{self.policy_id}@{self.version}"
+
+    @property
+    def granted(self) -> frozenset[str]:
+        """Every field the grant names, raw or masked: what a request may name."""
+        return self.fields | self.masked_fields if self.masked_fields else self.fields
+
+    def split(self, names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The requested ``names`` this grant covers, sorted: (granted raw, granted masked).
+        The key lists the first under ``fields``, the second under ``masked_fields``."""
+        wanted = sorted(set(names))
+        return (
+            tuple(n for n in wanted if n in self.fields),
+            tuple(n for n in wanted if n in self.masked_fields),
+        )
 
     def conditions(self) -> tuple[Condition, ...]:
         """Checked in this order, so the reason reported for a grant is stable."""
@@ -312,9 +328,12 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
-def _preference(grant: PolicyGrant) -> tuple[int, int, str, int, tuple[str, ...]]:
-    """The narrowest grant wins, then the longest TTL, then a stable tie-break."""
+def _preference(grant: PolicyGrant) -> tuple[int, int, int, str, int, tuple[str, ...]]:
+    """The narrowest grant wins (fewest names, then fewest of them raw: a masked grant is the
+    narrower), then the longest TTL, then a stable tie-break. A grant without masked fields
+    ranks exactly as before masked grants existed."""
     return (
+        len(grant.granted),
         len(grant.fields),
         -grant.max_ttl_seconds,
         grant.policy_id,
@@ -331,6 +350,8 @@ def decide(
     default_ttl: int,
 ) -> Allow | Deny:
     """Allow only when one grant covers every requested field and the purpose, and holds.
+    A field is covered when the grant names it raw or masked (``PolicyGrant.split`` tells
+    which).
 
     Nothing partial: a request with one uncovered field is denied whole, naming that field.
     Coverage is judged before conditions, so a request beyond the approved scope is told so
@@ -355,15 +376,15 @@ def decide(
         )
     for_purpose = [g for g in mine if request.purpose in g.purposes]
     if not for_purpose:
-        known: set[str] = set().union(*(g.fields for g in mine))
+        known: set[str] = set().union(*(g.granted for g in mine))
         refused = frozenset(request.fields - known)
         detail = f"purpose {request.purpose} is not approved for {pair}"
         if refused:
             detail += f"; fields not approved at all: {_names(refused)}"
         return Deny(DenyReason.PURPOSE_NOT_COVERED, detail, refused, request.purpose)
-    covering = sorted((g for g in for_purpose if request.fields <= g.fields), key=_preference)
+    covering = sorted((g for g in for_purpose if request.fields <= g.granted), key=_preference)
     if not covering:
-        covered: set[str] = set().union(*(g.fields for g in for_purpose))
+        covered: set[str] = set().union(*(g.granted for g in for_purpose))
         refused = frozenset(request.fields - covered)
         if refused:
             return Deny(

@@ -39,6 +39,9 @@ class PolicyTerms:
     max_records: int | None
     valid_until: datetime | None
     required_approvals: int
+    # Fields granted only in masked form (issue 21); disjoint from ``fields``. Last and
+    # defaulted, so that terms without any (every version before it) read as before.
+    masked_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class VersionDiff:
     source_cidrs_added: tuple[str, ...]
     source_cidrs_removed: tuple[str, ...]
     changed: tuple[ScalarChange, ...]
+    masked_fields_added: tuple[str, ...] = ()
+    masked_fields_removed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -70,6 +75,8 @@ class VersionDiff:
             or self.source_cidrs_added
             or self.source_cidrs_removed
             or self.changed
+            or self.masked_fields_added
+            or self.masked_fields_removed
         )
 
 
@@ -108,4 +115,6 @@ def diff_terms(
         source_cidrs_added=_added(names("source_cidrs"), after.source_cidrs),
         source_cidrs_removed=_added(after.source_cidrs, names("source_cidrs")),
         changed=changed,
+        masked_fields_added=_added(names("masked_fields"), after.masked_fields),
+        masked_fields_removed=_added(after.masked_fields, names("masked_fields")),
     )

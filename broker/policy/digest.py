@@ -24,7 +24,7 @@ FORM = "pii-broker/policy-terms/1"
 PREFIX = "sha256:"
 DIGEST_LENGTH = len(PREFIX) + 64
 # The list terms are sets: their order never changes what is granted.
-_SETS = ("fields", "purposes", "source_cidrs")
+_SETS = ("fields", "purposes", "source_cidrs", "masked_fields")
 
 
 def _plain(value: Any) -> Any:
@@ -44,6 +44,10 @@ def canonical_terms(
     body = {name: _plain(value) for name, value in dataclasses.asdict(terms).items()}
     for name in _SETS:
         body[name] = sorted(body[name])
+    if not body["masked_fields"]:
+        # Terms granting nothing masked keep the digest they had before masked grants
+        # existed (issue 21): a digest read before the upgrade still names the same terms.
+        del body["masked_fields"]
     document = {
         "form": FORM,
         "policy": policy_id,

@@ -19,6 +19,7 @@ def grant_of(policy: Policy, row: PolicyVersion) -> PolicyGrant:
         service_id=policy.service_id,
         audience=policy.audience,
         fields=frozenset(row.fields),
+        masked_fields=frozenset(row.masked_fields or ()),
         purposes=frozenset(row.purposes),
         max_ttl_seconds=row.max_ttl_seconds,
         rate_per_minute=row.rate_per_minute,

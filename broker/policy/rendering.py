@@ -64,6 +64,8 @@ def _diff_out(diff: VersionDiff) -> DiffOut:
         source_cidrs_added=list(diff.source_cidrs_added),
         source_cidrs_removed=list(diff.source_cidrs_removed),
         changed=[ScalarChangeOut(c.name, c.before, c.after) for c in diff.changed],
+        masked_fields_added=list(diff.masked_fields_added),
+        masked_fields_removed=list(diff.masked_fields_removed),
     )
 
 
@@ -78,6 +80,7 @@ def rule_out(rule: ApprovalRule) -> ApprovalRuleOut:
         ended_fields=list(rule.ended_fields),
         ended_purposes=list(rule.ended_purposes),
         summary=rule.summary,
+        sub_processor_raw=list(rule.sub_processor_raw),
     )
 
 
@@ -165,6 +168,7 @@ async def render_policy(
                 source_ref=row.source_ref,
                 recertify_by=row.recertify_by,
                 recertified_at=row.recertified_at,
+                masked_fields=list(row.masked_fields or ()),
             )
         )
     if rule is None and settings is not None:

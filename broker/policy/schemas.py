@@ -17,11 +17,22 @@ _HOURS = (
 class PolicyVersionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The terms of a version. A change to an existing policy sends exactly these."""
 
-    fields: Annotated[list[str], msgspec.Meta(description="Catalogued field names")]
+    fields: Annotated[
+        list[str], msgspec.Meta(description="Catalogued field names granted unmasked (raw)")
+    ]
     purposes: Annotated[list[str], msgspec.Meta(description="Catalogued purpose names")]
     max_ttl_seconds: Annotated[
         int, msgspec.Meta(description="Longest key lifetime, at most the broker's ceiling")
     ]
+    masked_fields: Annotated[
+        list[str],
+        msgspec.Meta(
+            description=(
+                "Catalogued field names granted only in masked form (none in fields; "
+                "fields or masked_fields must name at least one)"
+            )
+        ),
+    ] = msgspec.field(default_factory=list)
     rate_per_minute: Annotated[
         int | None, msgspec.Meta(description="Keys per minute for this service; null: no limit")
     ] = None
@@ -137,6 +148,8 @@ class DiffOut(msgspec.Struct):
     source_cidrs_added: list[str]
     source_cidrs_removed: list[str]
     changed: list[ScalarChangeOut]
+    masked_fields_added: list[str] = msgspec.field(default_factory=list)
+    masked_fields_removed: list[str] = msgspec.field(default_factory=list)
 
 
 class ApprovalRuleOut(msgspec.Struct):
@@ -154,6 +167,15 @@ class ApprovalRuleOut(msgspec.Struct):
     ended_fields: list[str]
     ended_purposes: list[str]
     summary: str
+    sub_processor_raw: Annotated[
+        list[str],
+        msgspec.Meta(
+            description=(
+                "The raw fields granted to a sub-processor when the exception applies "
+                "(BROKER_SUBPROCESSOR_RAW_APPROVALS approvers); empty otherwise"
+            )
+        ),
+    ] = msgspec.field(default_factory=list)
 
 
 class PolicyVersionOut(msgspec.Struct):
@@ -202,6 +224,9 @@ class PolicyVersionOut(msgspec.Struct):
         msgspec.Meta(description="An approved version lapses then unless recertified"),
     ]
     recertified_at: datetime | None
+    masked_fields: Annotated[
+        list[str], msgspec.Meta(description="Fields granted only in masked form")
+    ] = msgspec.field(default_factory=list)
 
 
 _STATE = (

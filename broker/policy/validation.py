@@ -54,11 +54,17 @@ def check_comment(comment: str) -> None:
 
 
 def _check_names(
-    problems: Problems, key: str, names: Sequence[str], name_problem: Callable[[str], str | None]
+    problems: Problems,
+    key: str,
+    names: Sequence[str],
+    name_problem: Callable[[str], str | None],
+    *,
+    may_be_empty: bool = False,
 ) -> list[str]:
     """Shape checks for a list of catalog names; returns the well-formed ones."""
     if not names:
-        problems.append((key, "must name at least one entry"))
+        if not may_be_empty:
+            problems.append((key, "must name at least one entry"))
         return []
     if len(names) > MAX_NAMES:
         problems.append((key, f"names at most {MAX_NAMES} entries"))
@@ -85,7 +91,7 @@ def _check_terms(
     data: PolicyVersionCreate, *, ceiling: int, now: datetime, problems: Problems
 ) -> tuple[list[str], list[str], PolicyTerms | None]:
     """Everything that needs no database. Returns the well-formed names to look up."""
-    fields = _check_names(problems, "fields", data.fields, field_name_problem)
+    fields, masked = _check_grants(problems, data)
     purposes = _check_names(problems, "purposes", data.purposes, purpose_name_problem)
     if not 1 <= data.max_ttl_seconds <= ceiling:
         problems.append(
@@ -127,9 +133,10 @@ def _check_terms(
     if len(data.comment) > COMMENT_MAX:
         problems.append(("comment", f"is at most {COMMENT_MAX} characters"))
     if problems:
-        return fields, purposes, None
+        return [*fields, *masked], purposes, None
     terms = PolicyTerms(
         fields=tuple(sorted(fields)),
+        masked_fields=tuple(sorted(masked)),
         purposes=tuple(sorted(purposes)),
         max_ttl_seconds=data.max_ttl_seconds,
         rate_per_minute=data.rate_per_minute,
@@ -140,7 +147,25 @@ def _check_terms(
         valid_until=valid_until.astimezone(UTC) if valid_until else None,
         required_approvals=data.required_approvals,
     )
-    return fields, purposes, terms
+    return [*fields, *masked], purposes, terms
+
+
+def _check_grants(problems: Problems, data: PolicyVersionCreate) -> tuple[list[str], list[str]]:
+    """``fields`` (raw) and ``masked_fields`` (issue 21): either may be empty, not both, and
+    no name in both (a field is granted raw or masked, never both at once)."""
+    masked_names = data.masked_fields
+    if not masked_names:
+        # As before masked grants: fields must name at least one entry.
+        return _check_names(problems, "fields", data.fields, field_name_problem), []
+    fields = _check_names(problems, "fields", data.fields, field_name_problem, may_be_empty=True)
+    masked = _check_names(problems, "masked_fields", masked_names, field_name_problem)
+    if both := sorted(set(fields) & set(masked)):
+        problems.append(
+            ("masked_fields", f"names fields also granted unmasked in fields: {', '.join(both)}")
+        )
+    if len(set(fields) | set(masked)) > MAX_NAMES:
+        problems.append(("masked_fields", f"fields and masked_fields name at most {MAX_NAMES}"))
+    return fields, masked
 
 
 _UNAVAILABLE = {

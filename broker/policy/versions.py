@@ -133,6 +133,7 @@ def terms_of(row: PolicyVersion) -> PolicyTerms:
         max_records=row.max_records,
         valid_until=row.valid_until,
         required_approvals=row.required_approvals,
+        masked_fields=tuple(row.masked_fields or ()),
     )
 
 

@@ -56,7 +56,9 @@ from broker.policy.approval_rules import (
     Change,
     approvers_needed,
     classifications_of,
+    is_sub_processor,
     rule_for,
+    sub_processor_approvals,
 )
 from broker.policy.approval_rules import widening as widening  # re-exported, as before
 from broker.policy.diff import PolicyTerms, diff_terms
@@ -156,6 +158,7 @@ def new_version_row(
         version=version,
         status=PolicyStatus.PROPOSED.value,
         fields=list(terms.fields),
+        masked_fields=list(terms.masked_fields),
         purposes=list(terms.purposes),
         max_ttl_seconds=terms.max_ttl_seconds,
         rate_per_minute=terms.rate_per_minute,
@@ -187,6 +190,7 @@ async def record_proposal(
             "audience": policy.audience,
             "version": row.version,
             "fields": row.fields,
+            **({"masked_fields": row.masked_fields} if row.masked_fields else {}),
             "purposes": row.purposes,
             "max_ttl_seconds": row.max_ttl_seconds,
             "required_approvals": row.required_approvals,
@@ -212,7 +216,7 @@ async def add_proposal(
     ``policy.proposed`` event (``audit``: more details for it). ``required_approvals`` is
     raised to what the most sensitive of its fields asks for
     (``BROKER_APPROVALS_BY_CLASSIFICATION``), whoever proposes it (a resume too)."""
-    terms = await with_required_approvals(session, settings, terms)
+    terms = await with_required_approvals(session, settings, terms, policy.service_id)
     row = new_version_row(
         policy.id, number, terms, comment, proposer, now, settings.proposal_ttl, source_ref
     )
@@ -223,11 +227,15 @@ async def add_proposal(
 
 
 async def with_required_approvals(
-    session: AsyncSession, settings: Settings, terms: PolicyTerms
+    session: AsyncSession, settings: Settings, terms: PolicyTerms, service_id: str | None = None
 ) -> PolicyTerms:
-    """``terms`` asking for at least as many approvers as their fields' classifications do."""
+    """``terms`` asking for at least as many approvers as their (raw) fields'
+    classifications do, and, for a sub-processor (``service_id``) granted any field raw, as
+    ``BROKER_SUBPROCESSOR_RAW_APPROVALS`` (the exception, issue 21)."""
     classes = await classifications_of(session, terms.fields)
     needed, _ = approvers_needed(settings, classes.values())
+    sub_processor = await is_sub_processor(session, service_id)
+    needed = max(needed, sub_processor_approvals(settings, terms, sub_processor))
     if needed <= terms.required_approvals:
         return terms
     return replace(terms, required_approvals=needed)
@@ -347,6 +355,7 @@ async def propose_version(
             "service": policy.service_id,
             "audience": policy.audience,
             "fields": row.fields,
+            **({"masked_fields": row.masked_fields} if row.masked_fields else {}),
             "purposes": row.purposes,
             "narrows": rule.narrows,
             "proposer": proposer.actor,
@@ -737,6 +746,15 @@ async def approve(
         (version, terms_digest),
     )
     granted = sum(1 for a in approvals if a.decision == ApprovalDecision.APPROVED)
+    # The version asks for what it was proposed with; a service registered as a
+    # sub-processor since asks for the exception's approvers too (issue 21). The stored
+    # number is a term under the digest the approvers named, so it is not rewritten.
+    required = max(
+        pending.required_approvals,
+        sub_processor_approvals(
+            settings, terms_of(pending), await is_sub_processor(session, policy.service_id)
+        ),
+    )
     await record(
         session,
         AuditAction.POLICY_APPROVAL_ADDED,
@@ -746,10 +764,10 @@ async def approve(
             "version": pending.version,
             "terms_digest": digest,
             "approvals": granted,
-            "required": pending.required_approvals,
+            "required": required,
         },
     )
-    if granted < pending.required_approvals:
+    if granted < required:
         return Outcome(policy, pending.version)
     superseded, revocations = await _take_effect(
         session,
@@ -767,6 +785,7 @@ async def approve(
             "service": policy.service_id,
             "audience": policy.audience,
             "fields": pending.fields,
+            **({"masked_fields": pending.masked_fields} if pending.masked_fields else {}),
             "purposes": pending.purposes,
             "approvers": granted,
             **({"source_ref": pending.source_ref} if pending.source_ref else {}),

@@ -237,7 +237,8 @@ def _key_window(event: AuditEvent) -> KeyWindow | None:
         service=event.actor.removeprefix("service:"),
         audience=str(details.get("audience", "")),
         purpose=str(details.get("purpose", "")),
-        fields=_names(details.get("fields")),
+        # Fields named masked are named all the same: a field revocation reaches them.
+        fields=sorted({*_names(details.get("fields")), *_names(details.get("masked_fields"))}),
         policy=policy if isinstance(policy, str) else None,
         issued_at=event.at,
         expires_at=expires_at,

@@ -186,6 +186,8 @@ def proposed_grant(
         service_id=service,
         audience=audience,
         fields=frozenset(terms.fields),
+        # Granted masked counts as granted (issue 21): a request naming it is allowed.
+        masked_fields=frozenset(terms.masked_fields),
         purposes=frozenset(terms.purposes),
         max_ttl_seconds=terms.max_ttl_seconds,
         rate_per_minute=terms.rate_per_minute,
@@ -399,7 +401,7 @@ async def _revoked(
                 jti=key.jti,
                 service=key.service_id,
                 audience=key.audience,
-                fields=frozenset(key.fields),
+                fields=frozenset(key.fields) | frozenset(key.masked_fields),
                 purpose=key.purpose,
                 policy=ref,
                 kid=key.kid,

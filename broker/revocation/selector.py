@@ -97,7 +97,9 @@ class KeyFacts:
             jti=str(claims.get("jti", "")),
             service=str(claims.get("sub", "")),
             audience=str(aud or ""),
-            fields=frozenset(access.fields),
+            # A field granted only masked is named by the key all the same: a field
+            # selector reaches it.
+            fields=frozenset(access.fields) | frozenset(access.masked_fields),
             purpose=access.purpose,
             policy=access.policy,
             kid=kid,

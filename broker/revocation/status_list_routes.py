@@ -1,7 +1,52 @@
-"""(being built for issue 21)"""
+"""``GET /v1/status-lists/{id}``: a Token Status List, as any JOSE verifier fetches it.
+
+Public, like the JWKS: a list says only which indices are revoked, and a key's index is in
+the key itself. ``Cache-Control`` is the list's own ``ttl`` (``status_list_max_age``), so a
+verifier that honours either refetches as often as the broker refreshes the list (within
+a second of a revocation on every replica).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
-ROUTES: list[Any] = []
+from broker.errors import NotFound
+from broker.http.asgi_io import whole_number
+from broker.revocation.status_list import MEDIA_TYPE, status_lists
+from broker.runtime import Runtime
+
+MAX_LIST_ID = 2**31 - 1
+
+
+@get(
+    "/v1/status-lists/{list_id:str}",
+    tags=["revocations"],
+    summary="A Token Status List (statuslist+jwt, draft-ietf-oauth-status-list)",
+    description=(
+        "The list a key's `status.status_list.uri` names, as a `statuslist+jwt` signed by "
+        "the broker's active signing key (verify it from the JWKS). `status_list.lst` is "
+        "the ZLIB-compressed, base64url bit string, one bit per key (`bits: 1`; bit `idx` "
+        "is bit `idx % 8`, least significant first, of byte `idx // 8`; 1 = revoked). "
+        "Every kept revocation entry is reflected within a second on every replica; "
+        "`Cache-Control: max-age` and the `ttl` claim say how long it may be kept. "
+        "404 for a list that does not exist."
+    ),
+    media_type=MEDIA_TYPE,
+    include_in_schema=True,
+)
+async def status_list(runtime: NamedDependency[Runtime], list_id: FromPath[str]) -> Response[bytes]:
+    number = whole_number(list_id, low=1, high=MAX_LIST_ID)
+    found = await status_lists(runtime).published(number) if number is not None else None
+    if found is None:
+        raise NotFound("no status list has this id")
+    max_age = int(runtime.settings.status_list_max_age)
+    return Response(
+        found.token.encode("ascii"),
+        media_type=MEDIA_TYPE,
+        headers={"Cache-Control": f"public, max-age={max_age}"},
+    )
+
+
+ROUTES = [status_list]

@@ -58,7 +58,7 @@ async def load_key_facts(session: AsyncSession, jtis: Iterable[str]) -> dict[str
             jti=key.jti,
             service_id=key.service_id,
             audience=key.audience,
-            fields=frozenset(key.fields),
+            fields=frozenset(key.fields) | frozenset(key.masked_fields),
             purpose=key.purpose,
             policy_ref=f"{key.policy_id}@{key.policy_version}",
             issued_at=key.issued_at,
