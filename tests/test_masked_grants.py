@@ -287,3 +287,38 @@ def test_policy_files_declare_masked_fields() -> None:
     )
     with pytest.raises(DeclaredInvalid, match="masked_fields"):
         check_document({"policies": [{**policy, "fields": ["customer.ssn"]}]})
+
+
+async def test_a_field_revocation_reaches_keys_that_hold_the_field_masked(
+    client: httpx.AsyncClient, operators: Operators, runtime: Any
+) -> None:
+    from broker.revocation.status_list import status_lists
+
+    world = await build_world(client, operators.admin, operators.approver)
+    # Raw to masked narrows at once: the name is now held masked.
+    ok(
+        await _version(
+            client,
+            operators,
+            world.policy_id,
+            fields=["customer.email"],
+            masked_fields=["customer.name"],
+        )
+    )
+    masked = ok(await _key(client, world, ["customer.name"]))
+    other = ok(await _key(client, world, ["customer.email"]))
+    assert masked["masked_fields"] == ["customer.name"]
+    ok(
+        await client.post(
+            "/v1/admin/revocations",
+            headers=bearer(operators.admin),
+            json={"selector": {"field": "customer.name"}, "reason": "masked too"},
+        )
+    )
+    assert (await _introspect(client, world, masked["key"]))["active"] is False
+    assert (await _introspect(client, world, other["key"]))["active"] is True
+    lists = status_lists(runtime)
+    for key, revoked in ((masked, True), (other, False)):
+        entry = claims_of(key["key"])["status"]["status_list"]
+        list_id = int(entry["uri"].rsplit("/", 1)[1])
+        assert await lists.is_revoked(list_id, entry["idx"]) is revoked

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.claims import PiiAccess
 from broker.client.grant import Grant
 from broker.client.revocations import FeedError, Revocation, RevocationIndex, RevokedSelector
 from broker.revocation.selector import KeyFacts, Selector, SelectorIndex
@@ -120,6 +121,31 @@ def test_matching_rules() -> None:
     assert not Selector(service="billing-api", kid="k2").matches(key)
     assert Selector(jti="j1", issued_before=T0 + timedelta(seconds=1)).matches(key)
     assert not Selector(jti="j1", issued_before=T0).matches(key)  # strictly before
+
+
+def test_a_field_selector_reaches_a_field_held_only_masked_on_both_sides() -> None:
+    key = all_keys()[0]
+    masked = Grant(
+        jti=key.jti,
+        service=key.service,
+        client_id=key.service,
+        audience=key.audience,
+        fields=frozenset(),
+        masked_fields=frozenset({"customer.ssn"}),
+        purpose=key.purpose,
+        policy=key.policy,
+        issued_at=key.issued_at,
+        expires_at=key.issued_at + timedelta(minutes=5),
+        kid=key.kid,
+    )
+    selector = Selector(field="customer.ssn", issued_before=T0 + timedelta(days=1))
+    assert wire_of(selector, T0 + timedelta(days=1)).matches(masked)
+    index = RevocationIndex()
+    index.add([Revocation(1, wire_of(selector, T0 + timedelta(days=1)), "", 2e9)])
+    assert index.match(masked) is not None
+    access = PiiAccess((), "billing", "p1@1", ("customer.ssn",))
+    facts = KeyFacts.from_claims({"jti": "j", "sub": "s", "aud": "a", "iat": 0}, access, "k1")
+    assert selector.matches(facts)
 
 
 def test_indexes_find_what_a_scan_finds() -> None:

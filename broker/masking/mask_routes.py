@@ -122,7 +122,7 @@ async def mask_records_hot(scope: Scope, receive: Receive, send: Send) -> None:
 @get(
     "/v1/mask/rules",
     tags=["masking"],
-    summary="The effective masking rule of every active catalogued field",
+    summary="The effective masking rule of every catalogued field not retired",
     description=(
         "With `ETag` (the rules' version) and `Cache-Control: private, max-age`; `304` on a "
         "matching `If-None-Match`. `hash_key` only for a resource service that is not a "

@@ -137,9 +137,10 @@ async def sign_list(
 
 def _selector_query(selector: Selector, *, live_after: datetime) -> Select[Any]:
     """The live keys ``selector`` covers, in one query: (list, index, jti, issue second
-    [, fields]). Keys issued over a minute before the cut are covered whatever their jti
-    says, and come back with jti and issue second NULL (nothing to parse); the others lie
-    within a minute of the cut and are checked to the millisecond by the caller."""
+    [, fields, masked fields]). Keys issued over a minute before the cut are covered
+    whatever their jti says, and come back with jti and issue second NULL (nothing to
+    parse); the others lie within a minute of the cut and are checked to the millisecond by
+    the caller."""
     k = _KEYS.c
     cut = selector.issued_before
     assert cut is not None  # kept entries always have one
@@ -151,7 +152,8 @@ def _selector_query(selector: Selector, *, live_after: datetime) -> Select[Any]:
         case((certain, null()), else_=k.issued_at),
     ]
     if selector.field is not None:
-        columns.append(k.fields)
+        # A field held only masked is named by the key all the same (``masked_fields``).
+        columns += [k.fields, k.masked_fields]
     query = select(*columns).where(
         k.status_list.is_not(None), k.expires_at > live_after, k.issued_at < cut + _SPREAD
     )
@@ -172,23 +174,28 @@ def _selector_query(selector: Selector, *, live_after: datetime) -> Select[Any]:
     if selector.field is not None:
         # A superset in SQL (the JSON text names the field or a field below it); the exact
         # test is ``_field_covered``.
-        text = cast(k.fields, String)
         name = json.dumps(selector.field)
         query = query.where(
             or_(
-                text.contains(name, autoescape=True),
-                text.contains(name[:-1] + ".", autoescape=True),
+                *(
+                    cast(column, String).contains(pattern, autoescape=True)
+                    for column in (k.fields, k.masked_fields)
+                    for pattern in (name, name[:-1] + ".")
+                )
             )
         )
     return query
 
 
-def _field_covered(selector: Selector, fields: Any) -> bool:
+def _field_covered(selector: Selector, fields: Any, masked: Any) -> bool:
     if selector.field is None:
         return True
-    if isinstance(fields, str):
-        fields = json.loads(fields)
-    return any(selector.field in field_and_parents(f) for f in fields or ())
+    names: list[str] = []
+    for value in (fields, masked):
+        if isinstance(value, str):
+            value = json.loads(value)
+        names += value or ()
+    return any(selector.field in field_and_parents(f) for f in names)
 
 
 class StatusLists:
@@ -317,10 +324,10 @@ class StatusLists:
                         if jti is None or issued_at_ms(jti, issued_at.timestamp()) < before
                     ]
                     continue
-                for list_id, index, jti, issued_at, fields in found_rows:
+                for list_id, index, jti, issued_at, fields, masked in found_rows:
                     if jti is not None and issued_at_ms(jti, issued_at.timestamp()) >= before:
                         continue
-                    if _field_covered(selector, fields):
+                    if _field_covered(selector, fields, masked):
                         found.append((list_id, index))
         if any(list_id not in self._sizes for list_id, _ in found):
             await self._load_lists()
