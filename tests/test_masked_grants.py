@@ -322,3 +322,30 @@ async def test_a_field_revocation_reaches_keys_that_hold_the_field_masked(
         entry = claims_of(key["key"])["status"]["status_list"]
         list_id = int(entry["uri"].rsplit("/", 1)[1])
         assert await lists.is_revoked(list_id, entry["idx"]) is revoked
+
+
+async def test_the_sdk_key_client_reads_the_masked_fields_of_its_key(
+    client: httpx.AsyncClient, operators: Operators
+) -> None:
+    from broker.client import KeyClient
+
+    world = await build_world(client, operators.admin, operators.approver)
+    ok(
+        await _version(
+            client,
+            operators,
+            world.policy_id,
+            fields=["customer.email"],
+            masked_fields=["customer.name"],
+        )
+    )
+    for flow in ("keys", "client_credentials"):
+        sdk = KeyClient(
+            str(client.base_url),
+            client_id="billing-api",
+            client_secret=world.billing_secret,
+            flow=flow,  # type: ignore[arg-type]
+            http_client=client,
+        )
+        issued = await sdk.get_key("customers-db", ["customer.email", "customer.name"], "billing")
+        assert (issued.fields, issued.masked_fields) == (("customer.email",), ("customer.name",))

@@ -75,6 +75,9 @@ class IssuedKey:
     ttl_clamped: bool = False
     max_uses: int | None = None
     jkt: str | None = None
+    # Fields the key names only in masked form (a resource service masks them): a key may
+    # grant some fields unmasked (`fields`), some masked, or both.
+    masked_fields: tuple[str, ...] = ()
 
     @property
     def authorization(self) -> str:
@@ -400,6 +403,9 @@ class KeyClient:
                 raise ValueError("empty member")
             if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
                 raise ValueError("fields is not a list of names")
+            masked = body.get("masked_fields", [])
+            if not isinstance(masked, list) or not all(isinstance(f, str) for f in masked):
+                raise ValueError("masked_fields is not a list of names")
             if expires_at.tzinfo is None:
                 raise ValueError("expires_at has no offset")
         except (ValueError, KeyError, TypeError) as exc:
@@ -417,6 +423,7 @@ class KeyClient:
             ttl_clamped=bool(body.get("ttl_clamped", False)),
             max_uses=max_uses,
             jkt=jkt,
+            masked_fields=tuple(masked),
         )
 
     def _token_form(self, scope: Scope, ttl_seconds: int | None) -> dict[str, str]:
@@ -495,6 +502,7 @@ class KeyClient:
             ttl_clamped=ttl_seconds is not None and expires_in < ttl_seconds,
             max_uses=max_uses,
             jkt=jkt,
+            masked_fields=tuple(sorted(access.masked_fields)),
         )
 
     def invalidate(self, issued: IssuedKey) -> None:
