@@ -91,7 +91,10 @@ async def test_verifier_following_the_stream_rejects_a_revoked_key_within_a_seco
         ok(await revoke_http(client, operators, {"service": "billing-api"}, "incident"))
         elapsed = await seconds_until_rejected(verifier, keys[-1])
         total = time.monotonic() - started
-        assert total < 1.0, (elapsed, total)
+        # From the committed revocation to the verifier's refusal: the stream's promise. The
+        # admin call itself (its commit, the millisecond cut) is not what is measured; on a
+        # loaded CI machine it alone once took 3.7 s while the stream delivered in 15 ms.
+        assert elapsed < 1.0, (elapsed, total)
         # Every key of the service is refused; another service's key is not.
         for key in keys:
             with pytest.raises(InvalidKey):
