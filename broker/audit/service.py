@@ -25,7 +25,7 @@ from broker.errors import InvalidInput, NotFound
 from broker.models import AuditEvent
 
 GENESIS = "0" * 64
-_AUDIT_LOCK = 0x5049_4B42_0001  # "PIKB" + 1
+AUDIT_LOCK = 0x5049_4B42_0001  # "PIKB" + 1
 
 
 def _digest(
@@ -60,7 +60,7 @@ async def serialise_writers(session: AsyncSession) -> None:
     only at the first write, so a read before it could see a tail that another writer is
     about to extend; a no-op UPDATE takes the database write lock first.
     """
-    await serialise(session, _AUDIT_LOCK)
+    await serialise(session, AUDIT_LOCK)
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,20 @@ async def record(
     return event
 
 
+def prepared(item: PendingEvent) -> tuple[datetime, str, str, str, dict[str, Any]]:
+    """An event's time and parts exactly as they are stored and hashed: printable and
+    bounded whoever supplied the text (``normalise``), with how the acting operator signed
+    in (``broker.audit.acting``)."""
+    details = item.details
+    via = acting.via_for(item.actor)
+    if via is not None and "via" not in (details or {}):
+        details = {**(details or {}), "via": via}
+    actor, action, subject, clean = normalise.event_parts(
+        item.actor, item.action, item.subject, details
+    )
+    return utcnow(), actor, action, subject, clean
+
+
 async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) -> list[AuditEvent]:
     """Append several events in order with one read of the chain's tail (group commits)."""
     await serialise_writers(session)
@@ -93,16 +107,7 @@ async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) ->
     prev_hash = last or GENESIS
     events = []
     for item in pending:
-        at = utcnow()
-        details = item.details
-        via = acting.via_for(item.actor)
-        if via is not None and "via" not in (details or {}):
-            # How the operator acting in this request signed in (broker.audit.acting).
-            details = {**(details or {}), "via": via}
-        # Hashed as stored: printable and bounded, whoever supplied the text (normalise).
-        actor, action, subject, clean = normalise.event_parts(
-            item.actor, item.action, item.subject, details
-        )
+        at, actor, action, subject, clean = prepared(item)
         event = AuditEvent(
             at=at,
             actor=actor,

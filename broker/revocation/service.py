@@ -29,7 +29,7 @@ from broker.audit import AuditAction, record
 # same transaction anyway), so cursors are handed out in commit order and no follower can
 # see cursor N+1 before N. One lock, always first, also means no lock-order deadlock with
 # callers that record their own audit events before revoking.
-from broker.audit.service import _AUDIT_LOCK
+from broker.audit.service import AUDIT_LOCK
 from broker.claims import issued_at_ms
 from broker.custody.base import RotationResult, SigningCustody
 from broker.db import advisory_xact_lock, utcnow
@@ -255,7 +255,7 @@ async def _write_entry(
 ) -> RevocationEntry:
     """The row, its audit event and the wake-ups on commit; ``selector`` is already bounded."""
     assert selector.issued_before is not None
-    await advisory_xact_lock(session, _AUDIT_LOCK)
+    await advisory_xact_lock(session, AUDIT_LOCK)
     entry = RevocationEntry(
         jti=selector.jti,
         service=selector.service,
