@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from broker.db import utcnow
 from broker.models import IssuedKey
-from broker.revocation.status_index import status_indices
+from broker.revocation.status_index import list_uris, status_indices
 from broker.revocation.status_list import MEDIA_TYPE, bit, decode_bits, status_lists
 from tests.conftest import Operators
 from tests.support.asgi import asgi_client
@@ -126,6 +126,8 @@ async def test_indices_are_never_handed_out_twice(runtime: Any) -> None:
         lists = sorted({list_id for list_id, _ in every})
         assert len(lists) >= 3
         assert a.reservations + b.reservations >= 10
+        # The aggregation names exactly the lists handed out from, oldest first.
+        assert await list_uris(second) == [f"{ISSUER}/v1/status-lists/{i}" for i in lists]
     finally:
         await first.close()
         await second.close()
@@ -233,6 +235,11 @@ async def test_headers_signature_and_refusals(
         runtime.settings.status_list_size
     )
     assert payload == verified
+
+    aggregation = await client.get("/v1/status-lists")
+    assert aggregation.status_code == 200, aggregation.text
+    assert aggregation.headers["cache-control"] == f"public, max-age={max_age}"
+    assert aggregation.json() == {"status_lists": [uri]}
 
     list_id = int(uri.rsplit("/", 1)[1])
     for missing in (str(list_id + 1000), "0", "abc", "-1", "1e3", "99999999999999999999"):

@@ -111,6 +111,9 @@ async def test_metadata_document_at_both_paths(client: Any, runtime: Runtime) ->
         "revocations_endpoint": f"{ISSUER}/v1/revocations",
         "revocations_stream_endpoint": f"{ISSUER}/v1/revocations/stream",
         "usage_endpoint": f"{ISSUER}/v1/usage",
+        "mask_endpoint": f"{ISSUER}/v1/mask",
+        "mask_rules_endpoint": f"{ISSUER}/v1/mask/rules",
+        "status_list_aggregation_endpoint": f"{ISSUER}/v1/status-lists",
     }
     # The algorithms are those the published keys sign with, nothing more.
     assert meta["access_token_signing_alg_values_supported"] == [runtime.settings.signing_alg]
@@ -161,7 +164,7 @@ async def test_every_advertised_endpoint_answers(client: Any) -> None:
     def path(key: str) -> str:
         return str(meta[key]).removeprefix(meta["issuer"])
 
-    for key in ("jwks_uri", "service_documentation"):
+    for key in ("jwks_uri", "service_documentation", "status_list_aggregation_endpoint"):
         assert (await client.get(path(key))).status_code == 200, key
     details = [{"type": "pii_access", "fields": ["customer.email"], "purpose": "billing"}]
     form = {
@@ -175,6 +178,8 @@ async def test_every_advertised_endpoint_answers(client: Any) -> None:
         assert_oauth_error(resp, 401, "invalid_client")
     assert_problem(await client.post(path("keys_endpoint"), json={}), 401)
     assert_problem(await client.post(path("usage_endpoint"), json={}), 401)
+    assert_problem(await client.post(path("mask_endpoint"), json={}), 401)
+    assert_problem(await client.get(path("mask_rules_endpoint")), 401)
     assert_problem(await client.get(path("revocations_endpoint")), 401)
     assert_problem(await client.get(path("revocations_stream_endpoint")), 401)
 

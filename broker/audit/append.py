@@ -1,18 +1,23 @@
-"""A group of audit events appended in one database round trip (PostgreSQL).
+"""A group of audit events appended as its own transaction, as cheaply as each database allows.
 
-``record_many`` appends inside the caller's transaction: lock, read the chain's tail,
-insert, each its own round trip, plus the transaction's ``BEGIN`` and ``COMMIT``. A writer
-whose only change *is* the events (the ``/v1/mask`` group commit) pays those six round trips
-per group, and on a busy two-core machine PostgreSQL's share of them costs as much CPU as
-the masking itself. Here the whole append is one call of the database function
-``pii_broker_audit_append`` (migration 0011), run as its own transaction: it takes the
-chain's advisory lock, reads the tail (a PL/pgSQL function takes a fresh snapshot per
-query, so the read after the lock sees every append committed before it), chains and
-inserts the events, and commits when the statement ends.
+``record_many`` appends inside the caller's transaction, as ORM rows: lock, read the chain's
+tail, insert, each its own round trip, plus the transaction's ``BEGIN`` and ``COMMIT``. A
+writer whose only change *is* the events (the ``/v1/mask`` group commit) needs none of the
+ORM and, on PostgreSQL, none of those round trips: on a busy two-core machine PostgreSQL's
+share of them cost as much CPU as the masking itself.
 
-The expensive part of each hash, the canonical JSON, is prepared here exactly as
-``record_many`` prepares it (``prepared`` and ``digest_around_prev``); the function only
-hashes ``head || prev || tail`` with SHA-256, which is what ``chain_digest`` computes. The
+- PostgreSQL: one call of the database function ``pii_broker_audit_append`` (migration
+  0011), run as its own transaction. It takes the chain's advisory lock, reads the tail (a
+  PL/pgSQL function takes a fresh snapshot per query, so the read after the lock sees every
+  append committed before it), chains and inserts the events, and commits when the
+  statement ends.
+- SQLite: a transaction of its own with the same steps as ``record_many`` (the write lock
+  first, one tail read), the events chained here and written with one Core multi-row
+  insert, which assigns ``seq`` in row order.
+
+The expensive part of each hash, the canonical JSON, is prepared exactly as ``record_many``
+prepares it (``prepared``; ``digest_around_prev`` on PostgreSQL, where the function only
+hashes ``head || prev || tail`` with SHA-256, which is what ``chain_digest`` computes). The
 JSON is ASCII (``json.dumps`` escapes the rest), so its UTF-8 bytes are the same text on
 both sides, and ``broker audit verify`` checks these events with the one recipe.
 """
@@ -23,24 +28,65 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Table, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.audit.service import AUDIT_LOCK, PendingEvent, digest_around_prev, prepared
+from broker.audit.service import (
+    AUDIT_LOCK,
+    GENESIS,
+    PendingEvent,
+    chain_digest,
+    digest_around_prev,
+    prepared,
+    serialise_writers,
+)
+from broker.db import transaction
+from broker.models import AuditEvent
 
 FUNCTION: Final = "pii_broker_audit_append"
 _CALL = text(
     f"SELECT {FUNCTION}(:lock, :ats, :actors, :actions, :subjects, :details, :heads, :tails)"
 )
 
+_AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[attr-defined]
+_TAIL = select(_AUDIT_EVENTS.c.hash).order_by(_AUDIT_EVENTS.c.seq.desc()).limit(1)
 
-def supported(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "postgresql"
 
-
-async def append_committed(engine: AsyncEngine, pending: Sequence[PendingEvent]) -> None:
+async def append_committed(
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    pending: Sequence[PendingEvent],
+) -> None:
     """Append ``pending`` in order as one committed transaction; raises (and appends
-    nothing) when the database refuses. PostgreSQL only (``supported``)."""
+    nothing) when the database refuses."""
+    if engine.dialect.name == "postgresql":
+        await _append_postgresql(engine, pending)
+        return
+    async with transaction(sessions) as session:
+        await serialise_writers(session)
+        conn = await session.connection()
+        prev = (await conn.execute(_TAIL)).scalar() or GENESIS
+        rows = []
+        for item in pending:
+            at, actor, action, subject, clean = prepared(item)
+            digest = chain_digest(prev, at, actor, action, subject, clean)
+            rows.append(
+                {
+                    "at": at,
+                    "actor": actor,
+                    "action": action,
+                    "subject": subject,
+                    "details": clean,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        await conn.execute(insert(_AUDIT_EVENTS), rows)
+
+
+async def _append_postgresql(engine: AsyncEngine, pending: Sequence[PendingEvent]) -> None:
     columns: dict[str, list[object]] = {
         name: [] for name in ("ats", "actors", "actions", "subjects", "details", "heads", "tails")
     }

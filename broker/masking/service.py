@@ -5,8 +5,8 @@ the in-memory revocation index, the in-memory use counter: no database round tri
 without ``max_uses``), the rules come from this process's cache (``store``), the paths are
 compiled once per distinct mapping (``engine``). The one write, the audit event, goes
 through a group commit: calls waiting at the same time share one transaction (and one read
-of the audit chain's tail; on PostgreSQL one round trip, ``broker.audit.append``), and a call
-returns its records only once its event committed.
+of the audit chain's tail, ``broker.audit.append``: on PostgreSQL one round trip), and a
+call returns its records only once its event committed.
 Counts per field, never a value, go to the audit event, the metrics and the rules.
 """
 
@@ -22,7 +22,7 @@ from sqlmodel import col, select
 
 from broker import metrics
 from broker.audit import AuditAction, append
-from broker.audit.service import PendingEvent, record_many
+from broker.audit.service import PendingEvent
 from broker.db import utcnow
 from broker.errors import BrokerError, InvalidInput, Unavailable
 from broker.identity.authenticate import ServiceIdentity
@@ -93,11 +93,7 @@ class _AuditWriter:
             del self._pending[: len(batch)]
             events = [event for event, _ in batch]
             try:
-                if append.supported(self.runtime.engine):
-                    await append.append_committed(self.runtime.engine, events)
-                else:
-                    async with self.runtime.transaction() as session:
-                        await record_many(session, events)
+                await append.append_committed(self.runtime.engine, self.runtime.sessions, events)
             except Exception as exc:  # every call in the batch fails: no unaudited masking
                 log.warning("mask_audit_failed", error=type(exc).__name__, calls=len(batch))
                 for _, done in batch:

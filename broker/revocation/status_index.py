@@ -105,3 +105,11 @@ class StatusIndices:
 def status_indices(runtime: Runtime) -> StatusIndices:
     """The runtime's allocator."""
     return runtime.parts.get(StatusIndices)
+
+
+async def list_uris(runtime: Runtime) -> list[str]:
+    """Every list keys may point into, oldest first (the draft's Status List Aggregation):
+    a verifier can fetch them all ahead of the keys it will see."""
+    async with transaction(runtime.sessions) as session:
+        ids = (await session.exec(select(StatusList.id).order_by(col(StatusList.id)))).all()
+    return [list_uri(runtime.settings.issuer, int(list_id)) for list_id in ids if list_id]

@@ -1,4 +1,5 @@
-"""``GET /v1/status-lists/{id}``: a Token Status List, as any JOSE verifier fetches it.
+"""``GET /v1/status-lists/{id}``: a Token Status List, as any JOSE verifier fetches it; and
+``GET /v1/status-lists``, the draft's Status List Aggregation: the URIs of every list.
 
 Public, like the JWKS: a list says only which indices are revoked, and a key's index is in
 the key itself. ``Cache-Control`` is the list's own ``ttl`` (``status_list_max_age``), so a
@@ -8,12 +9,14 @@ a second of a revocation on every replica).
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from broker.errors import NotFound
 from broker.http.asgi_io import whole_number
+from broker.revocation.status_index import list_uris
 from broker.revocation.status_list import MEDIA_TYPE, status_lists
 from broker.runtime import Runtime
 
@@ -49,4 +52,29 @@ async def status_list(runtime: NamedDependency[Runtime], list_id: FromPath[str])
     )
 
 
-ROUTES = [status_list]
+class StatusListAggregation(msgspec.Struct):
+    status_lists: list[str]
+
+
+@get(
+    "/v1/status-lists",
+    tags=["revocations"],
+    summary="Status List Aggregation: the URI of every Token Status List",
+    description=(
+        '`{"status_lists": [uri, ...]}` (draft-ietf-oauth-status-list, Status List '
+        "Aggregation; named by `status_list_aggregation_endpoint` in the broker's "
+        "metadata): every list a key may point into, oldest first, so a verifier can fetch "
+        "them before it meets the keys. Public, like the lists."
+    ),
+)
+async def status_list_aggregation(
+    runtime: NamedDependency[Runtime],
+) -> Response[StatusListAggregation]:
+    max_age = int(runtime.settings.status_list_max_age)
+    return Response(
+        StatusListAggregation(status_lists=await list_uris(runtime)),
+        headers={"Cache-Control": f"public, max-age={max_age}"},
+    )
+
+
+ROUTES = [status_list_aggregation, status_list]

@@ -51,7 +51,8 @@ class JWKSet(msgspec.Struct):
 
 class BrokerMetadata(msgspec.Struct):
     """RFC 8414 §2 authorization server metadata (with RFC 9396 §10 and RFC 9449 §5.1
-    members); the members after ``service_documentation`` name the broker's own endpoints.
+    members); the members after ``service_documentation`` name the broker's own endpoints,
+    but for ``status_list_aggregation_endpoint`` (draft-ietf-oauth-status-list's).
 
     ``response_types_supported`` is empty: the broker has no authorization endpoint (no
     user ever authorizes anything here), so no response type is supported.
@@ -78,6 +79,9 @@ class BrokerMetadata(msgspec.Struct):
     revocations_endpoint: str
     revocations_stream_endpoint: str
     usage_endpoint: str
+    mask_endpoint: str
+    mask_rules_endpoint: str
+    status_list_aggregation_endpoint: str
 
 
 def _cache_headers(runtime: Runtime) -> dict[str, str]:
@@ -125,6 +129,9 @@ async def _metadata(runtime: Runtime) -> Response[BrokerMetadata]:
             revocations_endpoint=f"{issuer}/v1/revocations",
             revocations_stream_endpoint=f"{issuer}/v1/revocations/stream",
             usage_endpoint=f"{issuer}/v1/usage",
+            mask_endpoint=f"{issuer}/v1/mask",
+            mask_rules_endpoint=f"{issuer}/v1/mask/rules",
+            status_list_aggregation_endpoint=f"{issuer}/v1/status-lists",
         ),
         headers=_cache_headers(runtime),
     )
