@@ -21,7 +21,8 @@ e-mail domain, ``hash`` with a fixed salt); granted fields are left out of its m
    and one audit event per call, against the same Presidio engine behind a small Flask
    service (bench/peers/presidio_flask.py: a static bearer token, per-field mask functions
    from a policy) under gunicorn with as many workers as the broker has processes (gthread
-   workers, 4 threads each: keep-alive, faster here than gunicorn's default sync workers).
+   workers, 4 threads each: keep-alive, faster here than gunicorn's default sync workers;
+   each worker takes at most its share of the connections, so none serves alone).
    Both driven by wrk, 16 connections, one batch per request; records/s = requests/s x 100.
    After the broker's run the audit events it recorded are counted: only calls both answered
    200 and audited count.
@@ -443,6 +444,11 @@ def flask_peer(workers: int) -> Iterator[tuple[str, str, int]]:
             "gthread",
             "--threads",
             "4",
+            # Each worker takes at most its share of wrk's connections: otherwise the first
+            # to wake may accept all of them and serve alone (half the rate, seen in about
+            # one run in three with two workers), which would flatter the broker.
+            "--worker-connections",
+            str(-(-CONNECTIONS // workers)),
             "--bind",
             f"127.0.0.1:{port}",
             "--chdir",

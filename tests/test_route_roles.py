@@ -203,6 +203,7 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/mask"): "service",
     ("GET", "/v1/mask/rules"): "service",
     ("GET", "/v1/status-lists/{list_id:str}"): "public",
+    ("GET", "/v1/status-lists"): "public",
     # `broker login`: the device and loopback flows, before anyone is signed in.
     ("GET", "/v1/admin/login"): "public",
     ("POST", "/v1/admin/login/device"): "public",
