@@ -16,13 +16,13 @@ from sqlmodel import col, select
 
 from broker.db import utcnow
 from tests.conftest import Operators
+from tests.support.alerts import settings_with_webhook
 from tests.support.cli import in_process_cli
 from tests.support.cli import ok as cli_ok
 from tests.support.problems import assert_problem
 from tests.support.stored import audit_events
 from tests.support.world import World, bearer, build_world
 
-HOOK = "https://alerts.example/hook"
 DUE = "system:policy:recertification_due"
 LAPSED = "system:policy:lapsed"
 RECERTIFIED = "operator:policy:recertified"
@@ -30,16 +30,7 @@ RECERTIFIED = "operator:policy:recertified"
 
 @pytest.fixture
 def settings(database_url: str, broker_home: Path) -> Any:
-    """The suite's settings, with an alert webhook: reminders queue their alert."""
-    from broker.settings import Settings
-
-    return Settings(
-        database_url=database_url,
-        home=broker_home,
-        issuer="https://broker.test",
-        alert_webhook_url=HOOK,
-        alert_webhook_secret="webhook-shared-secret-for-tests",
-    )
+    return settings_with_webhook(database_url, broker_home)
 
 
 @pytest.fixture

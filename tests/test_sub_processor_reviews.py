@@ -17,11 +17,11 @@ from sqlmodel import select
 
 from broker.db import utcnow
 from tests.conftest import Operators
+from tests.support.alerts import settings_with_webhook
 from tests.support.problems import assert_problem
 from tests.support.stored import audit_events
 from tests.support.world import World, bearer, build_world
 
-HOOK = "https://alerts.example/hook"
 DUE = "system:service:subprocessor_review_due"
 LAPSED = "system:service:subprocessor_review_lapsed"
 QUARANTINED = "system:service:quarantined"
@@ -29,16 +29,7 @@ QUARANTINED = "system:service:quarantined"
 
 @pytest.fixture
 def settings(database_url: str, broker_home: Path) -> Any:
-    """The suite's settings, with an alert webhook: reminders queue their alert."""
-    from broker.settings import Settings
-
-    return Settings(
-        database_url=database_url,
-        home=broker_home,
-        issuer="https://broker.test",
-        alert_webhook_url=HOOK,
-        alert_webhook_secret="webhook-shared-secret-for-tests",
-    )
+    return settings_with_webhook(database_url, broker_home)
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from broker import metrics
-from broker.incidents.firing import Action, Firing, Severity
-from broker.incidents.service import Alert, raise_incident
-from broker.incidents.webhook import send_alerts
+from broker.incidents.firing import Firing
+from broker.jobs.deadlines import DeadlineCheck, run_deadline_check
 from broker.policy.recertification import (
     SCHEDULER,
     Deadline,
@@ -44,49 +43,39 @@ def _firing(rule: str, deadline: Deadline, title: str) -> Firing:
     )
 
 
+def _lapsed(deadline: Deadline) -> Firing:
+    return _firing(
+        LAPSED_RULE,
+        deadline,
+        f"policy {deadline.service_id} -> {deadline.audience} (owner "
+        f"{deadline.owner}) lapsed: it was not recertified",
+    )
+
+
+def _reminder(deadline: Deadline) -> Firing:
+    return _firing(
+        REMINDER_RULE,
+        deadline,
+        f"policy {deadline.service_id} -> {deadline.audience} (owner "
+        f"{deadline.owner}) lapses at {deadline.recertify_by.isoformat()} "
+        "unless recertified",
+    )
+
+
+CHECK = DeadlineCheck(
+    actor=SCHEDULER,
+    lapse_due=lapse_due,
+    remind_due=remind_due,
+    count_due=count_due,
+    lapsed=_lapsed,
+    reminder=_reminder,
+    gauge=metrics.POLICIES_RECERTIFICATION_DUE,
+)
+
+
 async def check_recertification(runtime: Runtime, now: datetime) -> str:
-    settings = runtime.settings
-    alerts: list[Alert] = []
-    async with runtime.transaction() as session:
-        lapsed = await lapse_due(session, now)
-        reminded = await remind_due(session, settings, now)
-        for deadline in lapsed:
-            alert = await raise_incident(
-                session,
-                settings,
-                _firing(
-                    LAPSED_RULE,
-                    deadline,
-                    f"policy {deadline.service_id} -> {deadline.audience} (owner "
-                    f"{deadline.owner}) lapsed: it was not recertified",
-                ),
-                severity=Severity.MEDIUM,
-                action=Action.ALERT,
-                actor=SCHEDULER,
-            )
-            if alert is not None:
-                alerts.append(alert)
-        for deadline in reminded:
-            alert = await raise_incident(
-                session,
-                settings,
-                _firing(
-                    REMINDER_RULE,
-                    deadline,
-                    f"policy {deadline.service_id} -> {deadline.audience} (owner "
-                    f"{deadline.owner}) lapses at {deadline.recertify_by.isoformat()} "
-                    "unless recertified",
-                ),
-                severity=Severity.LOW,
-                action=Action.ALERT,
-                actor=SCHEDULER,
-            )
-            if alert is not None:
-                alerts.append(alert)
-        due = await count_due(session, settings, now)
-    metrics.POLICIES_RECERTIFICATION_DUE.set(due)
-    send_alerts(runtime, alerts)
+    done = await run_deadline_check(runtime, CHECK, now)
     return (
-        f"{len(lapsed)} policy version(s) lapsed, {len(reminded)} reminded, "
-        f"{due} due for recertification"
+        f"{done.lapsed} policy version(s) lapsed, {done.reminded} reminded, "
+        f"{done.due} due for recertification"
     )

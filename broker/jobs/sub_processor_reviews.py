@@ -26,9 +26,8 @@ from broker.identity.sub_processors import (
     lapse_due,
     remind_due,
 )
-from broker.incidents.firing import Action, Firing, Severity
-from broker.incidents.service import Alert, raise_incident
-from broker.incidents.webhook import send_alerts
+from broker.incidents.firing import Firing
+from broker.jobs.deadlines import DeadlineCheck, run_deadline_check
 from broker.runtime import Runtime
 
 REMINDER_RULE = "subprocessor_review_due"
@@ -45,48 +44,38 @@ def _firing(rule: str, deadline: ReviewDeadline, title: str) -> Firing:
     )
 
 
+def _lapsed(deadline: ReviewDeadline) -> Firing:
+    return _firing(
+        LAPSED_RULE,
+        deadline,
+        f"sub-processor {deadline.service_id} quarantined: its review was due "
+        f"at {deadline.review_by.isoformat()}",
+    )
+
+
+def _reminder(deadline: ReviewDeadline) -> Firing:
+    return _firing(
+        REMINDER_RULE,
+        deadline,
+        f"sub-processor {deadline.service_id} is quarantined at "
+        f"{deadline.review_by.isoformat()} unless reviewed",
+    )
+
+
+CHECK = DeadlineCheck(
+    actor=REVIEW_JOB,
+    lapse_due=lapse_due,
+    remind_due=remind_due,
+    count_due=count_due,
+    lapsed=_lapsed,
+    reminder=_reminder,
+    gauge=metrics.SUBPROCESSOR_REVIEWS_DUE,
+)
+
+
 async def check_sub_processor_reviews(runtime: Runtime, now: datetime) -> str:
-    settings = runtime.settings
-    alerts: list[Alert] = []
-    async with runtime.transaction() as session:
-        lapsed = await lapse_due(session, now)
-        reminded = await remind_due(session, settings, now)
-        for deadline in lapsed:
-            alert = await raise_incident(
-                session,
-                settings,
-                _firing(
-                    LAPSED_RULE,
-                    deadline,
-                    f"sub-processor {deadline.service_id} quarantined: its review was due "
-                    f"at {deadline.review_by.isoformat()}",
-                ),
-                severity=Severity.MEDIUM,
-                action=Action.ALERT,
-                actor=REVIEW_JOB,
-            )
-            if alert is not None:
-                alerts.append(alert)
-        for deadline in reminded:
-            alert = await raise_incident(
-                session,
-                settings,
-                _firing(
-                    REMINDER_RULE,
-                    deadline,
-                    f"sub-processor {deadline.service_id} is quarantined at "
-                    f"{deadline.review_by.isoformat()} unless reviewed",
-                ),
-                severity=Severity.LOW,
-                action=Action.ALERT,
-                actor=REVIEW_JOB,
-            )
-            if alert is not None:
-                alerts.append(alert)
-        due = await count_due(session, settings, now)
-    metrics.SUBPROCESSOR_REVIEWS_DUE.set(due)
-    send_alerts(runtime, alerts)
+    done = await run_deadline_check(runtime, CHECK, now)
     return (
-        f"{len(lapsed)} sub-processor(s) quarantined for a lapsed review, "
-        f"{len(reminded)} reminded, {due} due for review"
+        f"{done.lapsed} sub-processor(s) quarantined for a lapsed review, "
+        f"{done.reminded} reminded, {done.due} due for review"
     )
