@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from broker.audit import AuditAction, append, list_events, record, verify_chain
+from broker.audit import service as audit_service
 from broker.audit.service import (
     GENESIS,
     PendingEvent,
@@ -148,7 +149,10 @@ async def test_a_group_the_database_refuses_appends_nothing(runtime: Any) -> Non
         return at, actor if item is good else None, action, subject, clean
 
     with pytest.MonkeyPatch.context() as patch:
+        # Where each database's path prepares its events (PostgreSQL here, SQLite through
+        # ``chained_rows``).
         patch.setattr(append, "prepared", forged)
+        patch.setattr(audit_service, "prepared", forged)
         with pytest.raises(DBAPIError):
             await append.append_committed(runtime.engine, runtime.sessions, [good, bad])
     async with runtime.transaction() as session:

@@ -11,9 +11,9 @@ share of them cost as much CPU as the masking itself.
   PL/pgSQL function takes a fresh snapshot per query, so the read after the lock sees every
   append committed before it), chains and inserts the events, and commits when the
   statement ends.
-- SQLite: a transaction of its own with the same steps as ``record_many`` (the write lock
-  first, one tail read), the events chained here and written with one Core multi-row
-  insert, which assigns ``seq`` in row order.
+- SQLite: a transaction of its own with the same steps and rows as ``record_many`` (the
+  write lock first, one tail read, ``chained_rows``), written with one Core multi-row insert
+  instead of ORM objects; it assigns ``seq`` in row order.
 
 The expensive part of each hash, the canonical JSON, is prepared exactly as ``record_many``
 prepares it (``prepared``; ``digest_around_prev`` on PostgreSQL, where the function only
@@ -28,15 +28,15 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit.service import (
     AUDIT_LOCK,
-    GENESIS,
+    TAIL,
     PendingEvent,
-    chain_digest,
+    chained_rows,
     digest_around_prev,
     prepared,
     serialise_writers,
@@ -50,7 +50,6 @@ _CALL = text(
 )
 
 _AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[attr-defined]
-_TAIL = select(_AUDIT_EVENTS.c.hash).order_by(_AUDIT_EVENTS.c.seq.desc()).limit(1)
 
 
 async def append_committed(
@@ -66,24 +65,8 @@ async def append_committed(
     async with transaction(sessions) as session:
         await serialise_writers(session)
         conn = await session.connection()
-        prev = (await conn.execute(_TAIL)).scalar() or GENESIS
-        rows = []
-        for item in pending:
-            at, actor, action, subject, clean = prepared(item)
-            digest = chain_digest(prev, at, actor, action, subject, clean)
-            rows.append(
-                {
-                    "at": at,
-                    "actor": actor,
-                    "action": action,
-                    "subject": subject,
-                    "details": clean,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
-            )
-            prev = digest
-        await conn.execute(insert(_AUDIT_EVENTS), rows)
+        tail = (await conn.execute(TAIL)).scalar()
+        await conn.execute(insert(_AUDIT_EVENTS), chained_rows(pending, tail))
 
 
 async def _append_postgresql(engine: AsyncEngine, pending: Sequence[PendingEvent]) -> None:

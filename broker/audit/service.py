@@ -26,6 +26,8 @@ from broker.models import AuditEvent
 
 GENESIS = "0" * 64
 AUDIT_LOCK = 0x5049_4B42_0001  # "PIKB" + 1
+# The chain's newest hash: what the next event links to.
+TAIL = select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
 
 
 def _digest(
@@ -98,27 +100,35 @@ def prepared(item: PendingEvent) -> tuple[datetime, str, str, str, dict[str, Any
     return utcnow(), actor, action, subject, clean
 
 
+def chained_rows(pending: Sequence[PendingEvent], tail: str | None) -> list[dict[str, Any]]:
+    """The ``audit_events`` column values of ``pending``, in order, chained onto ``tail``
+    (the newest stored hash, None for an empty trail). Read ``tail`` after
+    ``serialise_writers``, and insert the rows in this order: ``seq`` is the chain order."""
+    prev_hash = tail or GENESIS
+    rows = []
+    for item in pending:
+        at, actor, action, subject, clean = prepared(item)
+        digest = _digest(prev_hash, at, actor, action, subject, clean)
+        rows.append(
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "subject": subject,
+                "details": clean,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    return rows
+
+
 async def record_many(session: AsyncSession, pending: Sequence[PendingEvent]) -> list[AuditEvent]:
     """Append several events in order with one read of the chain's tail (group commits)."""
     await serialise_writers(session)
-    last = (
-        await session.exec(select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1))
-    ).first()
-    prev_hash = last or GENESIS
-    events = []
-    for item in pending:
-        at, actor, action, subject, clean = prepared(item)
-        event = AuditEvent(
-            at=at,
-            actor=actor,
-            action=action,
-            subject=subject,
-            details=clean,
-            prev_hash=prev_hash,
-            hash=_digest(prev_hash, at, actor, action, subject, clean),
-        )
-        events.append(event)
-        prev_hash = event.hash
+    tail = (await session.exec(TAIL)).first()  # type: ignore[call-overload]
+    events = [AuditEvent(**row) for row in chained_rows(pending, tail)]
     # The unit of work inserts rows of one table in the order they were added, so the
     # autoincrement order is the chain order.
     session.add_all(events)

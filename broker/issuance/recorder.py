@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.audit import AuditAction
 from broker.audit.normalise import event_parts
-from broker.audit.service import GENESIS, digest_around_prev, serialise_writers
+from broker.audit.service import GENESIS, TAIL, digest_around_prev, serialise_writers
 from broker.db import advisory_xact_lock, utcnow
 from broker.errors import RateLimited, Unavailable
 from broker.issuance import sqlite_writer
@@ -52,8 +52,6 @@ RATE_WINDOW = timedelta(seconds=60)
 _ISSUED_KEYS: Table = IssuedKey.__table__  # type: ignore[attr-defined]
 _AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[attr-defined]
 _ISSUED = str(AuditAction.KEY_ISSUED)
-# The audit chain's tail, as ``broker.audit.record_many`` reads it.
-_TAIL = select(_AUDIT_EVENTS.c.hash).order_by(_AUDIT_EVENTS.c.seq.desc()).limit(1)
 
 
 class IssuedKeyRow(TypedDict):
@@ -198,7 +196,7 @@ class _SqliteStatements:
         return cls(
             keys=_ManyRows(_ISSUED_KEYS, dialect, list(IssuedKeyRow.__annotations__)),
             events=events,
-            tail=_TAIL.compile(dialect=dialect, compile_kwargs={"literal_binds": True}).string,
+            tail=TAIL.compile(dialect=dialect, compile_kwargs={"literal_binds": True}).string,
         )
 
 
@@ -408,7 +406,7 @@ async def _write_async(runtime: Runtime, batch: list[_Item]) -> Outcome:
         if accepted:
             await conn.execute(insert(_ISSUED_KEYS), [item.row for item in accepted])
             await serialise_writers(session)
-            tail = (await conn.execute(_TAIL)).scalar()
+            tail = (await conn.execute(TAIL)).scalar()
             await conn.execute(insert(_AUDIT_EVENTS), _audit_rows(accepted, tail))
     return outcome
 

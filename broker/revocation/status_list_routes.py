@@ -23,6 +23,11 @@ from broker.runtime import Runtime
 MAX_LIST_ID = 2**31 - 1
 
 
+def _cached(runtime: Runtime) -> dict[str, str]:
+    """As long as a list may be kept: the broker refreshes them no less often."""
+    return {"Cache-Control": f"public, max-age={int(runtime.settings.status_list_max_age)}"}
+
+
 @get(
     "/v1/status-lists/{list_id:str}",
     tags=["revocations"],
@@ -44,12 +49,7 @@ async def status_list(runtime: NamedDependency[Runtime], list_id: FromPath[str])
     found = await status_lists(runtime).published(number) if number is not None else None
     if found is None:
         raise NotFound("no status list has this id")
-    max_age = int(runtime.settings.status_list_max_age)
-    return Response(
-        found.token.encode("ascii"),
-        media_type=MEDIA_TYPE,
-        headers={"Cache-Control": f"public, max-age={max_age}"},
-    )
+    return Response(found.token.encode("ascii"), media_type=MEDIA_TYPE, headers=_cached(runtime))
 
 
 class StatusListAggregation(msgspec.Struct):
@@ -70,10 +70,8 @@ class StatusListAggregation(msgspec.Struct):
 async def status_list_aggregation(
     runtime: NamedDependency[Runtime],
 ) -> Response[StatusListAggregation]:
-    max_age = int(runtime.settings.status_list_max_age)
     return Response(
-        StatusListAggregation(status_lists=await list_uris(runtime)),
-        headers={"Cache-Control": f"public, max-age={max_age}"},
+        StatusListAggregation(status_lists=await list_uris(runtime)), headers=_cached(runtime)
     )
 
 
